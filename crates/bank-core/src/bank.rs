@@ -1,0 +1,232 @@
+//! The memory bank: storage, similarities and the momentum update.
+
+use burn::prelude::*;
+use burn::tensor::{Element, FloatDType, IndexingUpdateOp};
+
+use crate::{Error, Precision, Result, SimilarityChunks, ViewLayout, l2_normalize};
+
+/// N unit rows of dimension D on a device, one per training image.
+///
+/// The bank never joins the autodiff graph: features given to [`MemoryBank::update`] are detached,
+/// and the rows are never marked as requiring gradients. Rows may be stored in f16
+/// ([`Precision::F16`]); all arithmetic is done in f32.
+#[derive(Debug, Clone)]
+pub struct MemoryBank<B: Backend> {
+    /// `[N, D]`, in `storage_dtype(precision)`.
+    rows: Tensor<B, 2>,
+    momentum: f64,
+    precision: Precision,
+}
+
+impl<B: Backend> MemoryBank<B> {
+    /// Assembles a bank from unit rows (f32, or already in `precision`), checking momentum and precision support.
+    pub(crate) fn from_parts(rows: Tensor<B, 2>, momentum: f64, precision: Precision) -> Result<Self> {
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(Error::InvalidValue {
+                field: "momentum",
+                value: momentum.to_string(),
+                reason: "must lie in [0, 1)",
+            });
+        }
+        check_precision::<B>(&rows.device(), precision)?;
+        let rows = rows.cast(storage_dtype::<B>(precision));
+        Ok(Self {
+            rows,
+            momentum,
+            precision,
+        })
+    }
+
+    /// Number of rows N.
+    pub fn num_rows(&self) -> usize {
+        self.rows.dims()[0]
+    }
+
+    /// Row dimension D.
+    pub fn dim(&self) -> usize {
+        self.rows.dims()[1]
+    }
+
+    /// Update momentum m (weight of the old row).
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// Storage precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The device the rows live on.
+    pub fn device(&self) -> B::Device {
+        self.rows.device()
+    }
+
+    /// All rows in the backend's float type (f32 on every shipped backend).
+    ///
+    /// # Shapes
+    /// - output: `[N, D]`
+    pub fn rows(&self) -> Tensor<B, 2> {
+        self.rows.clone().cast(compute_dtype::<B>())
+    }
+
+    /// The stored rows in their storage precision (what persistence writes).
+    pub(crate) fn stored_rows(&self) -> &Tensor<B, 2> {
+        &self.rows
+    }
+
+    /// Replaces every row (e.g. after averaging the rows of merged groups). Rows are re-normalised.
+    ///
+    /// # Shapes
+    /// - `rows`: `[N, D]`
+    pub fn set_rows(&mut self, rows: Tensor<B, 2>) -> Result<()> {
+        self.check_features("rows", &rows, Some(self.num_rows()))?;
+        self.rows = l2_normalize(rows.detach().cast(compute_dtype::<B>()))
+            .cast(storage_dtype::<B>(self.precision));
+        Ok(())
+    }
+
+    /// Dot products of each feature with every bank row: `features · Vᵀ`. The temperature τ is
+    /// applied by the losses, not here. Gradients flow to `features`, never to the bank.
+    ///
+    /// # Shapes
+    /// - `features`: `[M, D]`
+    /// - output: `[M, N]`
+    pub fn similarities(&self, features: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+        self.check_features("features", &features, None)?;
+        Ok(features.matmul(self.rows().transpose()))
+    }
+
+    /// Like [`MemoryBank::similarities`] but in blocks of at most `max_columns` bank rows, so that
+    /// no more than `M × max_columns` similarities exist at once (kNN, mining).
+    ///
+    /// # Shapes
+    /// - `features`: `[M, D]`
+    /// - each item: `(first column, [M, c])` with `c ≤ max_columns`
+    pub fn similarity_chunks(
+        &self,
+        features: Tensor<B, 2>,
+        max_columns: usize,
+    ) -> Result<SimilarityChunks<'_, B>> {
+        self.check_features("features", &features, None)?;
+        if max_columns == 0 {
+            return Err(Error::InvalidValue {
+                field: "max_columns",
+                value: "0".into(),
+                reason: "must be > 0",
+            });
+        }
+        Ok(SimilarityChunks::new(&self.rows, features, max_columns))
+    }
+
+    /// Rows of the bank selected by index, as f32.
+    ///
+    /// # Shapes
+    /// - `indices`: `[M]`
+    /// - output: `[M, D]`
+    pub fn select(&self, indices: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        self.rows.clone().select(0, indices).cast(FloatDType::F32)
+    }
+
+    /// The momentum update of Bulat et al. (eq. 1 with K views), applied **once per sample**:
+    ///
+    /// `v_i ← normalise(m·v_i + (1−m)·mean f)`, the mean taken over every row of the batch whose
+    /// index is `i` (its `views` views, laid out as in [`ViewLayout`]).
+    ///
+    /// Rows sharing an index are first combined, so an index that appears K times (or in two
+    /// samples) moves its row once, towards the mean of all its features. `features` are detached.
+    /// Indices must be `< N`; they are not checked on the device.
+    ///
+    /// # Shapes
+    /// - `indices`: `[B·K]`
+    /// - `features`: `[B·K, D]`, L2-normalised embeddings
+    pub fn update(
+        &mut self,
+        indices: Tensor<B, 1, Int>,
+        features: Tensor<B, 2>,
+        views: usize,
+    ) -> Result<()> {
+        let rows = features.dims()[0];
+        self.check_features("features", &features, None)?;
+        if indices.dims()[0] != rows {
+            return Err(Error::Shape {
+                what: "indices",
+                expected: format!("[{rows}] (one per feature row)"),
+                actual: indices.dims().to_vec(),
+            });
+        }
+        if ViewLayout::from_rows(rows, views).is_none() {
+            return Err(Error::InvalidValue {
+                field: "views",
+                value: views.to_string(),
+                reason: "must be > 0 and divide the number of feature rows",
+            });
+        }
+        let features = features.detach().cast(compute_dtype::<B>());
+
+        // same[r, s] = 1 when rows r and s carry the same index; each row then sees the mean of
+        // every feature of its sample, and writes 1/count of the change, so the row moves once.
+        let column = indices.clone().unsqueeze_dim::<2>(1).expand([rows, rows]);
+        let line = indices.clone().unsqueeze_dim::<2>(0).expand([rows, rows]);
+        let same = column.equal(line).float();
+        let count = same.clone().sum_dim(1); // [R, 1]
+        let mean = same.matmul(features) / count.clone();
+
+        let old = self.select(indices.clone());
+        let m = self.momentum;
+        let new = l2_normalize(old.clone() * m + mean * (1.0 - m));
+        let delta = (new - old) / count;
+
+        self.rows = self.rows.clone().select_assign(
+            0,
+            indices,
+            delta.cast(storage_dtype::<B>(self.precision)),
+            IndexingUpdateOp::Add,
+        );
+        Ok(())
+    }
+
+    fn check_features(
+        &self,
+        what: &'static str,
+        features: &Tensor<B, 2>,
+        rows: Option<usize>,
+    ) -> Result<()> {
+        let [m, d] = features.dims();
+        if d != self.dim() || rows.is_some_and(|r| r != m) {
+            return Err(Error::Shape {
+                what,
+                expected: match rows {
+                    Some(r) => format!("[{r}, {}]", self.dim()),
+                    None => format!("[M, {}]", self.dim()),
+                },
+                actual: vec![m, d],
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Fails when the backend cannot store `precision` on `device` (ndarray has no f16).
+pub(crate) fn check_precision<B: Backend>(device: &B::Device, precision: Precision) -> Result<()> {
+    if precision != Precision::F32 && !B::supports_dtype(device, precision.dtype()) {
+        return Err(Error::UnsupportedPrecision {
+            backend: B::name(device),
+            precision,
+        });
+    }
+    Ok(())
+}
+
+/// The dtype all bank arithmetic is done in: the backend's float element (f32 on the shipped backends).
+pub(crate) fn compute_dtype<B: Backend>() -> FloatDType {
+    <B::FloatElem as Element>::dtype().into()
+}
+
+/// The dtype rows are stored in: the compute dtype, or f16 when asked for.
+pub(crate) fn storage_dtype<B: Backend>(precision: Precision) -> FloatDType {
+    match precision {
+        Precision::F32 => compute_dtype::<B>(),
+        Precision::F16 => FloatDType::F16,
+    }
+}

@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use burn::prelude::*;
+
+/// Instantiates a generic test `fn name<B: Backend>(device: &B::Device)` once per backend:
+/// ndarray and flex always, wgpu with `--features wgpu`.
+#[macro_export]
+macro_rules! on_backends {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[test]
+                fn ndarray() {
+                    super::$test::<burn::backend::NdArray>(&Default::default());
+                }
+                #[test]
+                fn flex() {
+                    super::$test::<burn::backend::Flex>(&Default::default());
+                }
+                #[cfg(feature = "wgpu")]
+                #[test]
+                fn wgpu() {
+                    super::$test::<burn::backend::Wgpu>(&Default::default());
+                }
+            }
+        )*
+    };
+}
+
+/// Row-major f32 values of a 2-d tensor.
+pub fn values<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// A deterministic pseudo-random matrix (xorshift), independent of any backend's RNG.
+pub fn host_matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..rows * cols)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+/// Normalises each row of a row-major matrix in f64.
+pub fn normalize_rows(m: &mut [f64], cols: usize) {
+    for row in m.chunks_exact_mut(cols) {
+        let n = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+        row.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+/// Largest absolute difference.
+pub fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+}
+
+/// A 2-d f32 tensor from row-major values.
+pub fn tensor<B: Backend>(values: Vec<f32>, rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+}
+
+/// A 1-d index tensor.
+pub fn indices<B: Backend>(values: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
