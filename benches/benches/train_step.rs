@@ -1,0 +1,57 @@
+//! One training step against the bank (similarities, full-softmax instance loss, backward to the
+//! features, bank update) at N = 50,000, D = 128, B·K = 512, next to a bare matmul of the same shape.
+
+// criterion_group! generates undocumented items.
+#![allow(missing_docs)]
+use bank_core::ViewLayout;
+use bank_losses::{BankLogProbs, instance_loss};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use criterion::{Criterion, criterion_group, criterion_main};
+use membank_benches::{Bench, step_inputs};
+
+const N: usize = 50_000;
+const D: usize = 128;
+const TAU: f64 = 0.1;
+
+fn train_step(c: &mut Criterion) {
+    type A = Autodiff<Bench>;
+    let device = Default::default();
+    let layout = ViewLayout::new(256, 2);
+    let mut inputs = step_inputs::<A>(N, D, layout, &device);
+    let name = format!("{}", <Bench as Backend>::name(&device));
+    let mut group = c.benchmark_group(format!("train_step/{name}"));
+    group.sample_size(10);
+
+    group.bench_function("step_n50000_d128_bk512", |b| {
+        b.iter(|| {
+            let f = inputs.features.clone().require_grad();
+            let sims = inputs.bank.similarities(f.clone()).unwrap();
+            let lp = BankLogProbs::new(sims, TAU).unwrap();
+            let loss = instance_loss(&lp, inputs.indices.clone()).unwrap();
+            let grads = loss.backward();
+            let g = f.grad(&grads).unwrap();
+            inputs
+                .bank
+                .update(inputs.indices.clone(), f.detach(), layout.views)
+                .unwrap();
+            // Force the work to finish (GPU backends are asynchronous).
+            let _ = <Bench as Backend>::sync(&device);
+            g
+        })
+    });
+
+    let bank = inputs.bank.rows().inner();
+    let f = inputs.features.inner();
+    group.bench_function("matmul_512x128_by_128x50000", |b| {
+        b.iter(|| {
+            let out = f.clone().matmul(bank.clone().transpose());
+            let _ = <Bench as Backend>::sync(&device);
+            out
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);

@@ -1,1 +1,151 @@
-fn main() {}
+//! `cargo xtask`: project automation. Each subcommand forwards to cargo or to a real binary;
+//! nothing here knows the method.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(about = "membank project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Demonstrate the bank and the losses: learn embeddings of synthetic "images" (release build).
+    Demo {
+        /// Backend to build with.
+        #[arg(long, value_enum, default_value_t = Backend::Flex)]
+        backend: Backend,
+        /// Arguments passed to the demo (see `cargo xtask demo -- --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: the workspace on the CPU backends, then bank-core and bank-losses on wgpu.
+    Test {
+        /// Skip the wgpu run (which needs a Vulkan driver: Debian's mesa-vulkan-drivers).
+        #[arg(long)]
+        cpu_only: bool,
+    },
+    /// Run the criterion benchmarks with one backend; reports land in target/criterion.
+    Bench {
+        /// Backend to build with.
+        #[arg(long, value_enum, default_value_t = Backend::Flex)]
+        backend: Backend,
+        /// Arguments passed to criterion (e.g. a benchmark name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The burn backends, one Cargo feature each.
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    Ndarray,
+    Flex,
+    Wgpu,
+    Cuda,
+}
+
+impl Backend {
+    fn feature(self) -> &'static str {
+        match self {
+            Self::Ndarray => "ndarray",
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Demo { backend, args } => {
+            let mut cmd = cargo(&["run", "--release", "-p", "bank-losses", "--example", "demo"]);
+            cmd.args([
+                "--no-default-features",
+                "--features",
+                backend.feature(),
+                "--",
+            ])
+            .args(args);
+            run(cmd)
+        }
+        Task::Test { cpu_only } => {
+            run(cargo(&["test", "--workspace"]))?;
+            if cpu_only {
+                eprintln!("xtask: skipping the wgpu tests (--cpu-only)");
+                return Ok(());
+            }
+            ensure_vulkan_driver()?;
+            let mut cmd = cargo(&["test", "-p", "bank-core", "-p", "bank-losses"]);
+            cmd.args(["--features", "bank-core/wgpu,bank-losses/wgpu"]);
+            run(cmd)
+        }
+        Task::Bench { backend, args } => {
+            let mut cmd = cargo(&["bench", "-p", "membank-benches", "--no-default-features"]);
+            cmd.args(["--features", backend.feature(), "--"]).args(args);
+            run(cmd)
+        }
+    }
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(workspace_root());
+    cmd
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(mut cmd: Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// wgpu needs a Vulkan driver; on a fresh Debian machine (as root) install the software one.
+fn ensure_vulkan_driver() -> Result<()> {
+    let icd_dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
+    let has_driver = icd_dirs
+        .iter()
+        .any(|d| std::fs::read_dir(d).is_ok_and(|mut entries| entries.any(|e| e.is_ok())));
+    if has_driver {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if !is_root || !Path::new("/usr/bin/apt-get").exists() {
+        bail!(
+            "no Vulkan driver found for the wgpu tests: install one (Debian: `apt-get install \
+             mesa-vulkan-drivers`) or run `cargo xtask test --cpu-only`"
+        );
+    }
+    eprintln!(
+        "xtask: installing the software Vulkan driver (mesa-vulkan-drivers) for the wgpu tests"
+    );
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-qq"]);
+    run(update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "mesa-vulkan-drivers"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(install)
+}

@@ -1,6 +1,7 @@
 //! The memory bank: storage, similarities and the momentum update.
 
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Element, FloatDType, IndexingUpdateOp};
 
 use crate::{Error, Precision, Result, SimilarityChunks, ViewLayout, l2_normalize};
@@ -20,7 +21,11 @@ pub struct MemoryBank<B: Backend> {
 
 impl<B: Backend> MemoryBank<B> {
     /// Assembles a bank from unit rows (f32, or already in `precision`), checking momentum and precision support.
-    pub(crate) fn from_parts(rows: Tensor<B, 2>, momentum: f64, precision: Precision) -> Result<Self> {
+    pub(crate) fn from_parts(
+        rows: Tensor<B, 2>,
+        momentum: f64,
+        precision: Precision,
+    ) -> Result<Self> {
         if !(0.0..1.0).contains(&momentum) {
             return Err(Error::InvalidValue {
                 field: "momentum",
@@ -204,6 +209,17 @@ impl<B: Backend> MemoryBank<B> {
             });
         }
         Ok(())
+    }
+}
+
+impl<B: AutodiffBackend> MemoryBank<B> {
+    /// The same bank on the inner (non-autodiff) backend, sharing storage: for evaluation.
+    pub fn inner(&self) -> MemoryBank<B::InnerBackend> {
+        MemoryBank {
+            rows: self.rows.clone().inner(),
+            momentum: self.momentum,
+            precision: self.precision,
+        }
     }
 }
 

@@ -35,7 +35,11 @@ impl<B: Backend> Iterator for SimilarityChunks<'_, B> {
         let start = self.next;
         let end = (start + self.max_columns).min(n);
         self.next = end;
-        let block = self.rows.clone().slice([start..end, 0..d]).cast(crate::bank::compute_dtype::<B>());
+        let block = self
+            .rows
+            .clone()
+            .slice([start..end, 0..d])
+            .cast(crate::bank::compute_dtype::<B>());
         Some((start, self.features.clone().matmul(block.transpose())))
     }
 

@@ -85,7 +85,11 @@ impl MemoryBankConfig {
             row.iter_mut().for_each(|v| *v = (*v as f64 * inv) as f32);
         }
         let data = TensorData::new(values, [self.num_rows, self.dim]);
-        MemoryBank::from_parts(Tensor::from_data(data, device), self.momentum, self.precision)
+        MemoryBank::from_parts(
+            Tensor::from_data(data, device),
+            self.momentum,
+            self.precision,
+        )
     }
 
     /// A bank whose rows are the given features `[num_rows, dim]`, L2-normalised.
@@ -123,7 +127,10 @@ mod tests {
             (MemoryBankConfig::new(4, 0), "dim"),
             (MemoryBankConfig::new(4, 4).with_momentum(1.0), "momentum"),
             (MemoryBankConfig::new(4, 4).with_momentum(-0.1), "momentum"),
-            (MemoryBankConfig::new(4, 4).with_momentum(f64::NAN), "momentum"),
+            (
+                MemoryBankConfig::new(4, 4).with_momentum(f64::NAN),
+                "momentum",
+            ),
         ];
         for (cfg, field) in bad {
             match cfg.validate() {
@@ -131,6 +138,11 @@ mod tests {
                 other => panic!("{cfg:?}: expected invalid {field}, got {other:?}"),
             }
         }
-        assert!(MemoryBankConfig::new(4, 4).with_momentum(0.0).validate().is_ok());
+        assert!(
+            MemoryBankConfig::new(4, 4)
+                .with_momentum(0.0)
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -26,7 +26,9 @@ pub enum Error {
         actual: Vec<usize>,
     },
     /// The backend cannot store the requested precision.
-    #[error("backend `{backend}` cannot store {precision} tensors; use a backend that supports it (flex, wgpu, cuda)")]
+    #[error(
+        "backend `{backend}` cannot store {precision} tensors; use a backend that supports it (flex, wgpu, cuda)"
+    )]
     UnsupportedPrecision {
         /// The backend's name.
         backend: String,

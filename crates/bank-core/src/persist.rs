@@ -39,7 +39,10 @@ impl<B: Backend> MemoryBank<B> {
     pub fn save_with(&self, path: impl AsRef<Path>, attachments: &[Attachment]) -> Result<()> {
         let path = path.as_ref();
         // Files always hold f32 or f16, whatever the backend's own float type.
-        let data = self.stored_rows().to_data().convert_dtype(self.precision().dtype());
+        let data = self
+            .stored_rows()
+            .to_data()
+            .convert_dtype(self.precision().dtype());
         let rows_bytes = data.as_bytes();
         let (n, d) = (self.num_rows(), self.dim());
         let dtype = match self.precision() {
@@ -50,7 +53,12 @@ impl<B: Backend> MemoryBank<B> {
         tensors.insert(BANK_TENSOR.into(), (dtype, vec![n, d], rows_bytes));
         let attachment_bytes: Vec<(String, Vec<u8>)> = attachments
             .iter()
-            .map(|a| (a.name.clone(), a.values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    a.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
             .collect();
         for ((name, bytes), a) in attachment_bytes.iter().zip(attachments) {
             if tensors.contains_key(name) {
@@ -69,7 +77,10 @@ impl<B: Backend> MemoryBank<B> {
         }
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT_NAME.to_string()),
-            ("format_version".to_string(), BANK_FORMAT_VERSION.to_string()),
+            (
+                "format_version".to_string(),
+                BANK_FORMAT_VERSION.to_string(),
+            ),
             ("num_rows".to_string(), n.to_string()),
             ("dim".to_string(), d.to_string()),
             ("momentum".to_string(), format!("{:?}", self.momentum())),
@@ -105,7 +116,10 @@ impl<B: Backend> MemoryBank<B> {
         let path = path.as_ref();
         let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
         let not_bank = |e: safetensors::SafeTensorError| {
-            Error::corrupt(path, format!("not a readable membank bank file (truncated or corrupted?): {e}"))
+            Error::corrupt(
+                path,
+                format!("not a readable membank bank file (truncated or corrupted?): {e}"),
+            )
         };
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(not_bank)?;
         let file = SafeTensors::deserialize(&bytes).map_err(not_bank)?;
@@ -115,7 +129,13 @@ impl<B: Backend> MemoryBank<B> {
         };
 
         if meta.get("format")? != FORMAT_NAME {
-            return Err(Error::corrupt(path, format!("format is `{}`, expected `{FORMAT_NAME}`", meta.get("format")?)));
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "format is `{}`, expected `{FORMAT_NAME}`",
+                    meta.get("format")?
+                ),
+            ));
         }
         let version: u32 = meta.parse("format_version")?;
         if version != BANK_FORMAT_VERSION {
@@ -128,10 +148,15 @@ impl<B: Backend> MemoryBank<B> {
         let n: usize = meta.parse("num_rows")?;
         let d: usize = meta.parse("dim")?;
         let momentum: f64 = meta.parse("momentum")?;
-        let precision: Precision = meta
-            .get("precision")?
-            .parse()
-            .map_err(|_| Error::corrupt(path, format!("unknown precision `{}`", meta.get("precision").unwrap_or_default())))?;
+        let precision: Precision = meta.get("precision")?.parse().map_err(|_| {
+            Error::corrupt(
+                path,
+                format!(
+                    "unknown precision `{}`",
+                    meta.get("precision").unwrap_or_default()
+                ),
+            )
+        })?;
 
         let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
         names.sort();
@@ -145,11 +170,15 @@ impl<B: Backend> MemoryBank<B> {
         if stored != computed {
             return Err(Error::corrupt(
                 path,
-                format!("checksum mismatch (stored {stored}, computed {computed}): the file is corrupted"),
+                format!(
+                    "checksum mismatch (stored {stored}, computed {computed}): the file is corrupted"
+                ),
             ));
         }
 
-        let bank = file.tensor(BANK_TENSOR).map_err(|_| Error::corrupt(path, "no `bank` tensor"))?;
+        let bank = file
+            .tensor(BANK_TENSOR)
+            .map_err(|_| Error::corrupt(path, "no `bank` tensor"))?;
         let want_dtype = match precision {
             Precision::F32 => Dtype::F32,
             Precision::F16 => Dtype::F16,
@@ -167,19 +196,23 @@ impl<B: Backend> MemoryBank<B> {
         crate::bank::check_precision::<B>(device, precision)?;
         let data = TensorData::from_bytes_vec(bank.data().to_vec(), [n, d], precision.dtype());
         let rows = Tensor::<B, 2>::from_data(data, (device, precision.dtype()));
-        let bank_out = Self::from_parts(rows, momentum, precision)
-            .map_err(|e| match e {
-                Error::InvalidValue { field, value, reason } => {
-                    Error::corrupt(path, format!("invalid `{field}` {value}: {reason}"))
-                }
-                other => other,
-            })?;
+        let bank_out = Self::from_parts(rows, momentum, precision).map_err(|e| match e {
+            Error::InvalidValue {
+                field,
+                value,
+                reason,
+            } => Error::corrupt(path, format!("invalid `{field}` {value}: {reason}")),
+            other => other,
+        })?;
 
         let mut attachments = Vec::new();
         for name in names.iter().filter(|n| *n != BANK_TENSOR) {
             let view = file.tensor(name).map_err(not_bank)?;
             if view.dtype() != Dtype::U32 || view.shape().len() != 1 {
-                return Err(Error::corrupt(path, format!("attachment `{name}` is not a u32 vector")));
+                return Err(Error::corrupt(
+                    path,
+                    format!("attachment `{name}` is not a u32 vector"),
+                ));
             }
             let values = view
                 .data()
@@ -262,7 +295,11 @@ impl Meta<'_> {
 
     fn parse<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
         let raw = self.get(key)?;
-        raw.parse()
-            .map_err(|_| Error::corrupt(self.path, format!("metadata field `{key}` has invalid value `{raw}`")))
+        raw.parse().map_err(|_| {
+            Error::corrupt(
+                self.path,
+                format!("metadata field `{key}` has invalid value `{raw}`"),
+            )
+        })
     }
 }

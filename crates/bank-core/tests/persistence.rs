@@ -18,10 +18,18 @@ fn round_trip_is_bit_exact<B: Backend>(device: &B::Device, precision: Precision)
         .init::<B>(device)
         .unwrap();
     // An update makes the rows less trivial than the initial ones.
-    bank.update(indices::<B>(&[4, 4, 7, 7], device), tensor::<B>(host_matrix(4, 24, 8), 4, 24, device), 2)
+    bank.update(
+        indices::<B>(&[4, 4, 7, 7], device),
+        tensor::<B>(host_matrix(4, 24, 8), 4, 24, device),
+        2,
+    )
+    .unwrap();
+    let groups = Attachment {
+        name: "groups".into(),
+        values: (0..300).map(|i| i / 2).collect(),
+    };
+    bank.save_with(&path, std::slice::from_ref(&groups))
         .unwrap();
-    let groups = Attachment { name: "groups".into(), values: (0..300).map(|i| i / 2).collect() };
-    bank.save_with(&path, std::slice::from_ref(&groups)).unwrap();
     let (loaded, attachments) = MemoryBank::<B>::load_with(&path, device).unwrap();
     assert_eq!(loaded.precision(), precision);
     assert_eq!(loaded.momentum(), 0.75);
@@ -51,7 +59,10 @@ fn f16_round_trip_wgpu_when_supported() {
     if W::supports_dtype(&device, burn::tensor::DType::F16) {
         round_trip_is_bit_exact::<W>(&device, Precision::F16);
     } else {
-        let err = MemoryBankConfig::new(4, 4).with_precision(Precision::F16).init::<W>(&device).unwrap_err();
+        let err = MemoryBankConfig::new(4, 4)
+            .with_precision(Precision::F16)
+            .init::<W>(&device)
+            .unwrap_err();
         assert!(matches!(err, Error::UnsupportedPrecision { .. }), "{err}");
     }
 }
@@ -60,7 +71,11 @@ type B = burn::backend::NdArray;
 
 fn saved_file(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
     let path = dir.join("good.bank");
-    MemoryBankConfig::new(50, 8).init::<B>(&Default::default()).unwrap().save(&path).unwrap();
+    MemoryBankConfig::new(50, 8)
+        .init::<B>(&Default::default())
+        .unwrap()
+        .save(&path)
+        .unwrap();
     let bytes = std::fs::read(&path).unwrap();
     (path, bytes)
 }
@@ -77,8 +92,14 @@ fn truncated_files_are_rejected_naming_the_file() {
         let p = dir.path().join(format!("cut{keep}.bank"));
         std::fs::write(&p, &bytes[..keep]).unwrap();
         let err = load_err(&p);
-        assert!(matches!(err, Error::Corrupt { .. }), "cut at {keep}: {err:?}");
-        assert!(err.to_string().contains(&format!("cut{keep}.bank")), "{err}");
+        assert!(
+            matches!(err, Error::Corrupt { .. }),
+            "cut at {keep}: {err:?}"
+        );
+        assert!(
+            err.to_string().contains(&format!("cut{keep}.bank")),
+            "{err}"
+        );
     }
 }
 
@@ -108,7 +129,10 @@ fn handmade(dir: &std::path::Path, meta: &[(&str, &str)], shape: Vec<usize>) -> 
     let n: usize = shape.iter().product();
     let data: Vec<u8> = (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let crc = crc32fast::hash(&data);
-    let mut m: HashMap<String, String> = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut m: HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     m.entry("checksum".into()).or_insert(format!("{crc:08x}"));
     let view = TensorView::new(Dtype::F32, shape, &data).unwrap();
     let bytes = safetensors::serialize([("bank", view)], Some(m)).unwrap();
@@ -129,7 +153,16 @@ const GOOD: [(&str, &str); 6] = [
 fn with(key: &str, value: &str) -> Vec<(&'static str, String)> {
     let mut meta: Vec<(&'static str, String)> = GOOD
         .iter()
-        .map(|(k, v)| (*k, if *k == key { value.to_string() } else { v.to_string() }))
+        .map(|(k, v)| {
+            (
+                *k,
+                if *k == key {
+                    value.to_string()
+                } else {
+                    v.to_string()
+                },
+            )
+        })
         .collect();
     if key == "checksum" {
         meta.push(("checksum", value.to_string()));
@@ -137,7 +170,12 @@ fn with(key: &str, value: &str) -> Vec<(&'static str, String)> {
     meta
 }
 
-fn handmade_with(dir: &std::path::Path, key: &str, value: &str, shape: Vec<usize>) -> std::path::PathBuf {
+fn handmade_with(
+    dir: &std::path::Path,
+    key: &str,
+    value: &str,
+    shape: Vec<usize>,
+) -> std::path::PathBuf {
     let meta = with(key, value);
     let meta: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let path = handmade(dir, &meta, shape);
@@ -159,13 +197,31 @@ fn other_versions_shapes_and_values_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cases: Vec<(std::path::PathBuf, &str)> = vec![
-        (handmade_with(d, "format_version", "2", vec![3, 2]), "version 2"),
-        (handmade_with(d, "num_rows", "4", vec![3, 2]), "metadata says f32 [4, 2]"),
+        (
+            handmade_with(d, "format_version", "2", vec![3, 2]),
+            "version 2",
+        ),
+        (
+            handmade_with(d, "num_rows", "4", vec![3, 2]),
+            "metadata says f32 [4, 2]",
+        ),
         (handmade_with(d, "momentum", "1.5", vec![3, 2]), "momentum"),
-        (handmade_with(d, "momentum", "abc", vec![3, 2]), "`momentum` has invalid value `abc`"),
-        (handmade_with(d, "precision", "f8", vec![3, 2]), "unknown precision `f8`"),
-        (handmade_with(d, "format", "something-else", vec![3, 2]), "format is `something-else`"),
-        (handmade_with(d, "checksum", "00000000", vec![3, 2]), "checksum mismatch"),
+        (
+            handmade_with(d, "momentum", "abc", vec![3, 2]),
+            "`momentum` has invalid value `abc`",
+        ),
+        (
+            handmade_with(d, "precision", "f8", vec![3, 2]),
+            "unknown precision `f8`",
+        ),
+        (
+            handmade_with(d, "format", "something-else", vec![3, 2]),
+            "format is `something-else`",
+        ),
+        (
+            handmade_with(d, "checksum", "00000000", vec![3, 2]),
+            "checksum mismatch",
+        ),
     ];
     for (path, want) in cases {
         let err = load_err(&path);
@@ -174,7 +230,11 @@ fn other_versions_shapes_and_values_are_rejected() {
         assert!(text.contains(&path.display().to_string()), "{text}");
     }
     let missing = handmade(d, &GOOD[..5], vec![3, 2]);
-    assert!(load_err(&missing).to_string().contains("missing metadata field `precision`"));
+    assert!(
+        load_err(&missing)
+            .to_string()
+            .contains("missing metadata field `precision`")
+    );
     assert!(matches!(load_err(&d.join("absent.bank")), Error::Io { .. }));
 }
 
@@ -183,7 +243,11 @@ fn load_expecting_rejects_a_wrong_shape() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = saved_file(dir.path());
     let err = MemoryBank::<B>::load_expecting(&path, &Default::default(), 50_000, 128).unwrap_err();
-    assert!(err.to_string().contains("holds a 50×8 bank, expected 50000×128"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("holds a 50×8 bank, expected 50000×128"),
+        "{err}"
+    );
     assert!(MemoryBank::<B>::load_expecting(&path, &Default::default(), 50, 8).is_ok());
 }
 
@@ -197,7 +261,10 @@ fn f16_file_on_a_backend_without_f16_is_a_clear_error() {
         .unwrap()
         .save(&path)
         .unwrap();
-    assert!(matches!(load_err(&path), Error::UnsupportedPrecision { .. }));
+    assert!(matches!(
+        load_err(&path),
+        Error::UnsupportedPrecision { .. }
+    ));
 }
 
 #[test]
@@ -205,14 +272,27 @@ fn saving_replaces_atomically_and_leaves_no_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.bank");
     let device = Default::default();
-    MemoryBankConfig::new(10, 4).with_seed(1).init::<B>(&device).unwrap().save(&path).unwrap();
-    let second = MemoryBankConfig::new(10, 4).with_seed(2).init::<B>(&device).unwrap();
+    MemoryBankConfig::new(10, 4)
+        .with_seed(1)
+        .init::<B>(&device)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let second = MemoryBankConfig::new(10, 4)
+        .with_seed(2)
+        .init::<B>(&device)
+        .unwrap();
     second.save(&path).unwrap();
     let loaded = MemoryBank::<B>::load(&path, &device).unwrap();
     assert_eq!(values(loaded.rows()), values(second.rows()));
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
     // Saving into a missing directory fails with the path in the message.
-    let err = second.save(dir.path().join("no/such/dir/b.bank")).unwrap_err();
+    let err = second
+        .save(dir.path().join("no/such/dir/b.bank"))
+        .unwrap_err();
     assert!(err.to_string().contains("no/such/dir/b.bank"), "{err}");
 }

@@ -8,20 +8,32 @@ use common::*;
 
 fn similarities_are_dot_products<B: Backend>(device: &B::Device) {
     let (n, d, m) = (37, 8, 5);
-    let bank = MemoryBankConfig::new(n, d).with_seed(4).init::<B>(device).unwrap();
+    let bank = MemoryBankConfig::new(n, d)
+        .with_seed(4)
+        .init::<B>(device)
+        .unwrap();
     let rows = values(bank.rows());
     let q = host_matrix(m, d, 9);
-    let got = values(bank.similarities(tensor::<B>(q.clone(), m, d, device)).unwrap());
+    let got = values(
+        bank.similarities(tensor::<B>(q.clone(), m, d, device))
+            .unwrap(),
+    );
     let want: Vec<f64> = (0..m)
         .flat_map(|i| {
             let (q, rows) = (&q, &rows);
-            (0..n).map(move |j| (0..d).map(|c| q[i * d + c] as f64 * rows[j * d + c] as f64).sum())
+            (0..n).map(move |j| {
+                (0..d)
+                    .map(|c| q[i * d + c] as f64 * rows[j * d + c] as f64)
+                    .sum()
+            })
         })
         .collect();
     assert!(max_diff(&got, &want) < 1e-5);
 
     // Blocks of 10 columns cover the 37 rows exactly once, in order, with the same values.
-    let chunks = bank.similarity_chunks(tensor::<B>(q, m, d, device), 10).unwrap();
+    let chunks = bank
+        .similarity_chunks(tensor::<B>(q, m, d, device), 10)
+        .unwrap();
     assert_eq!(chunks.len(), 4);
     let mut starts = vec![];
     let mut joined = vec![0f32; m * n];
@@ -39,9 +51,27 @@ fn similarities_are_dot_products<B: Backend>(device: &B::Device) {
 }
 
 fn init_is_seeded_and_unit_norm<B: Backend>(device: &B::Device) {
-    let a = values(MemoryBankConfig::new(100, 16).with_seed(1).init::<B>(device).unwrap().rows());
-    let b = values(MemoryBankConfig::new(100, 16).with_seed(1).init::<B>(device).unwrap().rows());
-    let c = values(MemoryBankConfig::new(100, 16).with_seed(2).init::<B>(device).unwrap().rows());
+    let a = values(
+        MemoryBankConfig::new(100, 16)
+            .with_seed(1)
+            .init::<B>(device)
+            .unwrap()
+            .rows(),
+    );
+    let b = values(
+        MemoryBankConfig::new(100, 16)
+            .with_seed(1)
+            .init::<B>(device)
+            .unwrap()
+            .rows(),
+    );
+    let c = values(
+        MemoryBankConfig::new(100, 16)
+            .with_seed(2)
+            .init::<B>(device)
+            .unwrap()
+            .rows(),
+    );
     assert_eq!(a, b);
     assert_ne!(a, c);
     for row in a.chunks(16) {
@@ -55,13 +85,21 @@ fn init_is_seeded_and_unit_norm<B: Backend>(device: &B::Device) {
 
 fn init_from_features_normalises_and_checks_shape<B: Backend>(device: &B::Device) {
     let f = tensor::<B>(vec![3.0, 4.0, 0.0, 2.0], 2, 2, device);
-    let bank = MemoryBankConfig::new(2, 2).init_from_features(f.clone()).unwrap();
+    let bank = MemoryBankConfig::new(2, 2)
+        .init_from_features(f.clone())
+        .unwrap();
     assert!(max_diff(&values(bank.rows()), &[0.6, 0.8, 0.0, 1.0]) < 1e-6);
-    let err = MemoryBankConfig::new(3, 2).init_from_features(f).unwrap_err();
+    let err = MemoryBankConfig::new(3, 2)
+        .init_from_features(f)
+        .unwrap_err();
     assert!(err.to_string().contains("[3, 2]"), "{err}");
 }
 
-on_backends!(similarities_are_dot_products, init_is_seeded_and_unit_norm, init_from_features_normalises_and_checks_shape);
+on_backends!(
+    similarities_are_dot_products,
+    init_is_seeded_and_unit_norm,
+    init_from_features_normalises_and_checks_shape
+);
 
 #[test]
 fn f16_storage_halves_memory_and_keeps_values() {
@@ -69,24 +107,50 @@ fn f16_storage_halves_memory_and_keeps_values() {
     let device = Default::default();
     let cfg = MemoryBankConfig::new(64, 32).with_seed(5);
     let full = cfg.init::<B>(&device).unwrap();
-    let mut half = cfg.clone().with_precision(Precision::F16).init::<B>(&device).unwrap();
-    assert_eq!(half.precision().bytes_per_value() * 2, Precision::F32.bytes_per_value());
-    assert_eq!(half.rows().dtype(), burn::tensor::DType::F32, "arithmetic view is f32");
-    let err = max_diff(&values(half.rows()), &values(full.rows()).iter().map(|&x| x as f64).collect::<Vec<_>>());
+    let mut half = cfg
+        .clone()
+        .with_precision(Precision::F16)
+        .init::<B>(&device)
+        .unwrap();
+    assert_eq!(
+        half.precision().bytes_per_value() * 2,
+        Precision::F32.bytes_per_value()
+    );
+    assert_eq!(
+        half.rows().dtype(),
+        burn::tensor::DType::F32,
+        "arithmetic view is f32"
+    );
+    let err = max_diff(
+        &values(half.rows()),
+        &values(full.rows())
+            .iter()
+            .map(|&x| x as f64)
+            .collect::<Vec<_>>(),
+    );
     assert!(err < 1e-3, "f16 rounding error {err}");
     // Updates work in f16 storage too, within f16 resolution of the f32 update.
     let mut full = full;
     let f = tensor::<B>(host_matrix(4, 32, 1), 4, 32, &device);
     let idx = [1i64, 1, 9, 9];
-    full.update(indices::<B>(&idx, &device), f.clone(), 2).unwrap();
+    full.update(indices::<B>(&idx, &device), f.clone(), 2)
+        .unwrap();
     half.update(indices::<B>(&idx, &device), f, 2).unwrap();
-    let err = max_diff(&values(half.rows()), &values(full.rows()).iter().map(|&x| x as f64).collect::<Vec<_>>());
+    let err = max_diff(
+        &values(half.rows()),
+        &values(full.rows())
+            .iter()
+            .map(|&x| x as f64)
+            .collect::<Vec<_>>(),
+    );
     assert!(err < 2e-3, "f16 update error {err}");
 }
 
 #[test]
 fn f16_on_a_backend_without_f16_is_a_clear_error() {
     let cfg = MemoryBankConfig::new(4, 4).with_precision(Precision::F16);
-    let err = cfg.init::<burn::backend::NdArray>(&Default::default()).unwrap_err();
+    let err = cfg
+        .init::<burn::backend::NdArray>(&Default::default())
+        .unwrap_err();
     assert!(err.to_string().contains("f16"), "{err}");
 }

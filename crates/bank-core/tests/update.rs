@@ -11,9 +11,12 @@ use common::*;
 /// (0.383, 0.924) instead.
 fn two_views_move_the_row_once<B: Backend>(device: &B::Device) {
     let rows = tensor::<B>(vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0], 3, 2, device);
-    let mut bank = MemoryBankConfig::new(3, 2).init_from_features(rows).unwrap();
+    let mut bank = MemoryBankConfig::new(3, 2)
+        .init_from_features(rows)
+        .unwrap();
     let feats = tensor::<B>(vec![0.0, 1.0, 0.0, 1.0], 2, 2, device);
-    bank.update(indices::<B>(&[0, 0], device), feats, 2).unwrap();
+    bank.update(indices::<B>(&[0, 0], device), feats, 2)
+        .unwrap();
     let got = values(bank.rows());
     let h = std::f64::consts::FRAC_1_SQRT_2;
     let want = [h, h, 0.0, 1.0, -1.0, 0.0];
@@ -31,7 +34,8 @@ fn reference_update(bank: &[f32], d: usize, idx: &[i64], feats: &[f32], m: f64) 
         let rows: Vec<usize> = (0..idx.len()).filter(|&r| idx[r] == i).collect();
         let mut row = vec![0f64; d];
         for c in 0..d {
-            let mean = rows.iter().map(|&r| feats[r * d + c] as f64).sum::<f64>() / rows.len() as f64;
+            let mean =
+                rows.iter().map(|&r| feats[r * d + c] as f64).sum::<f64>() / rows.len() as f64;
             row[c] = m * bank[i as usize * d + c] as f64 + (1.0 - m) * mean;
         }
         normalize_rows(&mut row, d);
@@ -44,7 +48,9 @@ fn update_matches_reference_for_k_1_2_4<B: Backend>(device: &B::Device) {
     let (n, d) = (50, 16);
     for views in [1usize, 2, 4] {
         for m in [0.0, 0.5, 0.9] {
-            let bank_cfg = MemoryBankConfig::new(n, d).with_momentum(m).with_seed(views as u64);
+            let bank_cfg = MemoryBankConfig::new(n, d)
+                .with_momentum(m)
+                .with_seed(views as u64);
             let mut bank = bank_cfg.init::<B>(device).unwrap();
             let before = values(bank.rows());
             // 6 samples; sample 3 repeats sample 1's index (a duplicate across samples too).
@@ -57,8 +63,12 @@ fn update_matches_reference_for_k_1_2_4<B: Backend>(device: &B::Device) {
             f.iter_mut().zip(&f64s).for_each(|(a, b)| *a = *b as f32);
 
             let want = reference_update(&before, d, &idx, &f, m);
-            bank.update(indices::<B>(&idx, device), tensor::<B>(f, layout.rows(), d, device), views)
-                .unwrap();
+            bank.update(
+                indices::<B>(&idx, device),
+                tensor::<B>(f, layout.rows(), d, device),
+                views,
+            )
+            .unwrap();
             let got = values(bank.rows());
             let err = max_diff(&got, &want);
             assert!(err < 2e-6, "K={views} m={m}: max error {err}");
@@ -69,16 +79,26 @@ fn update_matches_reference_for_k_1_2_4<B: Backend>(device: &B::Device) {
 fn update_rejects_bad_shapes<B: Backend>(device: &B::Device) {
     let mut bank = MemoryBankConfig::new(10, 4).init::<B>(device).unwrap();
     let f = tensor::<B>(vec![0.5; 12], 3, 4, device);
-    let err = bank.update(indices::<B>(&[1, 1, 2], device), f.clone(), 2).unwrap_err();
+    let err = bank
+        .update(indices::<B>(&[1, 1, 2], device), f.clone(), 2)
+        .unwrap_err();
     assert!(err.to_string().contains("views"), "{err}");
-    let err = bank.update(indices::<B>(&[1, 2], device), f, 1).unwrap_err();
+    let err = bank
+        .update(indices::<B>(&[1, 2], device), f, 1)
+        .unwrap_err();
     assert!(err.to_string().contains("indices"), "{err}");
     let wrong_dim = tensor::<B>(vec![0.5; 6], 2, 3, device);
-    let err = bank.update(indices::<B>(&[1, 2], device), wrong_dim, 1).unwrap_err();
+    let err = bank
+        .update(indices::<B>(&[1, 2], device), wrong_dim, 1)
+        .unwrap_err();
     assert!(err.to_string().contains("[M, 4]"), "{err}");
 }
 
-on_backends!(two_views_move_the_row_once, update_matches_reference_for_k_1_2_4, update_rejects_bad_shapes);
+on_backends!(
+    two_views_move_the_row_once,
+    update_matches_reference_for_k_1_2_4,
+    update_rejects_bad_shapes
+);
 
 #[test]
 fn bank_stays_out_of_the_autodiff_graph() {
@@ -87,7 +107,8 @@ fn bank_stays_out_of_the_autodiff_graph() {
     let mut bank = MemoryBankConfig::new(8, 4).init::<A>(&device).unwrap();
     let f = tensor::<A>(host_matrix(2, 4, 3), 2, 4, &device).require_grad();
     let sims = bank.similarities(f.clone()).unwrap();
-    bank.update(indices::<A>(&[3, 5], &device), f.clone(), 1).unwrap();
+    bank.update(indices::<A>(&[3, 5], &device), f.clone(), 1)
+        .unwrap();
     assert!(!bank.rows().is_require_grad());
     // Gradients still reach the features through the similarities.
     let grads = sims.sum().backward();

@@ -2,8 +2,8 @@
 
 use burn::prelude::*;
 
-use crate::error::positive;
 use crate::Result;
+use crate::error::positive;
 
 /// `log p(j|x) = s_j/τ − log Σ_n exp(s_n/τ)`, row by row, computed with the row maximum subtracted
 /// so that no exponential overflows (τ = 0.02 gives logits of ±50; exp(50) is fine, exp(5000) is not).

@@ -24,7 +24,12 @@ pub fn multi_view_loss<B: Backend>(
     if rows != layout.rows() {
         return Err(Error::Shape {
             what: "log_probs",
-            expected: format!("[{} (B·K = {}·{}), N]", layout.rows(), layout.samples, layout.views),
+            expected: format!(
+                "[{} (B·K = {}·{}), N]",
+                layout.rows(),
+                layout.samples,
+                layout.views
+            ),
             actual: vec![rows, n],
         });
     }

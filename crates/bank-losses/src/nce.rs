@@ -55,7 +55,11 @@ impl NceConfig {
         positive("temperature", self.temperature)?;
         for (field, v) in [("num_rows", self.num_rows), ("noise", self.noise)] {
             if v == 0 {
-                return Err(Error::InvalidValue { field, value: "0".into(), reason: "must be > 0" });
+                return Err(Error::InvalidValue {
+                    field,
+                    value: "0".into(),
+                    reason: "must be > 0",
+                });
             }
         }
         if !(0.0..1.0).contains(&self.z_momentum) {
@@ -65,7 +69,10 @@ impl NceConfig {
                 reason: "must lie in [0, 1)",
             });
         }
-        Ok(NceLoss { config: self.clone(), z: None })
+        Ok(NceLoss {
+            config: self.clone(),
+            z: None,
+        })
     }
 }
 
@@ -92,7 +99,9 @@ impl<B: Backend> NceLoss<B> {
 
     /// The current normaliser Z, read back to the host (for logging and checkpoints).
     pub fn z(&self) -> Option<f64> {
-        self.z.as_ref().map(|z| z.clone().into_scalar().elem::<f64>())
+        self.z
+            .as_ref()
+            .map(|z| z.clone().into_scalar().elem::<f64>())
     }
 
     /// Restores Z (from a checkpoint).
@@ -178,7 +187,11 @@ pub fn nce_similarities<B: Backend>(
     }
     let own = bank.select(targets);
     let positive = (features.clone() * own).sum_dim(1).squeeze_dim(1);
-    let noise_rows = bank.select(noise_indices.reshape([m * k])).reshape([m, k, d]);
-    let noise = noise_rows.matmul(features.unsqueeze_dim::<3>(2)).squeeze_dim(2);
+    let noise_rows = bank
+        .select(noise_indices.reshape([m * k]))
+        .reshape([m, k, d]);
+    let noise = noise_rows
+        .matmul(features.unsqueeze_dim::<3>(2))
+        .squeeze_dim(2);
     Ok((positive, noise))
 }

@@ -28,6 +28,31 @@ macro_rules! on_backends {
     };
 }
 
+/// Like [`on_backends!`] for `fn name<B: AutodiffBackend>(device: &B::Device)`: f64 ndarray (for
+/// tight finite-difference checks), flex, and wgpu with `--features wgpu`.
+#[macro_export]
+macro_rules! on_autodiff_backends {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[test]
+                fn ndarray_f64() {
+                    super::$test::<burn::backend::Autodiff<burn::backend::NdArray<f64>>>(&Default::default());
+                }
+                #[test]
+                fn flex() {
+                    super::$test::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default());
+                }
+                #[cfg(feature = "wgpu")]
+                #[test]
+                fn wgpu() {
+                    super::$test::<burn::backend::Autodiff<burn::backend::Wgpu>>(&Default::default());
+                }
+            }
+        )*
+    };
+}
+
 /// Row-major f32 values of a 2-d tensor.
 pub fn values<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
@@ -57,12 +82,25 @@ pub fn normalize_rows(m: &mut [f64], cols: usize) {
 /// Largest absolute difference.
 pub fn max_diff(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }
 
-/// A 2-d f32 tensor from row-major values.
-pub fn tensor<B: Backend>(values: Vec<f32>, rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
+/// A 2-d float tensor from row-major values (converted to the backend's float type).
+pub fn tensor<B: Backend>(
+    values: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+}
+
+/// The single value of a `[1]` tensor.
+pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0]
 }
 
 /// A 1-d index tensor.
