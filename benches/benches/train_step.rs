@@ -26,8 +26,7 @@ fn train_step(c: &mut Criterion) {
     group.bench_function("step_n50000_d128_bk512", |b| {
         b.iter(|| {
             let f = inputs.features.clone().require_grad();
-            let sims = inputs.bank.similarities(f.clone()).unwrap();
-            let lp = BankLogProbs::new(sims, TAU).unwrap();
+            let lp = BankLogProbs::from_features(&inputs.bank, f.clone(), TAU).unwrap();
             let loss = instance_loss(&lp, inputs.indices.clone()).unwrap();
             let grads = loss.backward();
             let g = f.grad(&grads).unwrap();

@@ -51,27 +51,16 @@ fn similarities_are_dot_products<B: Backend>(device: &B::Device) {
 }
 
 fn init_is_seeded_and_unit_norm<B: Backend>(device: &B::Device) {
-    let a = values(
-        MemoryBankConfig::new(100, 16)
-            .with_seed(1)
-            .init::<B>(device)
-            .unwrap()
-            .rows(),
-    );
-    let b = values(
-        MemoryBankConfig::new(100, 16)
-            .with_seed(1)
-            .init::<B>(device)
-            .unwrap()
-            .rows(),
-    );
-    let c = values(
-        MemoryBankConfig::new(100, 16)
-            .with_seed(2)
-            .init::<B>(device)
-            .unwrap()
-            .rows(),
-    );
+    let rows = |seed| {
+        values(
+            MemoryBankConfig::new(100, 16)
+                .with_seed(seed)
+                .init::<B>(device)
+                .unwrap()
+                .rows(),
+        )
+    };
+    let (a, b, c) = (rows(1), rows(1), rows(2));
     assert_eq!(a, b);
     assert_ne!(a, c);
     for row in a.chunks(16) {

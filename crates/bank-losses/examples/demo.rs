@@ -12,11 +12,12 @@ use anyhow::Result;
 use bank_core::{MemoryBank, MemoryBankConfig, ViewLayout, l2_normalize};
 use bank_losses::{BankLogProbs, ConsistencyLoss, multi_view_loss};
 use burn::backend::Autodiff;
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
+use burn::tensor::Device;
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -169,7 +170,7 @@ fn main() -> Result<()> {
             let idx =
                 Tensor::<Train, 1, Int>::from_data(TensorData::new(idx, [layout.rows()]), &device);
             let f = net.forward(data.views(batch, args.views, &mut rng, &device));
-            let lp = BankLogProbs::new(bank.similarities(f.clone())?, args.tau)?;
+            let lp = BankLogProbs::from_features(&bank, f.clone(), args.tau)?;
             let mut loss = multi_view_loss(&lp, idx.clone(), layout)?;
             if consistency.weight > 0.0 {
                 loss = loss + consistency.forward(&lp, layout)?;
@@ -207,7 +208,7 @@ fn evaluate(
     bank: &MemoryBank<Inner>,
     data: &Data,
     rng: &mut StdRng,
-    device: &<Inner as Backend>::Device,
+    device: &Device<Inner>,
 ) -> (f64, f64) {
     let n = data.labels.len();
     let all: Vec<usize> = (0..n).collect();

@@ -3,7 +3,7 @@
 use bank_core::ViewLayout;
 use burn::prelude::*;
 
-use crate::error::positive;
+use crate::error::{check_layout, positive};
 use crate::{BankLogProbs, Error, Result};
 
 /// `λ · (1/B) Σ_i (1/(K(K−1))) Σ_k Σ_{j≠k} KL(p(·|x_i^k) ‖ p(·|x_i^j))` over the bank softmax:
@@ -39,14 +39,8 @@ impl ConsistencyLoss {
         log_probs: &BankLogProbs<B>,
         layout: ViewLayout,
     ) -> Result<Tensor<B, 1>> {
-        let [rows, n] = log_probs.dims();
-        if rows != layout.rows() {
-            return Err(Error::Shape {
-                what: "log_probs",
-                expected: format!("[{} (B·K), N]", layout.rows()),
-                actual: vec![rows, n],
-            });
-        }
+        check_layout(log_probs.dims(), layout)?;
+        let n = log_probs.dims()[1];
         let k = layout.views;
         if k < 2 {
             return Err(Error::InvalidValue {
@@ -55,7 +49,7 @@ impl ConsistencyLoss {
                 reason: "consistency needs at least 2 views per sample",
             });
         }
-        let log_p = log_probs.tensor().clone().reshape([layout.samples, k, n]);
+        let log_p = log_probs.tensor().reshape([layout.samples, k, n]);
         let p = log_p.clone().exp();
         let mean_log_p = log_p.clone().mean_dim(1); // [B, 1, N]
         let pair_sum = (p * (log_p - mean_log_p)).sum() * k as f64; // Σ over samples and pairs

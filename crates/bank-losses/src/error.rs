@@ -56,3 +56,21 @@ pub(crate) fn check_len(what: &'static str, dims: [usize; 1], len: usize) -> Res
         })
     }
 }
+
+/// Checks that log-probabilities have one row per row of `layout`.
+pub(crate) fn check_layout(dims: [usize; 2], layout: bank_core::ViewLayout) -> Result<()> {
+    let [rows, n] = dims;
+    if rows == layout.rows() {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        what: "log_probs",
+        expected: format!(
+            "[{} (B·K = {}·{}), N]",
+            layout.rows(),
+            layout.samples,
+            layout.views
+        ),
+        actual: vec![rows, n],
+    })
+}

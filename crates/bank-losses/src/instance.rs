@@ -18,9 +18,5 @@ pub fn instance_loss<B: Backend>(
 ) -> Result<Tensor<B, 1>> {
     let [m, _] = log_probs.dims();
     check_len("targets", targets.dims(), m)?;
-    let picked = log_probs
-        .tensor()
-        .clone()
-        .gather(1, targets.unsqueeze_dim(1));
-    Ok(picked.mean().neg())
+    Ok(log_probs.pick(targets).mean().neg())
 }

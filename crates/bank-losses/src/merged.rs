@@ -37,11 +37,9 @@ pub fn merged_positive_loss<B: Backend>(
         .equal(target_group.unsqueeze_dim::<2>(1).expand([m, n]));
     // Log-sum-exp over the group only: other entries are pushed to −1e30 (not −inf, whose
     // differences would be NaN). The target is in its own group, so the maximum is finite.
-    let masked = log_probs
-        .tensor()
-        .clone()
-        .mask_fill(in_group.bool_not(), -1e30);
+    // Works on the shifted logits: log Σ_G p = logsumexp_G(shifted) − log-normaliser.
+    let masked = log_probs.shifted().mask_fill(in_group.bool_not(), -1e30);
     let max = masked.clone().max_dim(1).detach();
-    let log_sum = (masked - max.clone()).exp().sum_dim(1).log() + max;
+    let log_sum = (masked - max.clone()).exp().sum_dim(1).log() + max - log_probs.log_norm();
     Ok(log_sum.mean().neg())
 }

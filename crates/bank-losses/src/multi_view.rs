@@ -3,7 +3,8 @@
 use bank_core::ViewLayout;
 use burn::prelude::*;
 
-use crate::{BankLogProbs, Error, Result, instance_loss};
+use crate::error::check_layout;
+use crate::{BankLogProbs, Result, instance_loss};
 
 /// `−(1/(B·K)) Σ_i Σ_k log p(i | x_i^(k))`: every one of the K views of each of the B samples is
 /// classified against the bank with its sample's index as target. Rows follow [`ViewLayout`].
@@ -20,18 +21,6 @@ pub fn multi_view_loss<B: Backend>(
     indices: Tensor<B, 1, Int>,
     layout: ViewLayout,
 ) -> Result<Tensor<B, 1>> {
-    let [rows, n] = log_probs.dims();
-    if rows != layout.rows() {
-        return Err(Error::Shape {
-            what: "log_probs",
-            expected: format!(
-                "[{} (B·K = {}·{}), N]",
-                layout.rows(),
-                layout.samples,
-                layout.views
-            ),
-            actual: vec![rows, n],
-        });
-    }
+    check_layout(log_probs.dims(), layout)?;
     instance_loss(log_probs, indices)
 }
