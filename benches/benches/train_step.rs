@@ -19,7 +19,7 @@ fn train_step(c: &mut Criterion) {
     let device = Default::default();
     let layout = ViewLayout::new(256, 2);
     let mut inputs = step_inputs::<A>(N, D, layout, &device);
-    let name = format!("{}", <Bench as Backend>::name(&device));
+    let name = <Bench as Backend>::name(&device);
     let mut group = c.benchmark_group(format!("train_step/{name}"));
     group.sample_size(10);
 

@@ -31,7 +31,8 @@ impl ViewLayout {
     /// The layout of a batch of `rows` rows with `views` views per sample, or `None` when `rows` is
     /// not a positive multiple of `views`.
     pub fn from_rows(rows: usize, views: usize) -> Option<Self> {
-        (views > 0 && rows > 0 && rows % views == 0).then(|| Self::new(rows / views, views))
+        (views > 0 && rows > 0 && rows.is_multiple_of(views))
+            .then(|| Self::new(rows / views, views))
     }
 
     /// Total rows, `samples · views`.
