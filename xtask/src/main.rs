@@ -25,7 +25,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run every test: the workspace on the CPU backends, then bank-core and bank-losses on wgpu.
+    /// Run every test: the workspace on the CPU backends, then the tensor crates' tests on wgpu.
     Test {
         /// Skip the wgpu run (which needs a Vulkan driver: Debian's mesa-vulkan-drivers).
         #[arg(long)]
@@ -82,8 +82,19 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             ensure_vulkan_driver()?;
-            let mut cmd = cargo(&["test", "-p", "bank-core", "-p", "bank-losses"]);
-            cmd.args(["--features", "bank-core/wgpu,bank-losses/wgpu"]);
+            let mut cmd = cargo(&[
+                "test",
+                "-p",
+                "bank-core",
+                "-p",
+                "bank-losses",
+                "-p",
+                "bank-mining",
+            ]);
+            cmd.args([
+                "--features",
+                "bank-core/wgpu,bank-losses/wgpu,bank-mining/wgpu",
+            ]);
             run(cmd)
         }
         Task::Bench { backend, args } => {

@@ -1,0 +1,116 @@
+//! Neighbour search against a brute-force f64 reference.
+
+#[path = "../../bank-core/tests/common/mod.rs"]
+mod common;
+
+use bank_core::{MemoryBank, MemoryBankConfig};
+use bank_mining::{KnnConfig, nearest_neighbours, query_neighbours};
+use burn::prelude::*;
+use common::*;
+
+/// Brute-force top-k in f64: sort by (similarity desc, index asc).
+fn brute_force(
+    rows: &[f32],
+    queries: &[f32],
+    d: usize,
+    k: usize,
+    exclude_self: bool,
+) -> Vec<Vec<u32>> {
+    let n = rows.len() / d;
+    queries
+        .chunks(d)
+        .enumerate()
+        .map(|(q, query)| {
+            let mut all: Vec<(f64, u32)> = (0..n)
+                .filter(|&j| !(exclude_self && j == q))
+                .map(|j| {
+                    let s = (0..d)
+                        .map(|c| query[c] as f64 * rows[j * d + c] as f64)
+                        .sum::<f64>();
+                    (s, j as u32)
+                })
+                .collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            all.into_iter().take(k).map(|(_, j)| j).collect()
+        })
+        .collect()
+}
+
+fn knn_equals_brute_force_blocked_and_unblocked<B: Backend>(device: &B::Device) {
+    let (n, d, k) = (500, 12, 7);
+    let bank = MemoryBankConfig::new(n, d)
+        .with_seed(3)
+        .init::<B>(device)
+        .unwrap();
+    let rows = values(bank.rows());
+    let want = brute_force(&rows, &rows, d, k, true);
+    // 1 MiB holds everything in one block; 16 KiB forces many row and column blocks.
+    for budget in [1 << 20, 16 << 10] {
+        let got = nearest_neighbours(&bank, &KnnConfig::new(k).with_memory_budget(budget)).unwrap();
+        assert_eq!(got.len(), n);
+        for (q, want_q) in want.iter().enumerate() {
+            let (idx, sims) = got.of(q);
+            assert_eq!(idx, want_q.as_slice(), "row {q}, budget {budget}");
+            assert!(sims.windows(2).all(|w| w[0] >= w[1]));
+        }
+    }
+    let queries = host_matrix(9, d, 4);
+    let want = brute_force(&rows, &queries, d, k, false);
+    let got = query_neighbours(
+        &bank,
+        tensor::<B>(queries, 9, d, device),
+        &KnnConfig::new(k).with_memory_budget(16 << 10),
+    )
+    .unwrap();
+    for (q, want_q) in want.iter().enumerate() {
+        assert_eq!(got.of(q).0, want_q.as_slice(), "query {q}");
+    }
+}
+
+/// Exact duplicates tie: the lower index wins, whatever the blocking.
+fn ties_go_to_the_lower_index<B: Backend>(device: &B::Device) {
+    let d = 4;
+    let mut v = vec![0f32; 6 * d];
+    for (r, row) in v.chunks_mut(d).enumerate() {
+        row[if r < 4 { 0 } else { 1 }] = 1.0; // rows 0..4 identical, rows 4, 5 identical
+    }
+    let bank: MemoryBank<B> = MemoryBankConfig::new(6, d)
+        .init_from_features(tensor::<B>(v, 6, d, device))
+        .unwrap();
+    for budget in [1 << 20, 8 << 10] {
+        let got = nearest_neighbours(&bank, &KnnConfig::new(2).with_memory_budget(budget)).unwrap();
+        assert_eq!(got.of(0).0, &[1, 2]);
+        assert_eq!(got.of(3).0, &[0, 1]);
+        assert_eq!(got.of(5).0[0], 4);
+    }
+}
+
+fn bad_arguments_are_errors<B: Backend>(device: &B::Device) {
+    let bank = MemoryBankConfig::new(10, 4).init::<B>(device).unwrap();
+    assert!(
+        nearest_neighbours(&bank, &KnnConfig::new(10))
+            .unwrap_err()
+            .to_string()
+            .contains("`k`")
+    );
+    assert!(nearest_neighbours(&bank, &KnnConfig::new(0)).is_err());
+    assert!(
+        nearest_neighbours(&bank, &KnnConfig::new(2).with_memory_budget(100))
+            .unwrap_err()
+            .to_string()
+            .contains("memory_budget")
+    );
+    let wrong = tensor::<B>(vec![0.0; 6], 2, 3, device);
+    assert!(
+        query_neighbours(&bank, wrong, &KnnConfig::new(2))
+            .unwrap_err()
+            .to_string()
+            .contains("[M, 4]")
+    );
+}
+
+on_backends!(
+    knn_equals_brute_force_blocked_and_unblocked,
+    ties_go_to_the_lower_index,
+    bad_arguments_are_errors
+);
