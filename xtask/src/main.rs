@@ -91,10 +91,9 @@ fn main() -> Result<()> {
                 "-p",
                 "bank-mining",
             ]);
-            cmd.args([
-                "--features",
-                "bank-core/wgpu,bank-losses/wgpu,bank-mining/wgpu",
-            ]);
+            // Library and integration tests only: the CPU run already built the examples.
+            cmd.args(["--lib", "--tests", "--features"]);
+            cmd.arg("bank-core/wgpu,bank-losses/wgpu,bank-mining/wgpu");
             run(cmd)
         }
         Task::Bench { backend, args } => {

@@ -1,12 +1,9 @@
 //! NCE's similarities gathered from a real bank agree with the full similarity matrix.
 
-#[path = "../../bank-core/tests/common/mod.rs"]
-mod common;
-
+use crate::common::*;
 use bank_core::MemoryBankConfig;
 use bank_losses::{BankLogProbs, NceConfig, instance_loss, nce_similarities};
 use burn::prelude::*;
-use common::*;
 
 fn gathered_similarities_match_the_full_matrix<B: Backend>(device: &B::Device) {
     let (n, d, m, k) = (200, 16, 5, 7);

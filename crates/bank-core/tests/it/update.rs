@@ -1,10 +1,8 @@
 //! The bank update against hand-computed values and an independent f64 computation.
 
-mod common;
-
+use crate::common::*;
 use bank_core::{MemoryBankConfig, ViewLayout};
 use burn::prelude::*;
-use common::*;
 
 /// Two views of sample 0 pull its row (1, 0) towards (0, 1): one update with m = 0.5 gives
 /// normalise(0.5·(1,0) + 0.5·(0,1)) = (1/√2, 1/√2). Updating once per view would give

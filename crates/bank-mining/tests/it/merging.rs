@@ -1,11 +1,8 @@
 //! Union-find properties, planted near-duplicates, the schedule and persistence of groups.
 
-#[path = "../../bank-core/tests/common/mod.rs"]
-mod common;
-
+use crate::common::*;
 use bank_core::{Attachment, MemoryBank, MemoryBankConfig};
 use bank_mining::{KnnConfig, MergeSchedule, Merger, UnionFind, nearest_neighbours};
-use common::*;
 
 type B = burn::backend::Flex;
 

@@ -1,12 +1,9 @@
 //! Neighbour search against a brute-force f64 reference.
 
-#[path = "../../bank-core/tests/common/mod.rs"]
-mod common;
-
+use crate::common::*;
 use bank_core::{MemoryBank, MemoryBankConfig};
 use bank_mining::{KnnConfig, nearest_neighbours, query_neighbours};
 use burn::prelude::*;
-use common::*;
 
 /// Brute-force top-k in f64: sort by (similarity desc, index asc).
 fn brute_force(

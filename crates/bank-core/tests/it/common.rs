@@ -1,19 +1,21 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use burn::prelude::*;
 
 /// Instantiates a generic test `fn name<B: Backend>(device: &B::Device)` once per backend:
-/// ndarray and flex always, wgpu with `--features wgpu`.
-#[macro_export]
+/// ndarray and flex, or wgpu alone with `--features wgpu` (the CPU run already covers the CPU
+/// backends, and each instantiation costs minutes of compile time).
 macro_rules! on_backends {
     ($($test:ident),* $(,)?) => {
         $(
             mod $test {
+                #[cfg(not(feature = "wgpu"))]
                 #[test]
                 fn ndarray() {
                     super::$test::<burn::backend::NdArray>(&Default::default());
                 }
+                #[cfg(not(feature = "wgpu"))]
                 #[test]
                 fn flex() {
                     super::$test::<burn::backend::Flex>(&Default::default());
@@ -28,20 +30,21 @@ macro_rules! on_backends {
     };
 }
 
-/// Like [`on_backends!`] for `fn name<B: AutodiffBackend>(device: &B::Device)`: ndarray, flex,
-/// and wgpu with `--features wgpu`.
+/// Like [`on_backends!`] for `fn name<B: AutodiffBackend>(device: &B::Device)`: ndarray and flex,
+/// or wgpu alone with `--features wgpu`.
 ///
 /// Not `NdArray<f64>`: burn keeps the default float dtype per device, and ndarray's f32 and f64
 /// backends share one device, so mixing them in one test binary makes f32 tensors come out f64.
-#[macro_export]
 macro_rules! on_autodiff_backends {
     ($($test:ident),* $(,)?) => {
         $(
             mod $test {
+                #[cfg(not(feature = "wgpu"))]
                 #[test]
                 fn ndarray() {
                     super::$test::<burn::backend::Autodiff<burn::backend::NdArray>>(&Default::default());
                 }
+                #[cfg(not(feature = "wgpu"))]
                 #[test]
                 fn flex() {
                     super::$test::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default());

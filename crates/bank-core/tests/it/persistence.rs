@@ -1,12 +1,10 @@
 //! Save/load round trips and rejection of bad files.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::*;
 use bank_core::{Attachment, Error, MemoryBank, MemoryBankConfig, Precision};
 use burn::prelude::*;
-use common::*;
 
 fn round_trip_is_bit_exact<B: Backend>(device: &B::Device, precision: Precision) {
     let dir = tempfile::tempdir().unwrap();

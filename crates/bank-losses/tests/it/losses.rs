@@ -1,17 +1,13 @@
 //! Every loss against an independent f64 computation, its gradient against central finite
 //! differences, and the identities between the losses.
 
-#[path = "../../bank-core/tests/common/mod.rs"]
-mod common;
-mod reference;
-
+use crate::common::*;
 use bank_core::ViewLayout;
 use bank_losses::{
     BankLogProbs, ConsistencyLoss, NceConfig, instance_loss, merged_positive_loss, multi_view_loss,
 };
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use common::*;
 
 /// Similarities in [-1, 1] as real dot products of unit vectors would give.
 fn sims(m: usize, n: usize, seed: u64) -> Vec<f32> {
@@ -47,14 +43,14 @@ fn values_match_reference<B: Backend>(device: &B::Device) {
     let inst = scalar(instance_loss(&lp, indices::<B>(&targets_i64, device)).unwrap());
     close(
         inst,
-        reference::instance(&sd, n, TAU, &targets),
+        crate::reference::instance(&sd, n, TAU, &targets),
         1e-5,
         "instance",
     );
     let mv = scalar(multi_view_loss(&lp, indices::<B>(&targets_i64, device), layout).unwrap());
     close(
         mv,
-        reference::instance(&sd, n, TAU, &targets),
+        crate::reference::instance(&sd, n, TAU, &targets),
         1e-5,
         "multi-view",
     );
@@ -66,7 +62,7 @@ fn values_match_reference<B: Backend>(device: &B::Device) {
     );
     close(
         cons,
-        reference::consistency(&sd, n, TAU, views, 0.7),
+        crate::reference::consistency(&sd, n, TAU, views, 0.7),
         1e-4,
         "consistency",
     );
@@ -80,7 +76,7 @@ fn values_match_reference<B: Backend>(device: &B::Device) {
     );
     close(
         merged,
-        reference::merged(&sd, n, TAU, &targets, &groups),
+        crate::reference::merged(&sd, n, TAU, &targets, &groups),
         1e-5,
         "merged",
     );
@@ -106,10 +102,10 @@ fn nce_matches_reference_and_smooths_z<B: Backend>(device: &B::Device) {
         )
         .unwrap(),
     );
-    let z1 = reference::z_estimate(&as_f64(&noise1), n_rows, tau);
+    let z1 = crate::reference::z_estimate(&as_f64(&noise1), n_rows, tau);
     close(
         got1,
-        reference::nce(&as_f64(&pos1), &as_f64(&noise1), k, n_rows, tau, z1),
+        crate::reference::nce(&as_f64(&pos1), &as_f64(&noise1), k, n_rows, tau, z1),
         1e-4,
         "nce batch 1",
     );
@@ -124,7 +120,7 @@ fn nce_matches_reference_and_smooths_z<B: Backend>(device: &B::Device) {
         )
         .unwrap(),
     );
-    let z2 = 0.75 * z1 + 0.25 * reference::z_estimate(&as_f64(&noise2), n_rows, tau);
+    let z2 = 0.75 * z1 + 0.25 * crate::reference::z_estimate(&as_f64(&noise2), n_rows, tau);
     close(
         loss.z().unwrap(),
         z2,
@@ -133,7 +129,7 @@ fn nce_matches_reference_and_smooths_z<B: Backend>(device: &B::Device) {
     );
     close(
         got2,
-        reference::nce(&as_f64(&pos2), &as_f64(&noise2), k, n_rows, tau, z2),
+        crate::reference::nce(&as_f64(&pos2), &as_f64(&noise2), k, n_rows, tau, z2),
         1e-4,
         "nce batch 2",
     );
@@ -289,8 +285,8 @@ fn gradients_match_finite_differences<B: AutodiffBackend>(device: &B::Device) {
         )
         .unwrap()
     });
-    let want = reference::finite_diff(
-        |x| reference::instance(x, n, TAU, &targets),
+    let want = crate::reference::finite_diff(
+        |x| crate::reference::instance(x, n, TAU, &targets),
         &sd,
         &coords,
         eps,
@@ -313,8 +309,8 @@ fn gradients_match_finite_differences<B: AutodiffBackend>(device: &B::Device) {
             .forward(&BankLogProbs::new(x, TAU).unwrap(), layout)
             .unwrap()
     });
-    let want = reference::finite_diff(
-        |x| reference::consistency(x, n, TAU, views, 0.5),
+    let want = crate::reference::finite_diff(
+        |x| crate::reference::consistency(x, n, TAU, views, 0.5),
         &sd,
         &coords,
         eps,
@@ -329,8 +325,8 @@ fn gradients_match_finite_differences<B: AutodiffBackend>(device: &B::Device) {
         )
         .unwrap()
     });
-    let want = reference::finite_diff(
-        |x| reference::merged(x, n, TAU, &targets, &groups),
+    let want = crate::reference::finite_diff(
+        |x| crate::reference::merged(x, n, TAU, &targets, &groups),
         &sd,
         &coords,
         eps,
@@ -348,7 +344,7 @@ fn gradients_match_finite_differences<B: AutodiffBackend>(device: &B::Device) {
     };
     let z = {
         let (_, noise) = split(&pd);
-        reference::z_estimate(&noise, n_rows, tau)
+        crate::reference::z_estimate(&noise, n_rows, tau)
     };
     let coords: Vec<usize> = (0..rows * (k + 1)).collect();
     let got = autodiff_grad::<B>(&packed, [rows, k + 1], &coords, device, |x| {
@@ -361,10 +357,10 @@ fn gradients_match_finite_differences<B: AutodiffBackend>(device: &B::Device) {
         let noise = x.slice([0..rows, 1..k + 1]);
         nce.forward(pos, noise).unwrap()
     });
-    let want = reference::finite_diff(
+    let want = crate::reference::finite_diff(
         |x| {
             let (pos, noise) = split(x);
-            reference::nce(&pos, &noise, k, n_rows, tau, z)
+            crate::reference::nce(&pos, &noise, k, n_rows, tau, z)
         },
         &pd,
         &coords,

@@ -1,10 +1,8 @@
 //! Similarities, chunking and initialisation.
 
-mod common;
-
+use crate::common::*;
 use bank_core::{MemoryBankConfig, Precision};
 use burn::prelude::*;
-use common::*;
 
 fn similarities_are_dot_products<B: Backend>(device: &B::Device) {
     let (n, d, m) = (37, 8, 5);
