@@ -171,6 +171,12 @@ impl Merger {
                 neighbours.len()
             )));
         }
+        if let Some(l) = labels.filter(|l| l.len() != n) {
+            return Err(Error::Groups(format!(
+                "{} labels given for a bank of {n} rows",
+                l.len()
+            )));
+        }
         let top1 = |i: usize| neighbours.of(i).0[0];
         let mut candidates: Vec<(f32, u32, u32)> = (0..n as u32)
             .filter_map(|i| {

@@ -247,3 +247,17 @@ fn invalid_schedules_name_the_field() {
         assert!(s.validate().unwrap_err().to_string().contains(field));
     }
 }
+
+#[test]
+fn labels_of_the_wrong_length_are_an_error_not_a_panic() {
+    let bank = planted_bank(40, 8, 5);
+    let nn = nearest_neighbours(&bank, &KnnConfig::new(1)).unwrap();
+    let mut merger = Merger::new(40, MergeSchedule::default()).unwrap();
+    let err = merger.round(&nn, Some(&[0u32; 39])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("39 labels given for a bank of 40 rows"),
+        "{err}"
+    );
+    assert_eq!(merger.rounds(), 0, "a rejected round does not count");
+}
