@@ -1,0 +1,49 @@
+//! # bank-data
+//!
+//! Images in, K-view batches out, for instance-discrimination training with a memory bank.
+//!
+//! - Readers decode a dataset once into one compact [`ImageStore`] (in parallel, within a memory
+//!   limit): image folders ([`read_image_folder`]), `.tar`/`.tar.gz` archives of such folders
+//!   ([`read_image_archive`]), CIFAR-10/100 binaries ([`read_cifar`]) and STL-10 binaries
+//!   ([`read_stl10`]). [`DatasetCache`] keeps the decoded result on disk for the next start.
+//! - [`AugmentConfig`] is the NPID/ISIF augmentation; [`EvalConfig`] the evaluation view. Every
+//!   view is a pure function of `(seed, epoch, index, view)` ([`view_seed`]).
+//! - [`MultiViewLoader`] shuffles per epoch and renders `B·K` views per batch in `bank-core`'s
+//!   [`bank_core::ViewLayout`], a batch ahead on a background thread.
+//! - [`Downloader`] fetches CIFAR-10/100 and STL-10 with SHA-256 checks and resume.
+//!
+//! Invariant: nothing here knows of models, losses or the bank beyond the batch layout.
+
+mod archive;
+mod augment;
+mod cache;
+mod cifar;
+mod dataset;
+mod decode;
+mod download;
+mod error;
+mod folder;
+mod loader;
+mod render;
+mod stl10;
+mod store;
+
+pub use archive::read_image_archive;
+pub use augment::{AugmentConfig, EvalConfig, Transform, view_seed};
+pub use cache::{DatasetCache, load as load_cache, save as save_cache};
+pub use cifar::{CIFAR10_CLASSES, Cifar100Label, CifarKind, cifar_split_files, read_cifar};
+pub use dataset::{Dataset, ImageDataset};
+pub use decode::{
+    DEFAULT_MEMORY_LIMIT, DecodeOptions, DecodedImage, FolderLayout, OnError, decode_image,
+    is_image_name,
+};
+pub use download::{
+    CIFAR10_BINARY, CIFAR100_BINARY, Downloader, RemoteFile, STL10_BINARY, part_path, sha256_of,
+    unpack,
+};
+pub use error::{Error, Result};
+pub use folder::read_image_folder;
+pub use loader::{Batch, EpochBatches, HostBatch, LoaderConfig, MultiViewLoader};
+pub use render::{CropRect, Jitter, Normalize, ViewParams, crop_resize, render};
+pub use stl10::{STL10_CLASSES, read_stl10};
+pub use store::{CHANNELS, ImageRef, ImageStore};
