@@ -115,7 +115,7 @@ pub fn read_cifar(
     for path in files {
         let path = path.as_ref();
         let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-        if bytes.is_empty() || bytes.len() % record != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
             return Err(Error::format(
                 path,
                 format!(

@@ -28,7 +28,7 @@ pub fn read_stl10(
     let len = fs::metadata(images)
         .map_err(|e| Error::io(images, e))?
         .len() as usize;
-    if len == 0 || len % IMAGE_BYTES != 0 {
+    if len == 0 || !len.is_multiple_of(IMAGE_BYTES) {
         return Err(Error::format(
             images,
             format!("{len} bytes is not a whole number of {IMAGE_BYTES}-byte 96×96×3 images"),
