@@ -1,0 +1,84 @@
+//! The crate's error type.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in `bank-train`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is invalid; `field` names it (`optim.lr`) or the file.
+    #[error("config `{field}`: {reason}")]
+    Config {
+        /// The field or file.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// File-system error.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A checkpoint or run folder is missing, damaged or inconsistent.
+    #[error("{}: {reason}", path.display())]
+    Checkpoint {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "loss is {value} at epoch {epoch}, step {step}; stopped (the last good checkpoint is kept)"
+    )]
+    NonFiniteLoss {
+        /// Epoch (from 0).
+        epoch: usize,
+        /// Global step.
+        step: usize,
+        /// The loss value.
+        value: f64,
+    },
+    /// The run folder exists and resuming was not asked for.
+    #[error(
+        "{} already exists; pass --resume to continue it, or choose another --name",
+        path.display()
+    )]
+    RunExists {
+        /// The run folder.
+        path: PathBuf,
+    },
+    /// From bank-core.
+    #[error(transparent)]
+    Core(#[from] bank_core::Error),
+    /// From bank-losses.
+    #[error(transparent)]
+    Losses(#[from] bank_losses::Error),
+    /// From bank-mining.
+    #[error(transparent)]
+    Mining(#[from] bank_mining::Error),
+    /// From bank-data.
+    #[error(transparent)]
+    Data(#[from] bank_data::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
+        Self::Checkpoint {
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Weighted kNN evaluation (NPID): each of the k nearest training features votes for its class
+//! with weight exp(s/σ); top-1 and top-5 accuracy of the test images.
+
+use bank_core::MemoryBank;
+use bank_mining::{KnnConfig, Neighbours, query_neighbours};
+use burn::prelude::*;
+use serde::Serialize;
+
+use crate::Result;
+
+/// Top-1 and top-5 accuracy, in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KnnAccuracy {
+    /// Fraction whose highest-voted class is right.
+    pub top1: f64,
+    /// Fraction whose right class is among the five highest-voted.
+    pub top5: f64,
+}
+
+/// Votes of `neighbours` (one query per test image) with weight exp(s/σ).
+pub fn weighted_vote(
+    neighbours: &Neighbours,
+    train_labels: &[u32],
+    test_labels: &[u32],
+    classes: usize,
+    sigma: f64,
+) -> KnnAccuracy {
+    let (mut top1, mut top5) = (0usize, 0usize);
+    let mut votes = vec![0f64; classes];
+    for (q, &truth) in test_labels.iter().enumerate() {
+        votes.fill(0.0);
+        let (idx, sims) = neighbours.of(q);
+        for (&j, &s) in idx.iter().zip(sims) {
+            votes[train_labels[j as usize] as usize] += (f64::from(s) / sigma).exp();
+        }
+        let mine = votes[truth as usize];
+        // Rank of the true class; ties go against it.
+        let better = votes.iter().filter(|&&v| v >= mine).count() - 1;
+        top1 += usize::from(better == 0);
+        top5 += usize::from(better < 5);
+    }
+    let n = test_labels.len().max(1) as f64;
+    KnnAccuracy {
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+    }
+}
+
+/// kNN accuracy of `test_features` against the rows of `bank` (the bank itself, or a bank made
+/// of recomputed train features), computed in blocks within `memory_budget` bytes.
+///
+/// # Shapes
+/// - `test_features`: `[T, D]`
+pub fn knn_accuracy<B: Backend>(
+    bank: &MemoryBank<B>,
+    train_labels: &[u32],
+    test_features: Tensor<B, 2>,
+    test_labels: &[u32],
+    classes: usize,
+    k: usize,
+    sigma: f64,
+) -> Result<KnnAccuracy> {
+    let k = k.min(bank.num_rows());
+    let neighbours = query_neighbours(bank, test_features, &KnnConfig::new(k))?;
+    Ok(weighted_vote(
+        &neighbours,
+        train_labels,
+        test_labels,
+        classes,
+        sigma,
+    ))
+}

@@ -1,0 +1,28 @@
+//! # bank-train
+//!
+//! Models, the training loop, kNN evaluation, checkpoints and the `bank-train` command line of
+//! membank: instance discrimination with a memory bank (NPID) and the three improvements of
+//! Bulat et al. 2021 (K views per sample, consistency, merging of near-duplicates).
+//!
+//! - [`model`]: the small CNN, ResNet-18/50 (CIFAR or ImageNet stem), projection and L2 norm.
+//! - [`TrainConfig`]: a TOML configuration with `section.field=value` overrides.
+//! - [`train`]: the loop; [`knn`]: weighted kNN; [`checkpoint`]: atomic checkpoints and resume.
+//!
+//! Everything that holds tensors is generic over the burn backend.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data_source;
+mod error;
+pub mod knn;
+pub mod metrics;
+pub mod model;
+mod plot;
+pub mod schedule;
+mod trainer;
+
+pub use config::TrainConfig;
+pub use error::{Error, Result};
+pub use trainer::{
+    NoProgress, Progress, RunOptions, embed, latest_bank, optimizer, run_dir, train,
+};

@@ -1,0 +1,261 @@
+//! `bank-train`: train an embedding network with a memory bank, or evaluate a trained run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bank_data::Dataset;
+use bank_train::metrics::EpochMetrics;
+use bank_train::model::ModelConfig;
+use bank_train::{Progress, RunOptions, TrainConfig, checkpoint, data_source, knn};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The inner backend, chosen by Cargo feature (cuda > wgpu > flex > ndarray).
+#[cfg(feature = "cuda")]
+type Inner = burn::backend::Cuda;
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+type Inner = burn::backend::Wgpu;
+#[cfg(all(feature = "flex", not(any(feature = "wgpu", feature = "cuda"))))]
+type Inner = burn::backend::Flex;
+#[cfg(all(
+    feature = "ndarray",
+    not(any(feature = "flex", feature = "wgpu", feature = "cuda"))
+))]
+type Inner = burn::backend::NdArray;
+type Train = Autodiff<Inner>;
+
+#[derive(Parser)]
+#[command(version, about = "membank: unsupervised embeddings by instance discrimination with a memory bank")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train: `bank-train train --config configs/cifar10_small_cpu.toml [--set optim.lr=0.1]`.
+    Train {
+        /// TOML configuration (defaults: the small CPU recipe).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data folder (else MEMBANK_DATA, else ~/.cache/membank/data, downloaded when missing).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Folder that holds the run folders.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Run name (overrides `name` in the config).
+        #[arg(long)]
+        name: Option<String>,
+        /// Continue the run from its newest checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// A config override `section.field=value` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// More overrides, `section.field=value`.
+        #[arg(value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Evaluate a run's newest checkpoint: kNN against its bank and against recomputed features.
+    Eval {
+        /// The run folder (`runs/<name>`).
+        #[arg(long)]
+        run: PathBuf,
+        /// Data folder, as for `train`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+/// Progress bars on the terminal, and one plain line per epoch on stdout.
+struct Bars {
+    bar: Option<ProgressBar>,
+    epochs: usize,
+}
+
+impl Progress for Bars {
+    fn epoch_start(&mut self, epoch: usize, steps: usize) {
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
+        self.bar = Some(bar);
+    }
+
+    fn step(&mut self, loss: f64, images_per_s: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("loss {loss:.4}  {images_per_s:.0} img/s"));
+            bar.inc(1);
+        }
+    }
+
+    fn epoch_end(&mut self, m: &EpochMetrics) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let knn = m.knn_bank.map_or(String::new(), |k| {
+            format!("  kNN(bank) top-1 {:.2}% top-5 {:.2}%", 100.0 * k.top1, 100.0 * k.top5)
+        });
+        let merge = m.merge.as_ref().map_or(String::new(), |r| {
+            format!(
+                "  merged {} pairs → {} groups (largest {}, purity {})",
+                r.pairs_merged,
+                r.groups,
+                r.largest_group,
+                r.purity.map_or("-".into(), |p| format!("{:.1}%", 100.0 * p))
+            )
+        });
+        println!(
+            "epoch {:>3}/{}  loss {:.4}  lr {:.5}  {:.0} img/s ({:.0} s){knn}{merge}",
+            m.epoch, self.epochs, m.loss, m.lr, m.images_per_s, m.train_seconds
+        );
+    }
+
+    fn note(&mut self, line: &str) {
+        println!("{line}");
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,bank_data=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Train {
+            config,
+            data,
+            runs,
+            name,
+            resume,
+            mut set,
+            overrides,
+        } => {
+            set.extend(overrides);
+            if let Some(name) = name {
+                set.push(format!("name=\"{name}\""));
+            }
+            train(config.as_deref(), data.as_deref(), &runs, resume, &set)
+        }
+        Command::Eval { run, data } => eval(&run, data.as_deref()),
+    }
+}
+
+fn train(
+    config_path: Option<&Path>,
+    data: Option<&Path>,
+    runs: &Path,
+    resume: bool,
+    overrides: &[String],
+) -> Result<()> {
+    let mut config = TrainConfig::load(config_path, overrides)?;
+    let run_dir = bank_train::run_dir(runs, &config);
+    if resume {
+        // A resumed run keeps the configuration it was started with (plus these overrides).
+        if let Some(ckpt) = checkpoint::latest(&run_dir.join("checkpoints"))? {
+            let saved = ckpt.parent().and_then(Path::parent).unwrap_or(&run_dir).join("config.toml");
+            config = TrainConfig::load(Some(&saved), overrides)
+                .with_context(|| format!("reading the run's config {}", saved.display()))?;
+        }
+    }
+    let root = data_source::data_root(data);
+    println!("data: {}", root.display());
+    let (train, test) = data_source::cifar10(&root, &config.data)?;
+    let device = Default::default();
+    println!(
+        "backend {} · {:?} · {} train / {} test images · B {} × K {} · {} epochs · run {}",
+        <Inner as Backend>::name(&device),
+        config.model.arch,
+        train.len(),
+        test.len(),
+        config.train.batch_size,
+        config.train.views,
+        config.train.epochs,
+        run_dir.display()
+    );
+    let mut bars = Bars {
+        bar: None,
+        epochs: config.train.epochs,
+    };
+    let summary = bank_train::train::<Train>(
+        &config,
+        train,
+        test,
+        &RunOptions {
+            run_dir: run_dir.clone(),
+            resume,
+        },
+        &device,
+        &mut bars,
+    )?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    println!("written: {}/{{metrics.jsonl,training.png,summary.json,checkpoints/}}", run_dir.display());
+    Ok(())
+}
+
+fn eval(run: &Path, data: Option<&Path>) -> Result<()> {
+    let config = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
+    let Some(ckpt) = checkpoint::latest(&run.join("checkpoints"))? else {
+        bail!("{}: no checkpoint to evaluate", run.display());
+    };
+    let (train, test) = data_source::cifar10(&data_source::data_root(data), &config.data)?;
+    let device = Default::default();
+    let model = ModelConfig::new(config.model.arch, config.model.dim).init::<Train>(&device);
+    let (model, _, bank, _) =
+        checkpoint::load(&ckpt, model, bank_train::optimizer::<Train>(&config), &device)?;
+    let model = burn::module::AutodiffModule::valid(&model);
+    let classes = train.class_names().len();
+    let train_labels = train.labels().context("training labels")?.to_vec();
+    let test_labels = test.labels().context("test labels")?.to_vec();
+    let (train, test) = (Arc::new(train), Arc::new(test));
+    let tau = config.method.temperature;
+    let b = config.eval.batch_size;
+    let test_features = bank_train::embed(&model, &test, b, &device)?;
+    let on_bank = knn::knn_accuracy(
+        &bank.inner(),
+        &train_labels,
+        test_features.clone(),
+        &test_labels,
+        classes,
+        config.eval.k,
+        tau,
+    )?;
+    let train_features = bank_train::embed(&model, &train, b, &device)?;
+    let reference = bank_core::MemoryBankConfig::new(train.len(), config.model.dim)
+        .init_from_features(train_features)?;
+    let recomputed = knn::knn_accuracy(
+        &reference,
+        &train_labels,
+        test_features,
+        &test_labels,
+        classes,
+        config.eval.k,
+        tau,
+    )?;
+    println!("checkpoint {}", ckpt.display());
+    println!(
+        "kNN (k={}, σ={tau}) against the bank:                top-1 {:.2}%  top-5 {:.2}%",
+        config.eval.k,
+        100.0 * on_bank.top1,
+        100.0 * on_bank.top5
+    );
+    println!(
+        "kNN (k={}, σ={tau}) against recomputed train features: top-1 {:.2}%  top-5 {:.2}%",
+        config.eval.k,
+        100.0 * recomputed.top1,
+        100.0 * recomputed.top5
+    );
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Backbone → linear projection to D → L2 normalisation: the network f of the method.
+
+use bank_core::l2_normalize;
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{ResNet, ResNetConfig, SmallCnn, SmallCnnConfig, Stem};
+
+/// Which backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// The small CNN for CPU runs.
+    SmallCnn,
+    /// ResNet-18 with the CIFAR stem.
+    Resnet18,
+    /// ResNet-18 with the ImageNet stem.
+    Resnet18Imagenet,
+    /// ResNet-50 with the ImageNet stem.
+    Resnet50,
+    /// ResNet-50 with the CIFAR stem.
+    Resnet50Cifar,
+}
+
+/// Configuration of an [`EmbeddingNet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// The backbone.
+    pub arch: Arch,
+    /// Embedding dimension D (128).
+    pub dim: usize,
+}
+
+impl ModelConfig {
+    /// `arch` projected to `dim`.
+    pub fn new(arch: Arch, dim: usize) -> Self {
+        Self { arch, dim }
+    }
+
+    /// Builds the network on `device` (seed the backend first for reproducible weights).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> EmbeddingNet<B> {
+        let (backbone, features) = match self.arch {
+            Arch::SmallCnn => (
+                Backbone::Small(SmallCnnConfig::new().init(device)),
+                SmallCnn::<B>::FEATURES,
+            ),
+            arch => {
+                let config = match arch {
+                    Arch::Resnet18 => ResNetConfig::resnet18(Stem::Cifar),
+                    Arch::Resnet18Imagenet => ResNetConfig::resnet18(Stem::ImageNet),
+                    Arch::Resnet50 => ResNetConfig::resnet50(Stem::ImageNet),
+                    _ => ResNetConfig::resnet50(Stem::Cifar),
+                };
+                (Backbone::ResNet(config.init(device)), config.features())
+            }
+        };
+        EmbeddingNet {
+            backbone,
+            head: LinearConfig::new(features, self.dim).init(device),
+        }
+    }
+}
+
+/// The backbone of an [`EmbeddingNet`].
+#[derive(Module, Debug)]
+pub enum Backbone<B: Backend> {
+    /// The small CNN.
+    Small(SmallCnn<B>),
+    /// A ResNet.
+    ResNet(ResNet<B>),
+}
+
+/// f: image → unit vector in R^D.
+#[derive(Module, Debug)]
+pub struct EmbeddingNet<B: Backend> {
+    backbone: Backbone<B>,
+    head: Linear<B>,
+}
+
+impl<B: Backend> EmbeddingNet<B> {
+    /// Backbone features before the projection (for a linear probe).
+    ///
+    /// # Shapes
+    /// - input: `[N, 3, H, W]`; output: `[N, F]`
+    pub fn features(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        match &self.backbone {
+            Backbone::Small(n) => n.forward(images),
+            Backbone::ResNet(n) => n.forward(images),
+        }
+    }
+
+    /// The L2-normalised embedding.
+    ///
+    /// # Shapes
+    /// - input: `[N, 3, H, W]`; output: `[N, D]`, unit rows
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        l2_normalize(self.head.forward(self.features(images)))
+    }
+}

@@ -1,0 +1,50 @@
+//! The small CNN for CPU runs: conv3×3(32)-BN-ReLU, max-pool 2, conv3×3(64)-BN-ReLU, max-pool 2,
+//! conv3×3(128)-BN-ReLU, global average pool (128 features). No conv bias.
+
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use super::ConvBn;
+
+/// Configuration of [`SmallCnn`] (it has no free parameters).
+#[derive(Config, Debug)]
+pub struct SmallCnnConfig {}
+
+impl SmallCnnConfig {
+    /// Builds the network on `device`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> SmallCnn<B> {
+        SmallCnn {
+            block1: ConvBn::new(3, 32, 3, 1, device),
+            block2: ConvBn::new(32, 64, 3, 1, device),
+            block3: ConvBn::new(64, 128, 3, 1, device),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            gap: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+        }
+    }
+}
+
+/// Three conv-BN-ReLU stages with two max-pools and a global average pool.
+#[derive(Module, Debug)]
+pub struct SmallCnn<B: Backend> {
+    block1: ConvBn<B>,
+    block2: ConvBn<B>,
+    block3: ConvBn<B>,
+    pool: MaxPool2d,
+    gap: AdaptiveAvgPool2d,
+}
+
+impl<B: Backend> SmallCnn<B> {
+    /// Features before the projection.
+    pub const FEATURES: usize = 128;
+
+    /// # Shapes
+    /// - input: `[N, 3, H, W]`
+    /// - output: `[N, 128]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let x = self.pool.forward(relu(self.block1.forward(x)));
+        let x = self.pool.forward(relu(self.block2.forward(x)));
+        let x = relu(self.block3.forward(x));
+        self.gap.forward(x).flatten(1, 3)
+    }
+}

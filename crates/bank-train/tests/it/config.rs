@@ -1,0 +1,55 @@
+//! Configuration files and overrides.
+
+use bank_train::TrainConfig;
+use bank_train::config::LrSchedule;
+
+fn configs() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+#[test]
+fn shipped_configs_load_and_overrides_apply() {
+    let small = TrainConfig::load(Some(&configs().join("cifar10_small_cpu.toml")), &[]).unwrap();
+    assert_eq!(small.train.epochs, 8);
+    assert_eq!(small.data.train_per_class, 500);
+    let big = TrainConfig::load(Some(&configs().join("cifar10_resnet18.toml")), &[]).unwrap();
+    assert_eq!(big.train.epochs, 200);
+    assert_eq!(big.optim.milestones, [120, 160]);
+    assert_eq!(big.optim.schedule, LrSchedule::Step);
+
+    let o = TrainConfig::load(
+        Some(&configs().join("cifar10_small_cpu.toml")),
+        &[
+            "optim.lr=0.1".into(),
+            "optim.schedule=step".into(),
+            "train.views=2".into(),
+            "method.consistency=0.5".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(o.optim.lr, 0.1);
+    assert_eq!(o.optim.schedule, LrSchedule::Step);
+    assert_eq!(o.train.views, 2);
+    // The resolved config round-trips through TOML.
+    let text = o.to_toml();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), text).unwrap();
+    assert_eq!(TrainConfig::load(Some(&dir.path().join("c.toml")), &[]).unwrap(), o);
+}
+
+#[test]
+fn invalid_values_and_unknown_fields_are_named() {
+    let err = |overrides: &[&str]| {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        TrainConfig::load(None, &o).unwrap_err().to_string()
+    };
+    assert!(err(&["optim.lr=-1"]).contains("optim.lr"));
+    assert!(err(&["method.temperature=0"]).contains("method.temperature"));
+    assert!(err(&["train.batch_size=0"]).contains("train.batch_size"));
+    assert!(err(&["method.consistency=0.5"]).contains("train.views >= 2"));
+    let e = err(&["optim.learning_rate=0.1"]);
+    assert!(e.contains("learning_rate"), "{e}");
+    let e = err(&["model.arch=resnet99"]);
+    assert!(e.contains("resnet99"), "{e}");
+    assert!(err(&["nonsense"]).contains("section.field=value"));
+}

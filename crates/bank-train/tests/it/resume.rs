@@ -1,0 +1,107 @@
+//! Resume: two epochs straight equal one epoch, a crash, a resume and the second epoch.
+
+use std::fs;
+use std::path::Path;
+
+use bank_core::MemoryBank;
+use bank_train::metrics::EpochMetrics;
+use bank_train::{Error, NoProgress, RunOptions, TrainConfig, checkpoint, train};
+use burn::backend::NdArray;
+
+use crate::{Train, cifar_records};
+
+fn config() -> TrainConfig {
+    let o: Vec<String> = [
+        "train.epochs=2",
+        "train.batch_size=32",
+        "train.views=2",
+        "train.threads=1",
+        "method.consistency=0.5",
+        "merge.enabled=true",
+        "merge.start_epoch=0",
+        "merge.min_similarity=0.0",
+        "eval.k=20",
+        "eval.recompute_at_end=false",
+        "checkpoint.keep=5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    TrainConfig::load(None, &o).unwrap()
+}
+
+fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<()> {
+    let (train_set, test_set) = cifar_records(96, 64);
+    let options = RunOptions {
+        run_dir: dir.to_path_buf(),
+        resume,
+    };
+    train::<Train>(config, train_set, test_set, &options, &Default::default(), &mut NoProgress)
+        .map(|_| ())
+}
+
+fn losses(dir: &Path) -> Vec<f64> {
+    fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<EpochMetrics>(l).unwrap().loss)
+        .collect()
+}
+
+fn bank_rows(dir: &Path) -> Vec<f32> {
+    let ckpt = checkpoint::latest(&dir.join("checkpoints")).unwrap().unwrap();
+    let bank = MemoryBank::<NdArray>::load(ckpt.join("bank.safetensors"), &Default::default())
+        .unwrap();
+    bank.rows().into_data().to_vec().unwrap()
+}
+
+#[test]
+fn one_epoch_crash_resume_equals_two_epochs_straight() {
+    let root = tempfile::tempdir().unwrap();
+    let (straight, resumed) = (root.path().join("straight"), root.path().join("resumed"));
+    let cfg = config();
+    run(&straight, false, &cfg).unwrap();
+
+    // Simulate a kill during epoch 2: only the epoch-1 checkpoint survives, plus a half-written
+    // checkpoint folder and the metrics line of the lost epoch.
+    run(&resumed, false, &cfg).unwrap();
+    let ckpts = resumed.join("checkpoints");
+    fs::remove_dir_all(ckpts.join("epoch-0002")).unwrap();
+    fs::create_dir(ckpts.join(".epoch-0002.tmp")).unwrap();
+    fs::write(ckpts.join(".epoch-0002.tmp/model.bin"), b"partial").unwrap();
+    let state = checkpoint::read_state(&checkpoint::latest(&ckpts).unwrap().unwrap()).unwrap();
+    assert_eq!(state.epochs_done, 1);
+    run(&resumed, true, &cfg).unwrap();
+
+    let (a, b) = (losses(&straight), losses(&resumed));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, b, "per-epoch losses");
+    assert_eq!(bank_rows(&straight), bank_rows(&resumed), "bank rows");
+    let groups = |dir: &Path| {
+        let ckpt = checkpoint::latest(&dir.join("checkpoints")).unwrap().unwrap();
+        MemoryBank::<NdArray>::load_with(ckpt.join("bank.safetensors"), &Default::default())
+            .unwrap()
+            .1
+    };
+    let g = groups(&straight);
+    assert!(g.iter().any(|a| a.name == "groups"), "merge groups are checkpointed");
+    assert_eq!(g, groups(&resumed));
+}
+
+#[test]
+fn an_existing_run_is_not_overwritten_and_a_diverging_loss_stops_the_run() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("run");
+    fs::create_dir(&dir).unwrap();
+    let e = run(&dir, false, &config()).unwrap_err();
+    assert!(matches!(e, Error::RunExists { .. }), "{e}");
+
+    // A learning rate of 1e30 with weight decay overflows the weights within a few steps.
+    let mut cfg = config();
+    cfg.optim.lr = 1e30;
+    let e = run(&root.path().join("diverge"), false, &cfg).unwrap_err();
+    match e {
+        Error::NonFiniteLoss { step, .. } => assert!(step >= 1),
+        other => panic!("expected NonFiniteLoss, got {other}"),
+    }
+}
