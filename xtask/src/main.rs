@@ -16,6 +16,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Train with `bank-train` (release build with the chosen backend). Overrides after `--`,
+    /// e.g. `cargo xtask train -- train.views=2 method.consistency=0.5`.
+    Train {
+        /// Backend to build with.
+        #[arg(long, value_enum, default_value_t = Backend::Flex)]
+        backend: Backend,
+        /// TOML configuration.
+        #[arg(long, default_value = "configs/cifar10_small_cpu.toml")]
+        config: PathBuf,
+        /// Data folder (else MEMBANK_DATA, else ~/.cache/membank/data, downloaded when missing).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Run name (default: the config's).
+        #[arg(long)]
+        name: Option<String>,
+        /// Folder of the run folders (default: `runs/` in the workspace).
+        #[arg(long)]
+        runs: Option<PathBuf>,
+        /// Continue the run from its newest checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Config overrides `section.field=value`.
+        #[arg(last = true)]
+        overrides: Vec<String>,
+    },
+    /// Evaluate a run's newest checkpoint (kNN against the bank and recomputed features).
+    Eval {
+        /// Backend to build with.
+        #[arg(long, value_enum, default_value_t = Backend::Flex)]
+        backend: Backend,
+        /// The run folder.
+        #[arg(long)]
+        run: PathBuf,
+        /// Data folder.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Demonstrate the bank and the losses: learn embeddings of synthetic "images" (release build).
     Demo {
         /// Backend to build with.
@@ -64,6 +101,44 @@ impl Backend {
 
 fn main() -> Result<()> {
     match Cli::parse().task {
+        Task::Train {
+            backend,
+            config,
+            data,
+            name,
+            runs,
+            resume,
+            overrides,
+        } => {
+            let mut cmd = bank_train(backend);
+            cmd.arg("train").arg("--config").arg(absolute(&config)?);
+            if let Some(data) = data {
+                cmd.arg("--data").arg(absolute(&data)?);
+            }
+            if let Some(name) = name {
+                cmd.args(["--name", &name]);
+            }
+            if let Some(runs) = runs {
+                cmd.arg("--runs").arg(std::env::current_dir()?.join(runs));
+            }
+            if resume {
+                cmd.arg("--resume");
+            }
+            cmd.args(overrides);
+            run(cmd)
+        }
+        Task::Eval {
+            backend,
+            run: dir,
+            data,
+        } => {
+            let mut cmd = bank_train(backend);
+            cmd.arg("eval").arg("--run").arg(absolute(&dir)?);
+            if let Some(data) = data {
+                cmd.arg("--data").arg(absolute(&data)?);
+            }
+            run(cmd)
+        }
         Task::Demo { backend, args } => {
             let mut cmd = cargo(&["run", "--release", "-p", "bank-losses", "--example", "demo"]);
             cmd.args([
@@ -102,6 +177,30 @@ fn main() -> Result<()> {
             run(cmd)
         }
     }
+}
+
+/// `cargo run --release -p bank-train` with one backend feature, arguments to follow.
+fn bank_train(backend: Backend) -> Command {
+    let mut cmd = cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "bank-train",
+        "--no-default-features",
+    ]);
+    cmd.args(["--features", backend.feature(), "--"]);
+    cmd
+}
+
+/// Paths given by the user are relative to where they ran `cargo xtask` (cargo then runs the
+/// binary in the workspace root); a path that does not exist there is taken from the root.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    let here = std::env::current_dir()?.join(path);
+    Ok(if here.exists() {
+        here
+    } else {
+        workspace_root().join(path)
+    })
 }
 
 fn cargo(args: &[&str]) -> Command {

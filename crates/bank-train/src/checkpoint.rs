@@ -67,8 +67,8 @@ where
     let model_bytes = Recorder::<B>::record(&recorder, model.clone().into_record(), ())
         .map_err(|e| encode("model", e))?;
     write_atomic(&tmp.join(MODEL_FILE), &model_bytes)?;
-    let optim_bytes =
-        Recorder::<B>::record(&recorder, optim.to_record(), ()).map_err(|e| encode("optimiser", e))?;
+    let optim_bytes = Recorder::<B>::record(&recorder, optim.to_record(), ())
+        .map_err(|e| encode("optimiser", e))?;
     write_atomic(&tmp.join(OPTIM_FILE), &optim_bytes)?;
     bank.save_with(tmp.join(BANK_FILE), attachments)?;
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
@@ -120,13 +120,16 @@ pub fn read_state(ckpt: &Path) -> Result<RunState> {
         .map_err(|e| Error::checkpoint(&path, format!("unreadable state: {e}")))
 }
 
+/// What [`load`] restores: model, optimiser, bank and the bank's attachments (merge groups).
+pub type Restored<B, O> = (EmbeddingNet<B>, O, MemoryBank<B>, Vec<Attachment>);
+
 /// Restores model, optimiser and bank (with attachments) from checkpoint `ckpt`.
 pub fn load<B, O>(
     ckpt: &Path,
     model: EmbeddingNet<B>,
     optim: O,
     device: &B::Device,
-) -> Result<(EmbeddingNet<B>, O, MemoryBank<B>, Vec<Attachment>)>
+) -> Result<Restored<B, O>>
 where
     B: AutodiffBackend,
     O: Optimizer<EmbeddingNet<B>, B>,
@@ -137,7 +140,10 @@ where
         fs::read(&p).map_err(|e| Error::io(&p, e))
     };
     let decode = |file: &str, e: burn::record::RecorderError| {
-        Error::checkpoint(ckpt.join(file), format!("damaged or from another model: {e}"))
+        Error::checkpoint(
+            ckpt.join(file),
+            format!("damaged or from another model: {e}"),
+        )
     };
     let record = Recorder::<B>::load(&recorder, read(MODEL_FILE)?, device)
         .map_err(|e| decode(MODEL_FILE, e))?;

@@ -334,13 +334,12 @@ impl TrainConfig {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let config: Self =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| Error::Config {
-                    field: path.map_or("overrides".into(), |p| p.display().to_string()),
-                    reason: e.to_string(),
-                })?;
+        let config: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config {
+                field: path.map_or("overrides".into(), |p| p.display().to_string()),
+                reason: e.to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -369,17 +368,29 @@ impl TrainConfig {
             return bad("name", self.name.clone(), "must be a plain folder name");
         }
         if self.data.dataset != "cifar10" {
-            return bad("data.dataset", self.data.dataset.clone(), "supported: cifar10");
+            return bad(
+                "data.dataset",
+                self.data.dataset.clone(),
+                "supported: cifar10",
+            );
         }
         if self.model.dim == 0 {
             return bad("model.dim", "0".into(), "must be at least 1");
         }
         positive("optim.lr", self.optim.lr)?;
         if !(0.0..1.0).contains(&self.optim.momentum) {
-            return bad("optim.momentum", self.optim.momentum.to_string(), "must be in [0, 1)");
+            return bad(
+                "optim.momentum",
+                self.optim.momentum.to_string(),
+                "must be in [0, 1)",
+            );
         }
         if !(self.optim.weight_decay >= 0.0 && self.optim.weight_decay.is_finite()) {
-            return bad("optim.weight_decay", self.optim.weight_decay.to_string(), "must be >= 0");
+            return bad(
+                "optim.weight_decay",
+                self.optim.weight_decay.to_string(),
+                "must be >= 0",
+            );
         }
         positive("optim.gamma", self.optim.gamma)?;
         for (field, v) in [
@@ -404,7 +415,11 @@ impl TrainConfig {
             );
         }
         if !(self.method.consistency >= 0.0 && self.method.consistency.is_finite()) {
-            return bad("method.consistency", self.method.consistency.to_string(), "must be >= 0");
+            return bad(
+                "method.consistency",
+                self.method.consistency.to_string(),
+                "must be >= 0",
+            );
         }
         if self.method.consistency > 0.0 && self.train.views < 2 {
             return bad(
@@ -416,7 +431,9 @@ impl TrainConfig {
         if self.method.loss == LossKind::Nce && self.method.nce_noise == 0 {
             return bad("method.nce_noise", "0".into(), "must be at least 1");
         }
-        if self.method.loss == LossKind::Nce && (self.merge.enabled || self.method.consistency > 0.0) {
+        if self.method.loss == LossKind::Nce
+            && (self.merge.enabled || self.method.consistency > 0.0)
+        {
             return bad(
                 "method.loss",
                 "nce".into(),
@@ -424,10 +441,13 @@ impl TrainConfig {
             );
         }
         if self.merge.enabled {
-            self.merge.schedule().validate().map_err(|e| Error::Config {
-                field: "merge".into(),
-                reason: e.to_string(),
-            })?;
+            self.merge
+                .schedule()
+                .validate()
+                .map_err(|e| Error::Config {
+                    field: "merge".into(),
+                    reason: e.to_string(),
+                })?;
         }
         Ok(())
     }

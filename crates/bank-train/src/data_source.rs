@@ -3,9 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use bank_data::{
-    Dataset,
-    CIFAR10_BINARY, CifarKind, DatasetCache, DecodeOptions, Downloader, FolderLayout, ImageDataset,
-    cifar_split_files, read_cifar, read_image_archive,
+    CIFAR10_BINARY, CifarKind, Dataset, DatasetCache, DecodeOptions, Downloader, FolderLayout,
+    ImageDataset, cifar_split_files, read_cifar, read_image_archive,
 };
 
 use crate::config::DataConfig;
@@ -38,7 +37,9 @@ fn cache_home() -> PathBuf {
 /// else downloaded there (SHA-256 checked). Subsetting follows `config`.
 pub fn cifar10(root: &Path, config: &DataConfig) -> Result<(ImageDataset, ImageDataset)> {
     let options = DecodeOptions::default();
-    let cache = config.cache.then(|| DatasetCache::new(cache_home().join("decoded")));
+    let cache = config
+        .cache
+        .then(|| DatasetCache::new(cache_home().join("decoded")));
     let cached = |name: &str,
                   source: &Path,
                   build: &dyn Fn() -> bank_data::Result<ImageDataset>|
@@ -48,13 +49,15 @@ pub fn cifar10(root: &Path, config: &DataConfig) -> Result<(ImageDataset, ImageD
             None => build()?,
         })
     };
-    let archive = [root.join(JPEG_ARCHIVE), root.join("cifar10").join(JPEG_ARCHIVE)]
-        .into_iter()
-        .find(|p| p.is_file());
+    let archive = [
+        root.join(JPEG_ARCHIVE),
+        root.join("cifar10").join(JPEG_ARCHIVE),
+    ]
+    .into_iter()
+    .find(|p| p.is_file());
     let (train, test) = if let Some(archive) = archive {
-        let read = |split: &str| {
-            read_image_archive(&archive, split, FolderLayout::ClassFolders, options)
-        };
+        let read =
+            |split: &str| read_image_archive(&archive, split, FolderLayout::ClassFolders, options);
         (
             cached("cifar10-jpeg-train", &archive, &|| read("train"))?,
             cached("cifar10-jpeg-test", &archive, &|| read("test"))?,

@@ -28,7 +28,10 @@ type Inner = burn::backend::NdArray;
 type Train = Autodiff<Inner>;
 
 #[derive(Parser)]
-#[command(version, about = "membank: unsupervised embeddings by instance discrimination with a memory bank")]
+#[command(
+    version,
+    about = "membank: unsupervised embeddings by instance discrimination with a memory bank"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,11 +84,9 @@ impl Progress for Bars {
     fn epoch_start(&mut self, epoch: usize, steps: usize) {
         let bar = ProgressBar::new(steps as u64);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
         self.bar = Some(bar);
@@ -103,7 +104,11 @@ impl Progress for Bars {
             bar.finish_and_clear();
         }
         let knn = m.knn_bank.map_or(String::new(), |k| {
-            format!("  kNN(bank) top-1 {:.2}% top-5 {:.2}%", 100.0 * k.top1, 100.0 * k.top5)
+            format!(
+                "  kNN(bank) top-1 {:.2}% top-5 {:.2}%",
+                100.0 * k.top1,
+                100.0 * k.top5
+            )
         });
         let merge = m.merge.as_ref().map_or(String::new(), |r| {
             format!(
@@ -111,7 +116,8 @@ impl Progress for Bars {
                 r.pairs_merged,
                 r.groups,
                 r.largest_group,
-                r.purity.map_or("-".into(), |p| format!("{:.1}%", 100.0 * p))
+                r.purity
+                    .map_or("-".into(), |p| format!("{:.1}%", 100.0 * p))
             )
         });
         println!(
@@ -165,7 +171,11 @@ fn train(
     if resume {
         // A resumed run keeps the configuration it was started with (plus these overrides).
         if let Some(ckpt) = checkpoint::latest(&run_dir.join("checkpoints"))? {
-            let saved = ckpt.parent().and_then(Path::parent).unwrap_or(&run_dir).join("config.toml");
+            let saved = ckpt
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(&run_dir)
+                .join("config.toml");
             config = TrainConfig::load(Some(&saved), overrides)
                 .with_context(|| format!("reading the run's config {}", saved.display()))?;
         }
@@ -201,7 +211,10 @@ fn train(
         &mut bars,
     )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    println!("written: {}/{{metrics.jsonl,training.png,summary.json,checkpoints/}}", run_dir.display());
+    println!(
+        "written: {}/{{metrics.jsonl,training.png,summary.json,checkpoints/}}",
+        run_dir.display()
+    );
     Ok(())
 }
 
@@ -213,8 +226,12 @@ fn eval(run: &Path, data: Option<&Path>) -> Result<()> {
     let (train, test) = data_source::cifar10(&data_source::data_root(data), &config.data)?;
     let device = Default::default();
     let model = ModelConfig::new(config.model.arch, config.model.dim).init::<Train>(&device);
-    let (model, _, bank, _) =
-        checkpoint::load(&ckpt, model, bank_train::optimizer::<Train>(&config), &device)?;
+    let (model, _, bank, _) = checkpoint::load(
+        &ckpt,
+        model,
+        bank_train::optimizer::<Train>(&config),
+        &device,
+    )?;
     let model = burn::module::AutodiffModule::valid(&model);
     let classes = train.class_names().len();
     let train_labels = train.labels().context("training labels")?.to_vec();

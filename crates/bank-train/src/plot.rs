@@ -46,13 +46,29 @@ fn try_draw(path: &Path, history: &[EpochMetrics]) -> Result<(), Box<dyn std::er
 
     let losses: Vec<(f64, f64)> = history.iter().map(|m| (m.epoch as f64, m.loss)).collect();
     let max_loss = losses.iter().map(|p| p.1).fold(0.0, f64::max) * 1.1 + 1e-9;
-    panel(&left, text, "training loss", 1.0..last, 0.0..max_loss, &losses, &BLUE)?;
+    panel(
+        &left,
+        text,
+        "training loss",
+        1.0..last,
+        0.0..max_loss,
+        &losses,
+        &BLUE,
+    )?;
 
     let knn: Vec<(f64, f64)> = history
         .iter()
         .filter_map(|m| m.knn_bank.map(|k| (m.epoch as f64, 100.0 * k.top1)))
         .collect();
-    panel(&right, text, "kNN top-1 vs bank (%)", 1.0..last, 0.0..100.0, &knn, &RED)?;
+    panel(
+        &right,
+        text,
+        "kNN top-1 vs bank (%)",
+        1.0..last,
+        0.0..100.0,
+        &knn,
+        &RED,
+    )?;
     root.present()?;
     Ok(())
 }
@@ -70,7 +86,10 @@ where
     DB::ErrorType: 'static,
 {
     let mut builder = ChartBuilder::on(area);
-    builder.margin(15).x_label_area_size(30).y_label_area_size(45);
+    builder
+        .margin(15)
+        .x_label_area_size(30)
+        .y_label_area_size(45);
     if text {
         builder.caption(title, ("sans-serif", 18));
     }

@@ -55,9 +55,7 @@ pub struct NoProgress;
 impl Progress for NoProgress {}
 
 /// The SGD optimiser of the run (PyTorch semantics: dampening 0, coupled weight decay).
-pub fn optimizer<B: AutodiffBackend>(
-    config: &TrainConfig,
-) -> impl Optimizer<EmbeddingNet<B>, B> + Clone {
+pub fn optimizer<B: AutodiffBackend>(config: &TrainConfig) -> impl Optimizer<EmbeddingNet<B>, B> {
     let o = &config.optim;
     SgdConfig::new()
         .with_momentum(Some(
@@ -66,7 +64,9 @@ pub fn optimizer<B: AutodiffBackend>(
                 .with_dampening(0.0)
                 .with_nesterov(o.nesterov),
         ))
-        .with_weight_decay((o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)))
+        .with_weight_decay(
+            (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)),
+        )
         .init::<B, EmbeddingNet<B>>()
 }
 
@@ -168,7 +168,10 @@ pub fn train<B: AutodiffBackend>(
         if bank.num_rows() != n {
             return Err(Error::checkpoint(
                 ckpt,
-                format!("bank has {} rows but the dataset {n} images", bank.num_rows()),
+                format!(
+                    "bank has {} rows but the dataset {n} images",
+                    bank.num_rows()
+                ),
             ));
         }
         if merger.is_some() {
@@ -322,7 +325,8 @@ pub fn train<B: AutodiffBackend>(
         let valid = model.valid();
         let inner_device = device.clone();
         let train_features = embed(&valid, &train, config.eval.batch_size, &inner_device)?;
-        let reference = MemoryBankConfig::new(n, config.model.dim).init_from_features(train_features)?;
+        let reference =
+            MemoryBankConfig::new(n, config.model.dim).init_from_features(train_features)?;
         let test_features = embed(&valid, &test, config.eval.batch_size, &inner_device)?;
         let acc = knn_accuracy(
             &reference,
@@ -365,7 +369,7 @@ pub fn run_dir(runs_root: &Path, config: &TrainConfig) -> PathBuf {
 /// Reads the bank of the newest checkpoint of a run (for `bank-train eval`).
 pub fn latest_bank<B: Backend>(run_dir: &Path, device: &B::Device) -> Result<MemoryBank<B>> {
     let dir = run_dir.join("checkpoints");
-    let ckpt = checkpoint::latest(&dir)?
-        .ok_or_else(|| Error::checkpoint(&dir, "no checkpoint found"))?;
+    let ckpt =
+        checkpoint::latest(&dir)?.ok_or_else(|| Error::checkpoint(&dir, "no checkpoint found"))?;
     Ok(MemoryBank::load(ckpt.join("bank.safetensors"), device)?)
 }

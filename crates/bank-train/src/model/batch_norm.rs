@@ -99,16 +99,26 @@ mod tests {
         let device = Default::default();
         let x = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Normal(2.0, 3.0), &device);
         let ours = BatchNorm2dConfig::new(3).init::<B>(&device);
-        let theirs = burn::nn::BatchNormConfig::new(3).init::<B>(&device);
+        let theirs = nn::BatchNormConfig::new(3).init::<B>(&device);
         let a: Vec<f32> = ours.forward(x.clone()).into_data().to_vec().unwrap();
         let b: Vec<f32> = theirs.forward(x.clone()).into_data().to_vec().unwrap();
-        let diff = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 1e-4, "training output differs by {diff}");
         // Running mean agrees exactly in definition; running variance is unbiased here
         // (PyTorch) and biased in burn: ratio n/(n−1) with n = 4·5·6.
         let rm = |t: Tensor<NdArray, 1>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
-        let (m1, m2) = (rm(ours.running_mean.value().inner()), rm(theirs.running_mean.value().inner()));
-        let (v1, v2) = (rm(ours.running_var.value().inner()), rm(theirs.running_var.value().inner()));
+        let (m1, m2) = (
+            rm(ours.running_mean.value_sync().inner()),
+            rm(theirs.running_mean.value_sync().inner()),
+        );
+        let (v1, v2) = (
+            rm(ours.running_var.value_sync().inner()),
+            rm(theirs.running_var.value_sync().inner()),
+        );
         for ch in 0..3 {
             assert!((m1[ch] - m2[ch]).abs() < 1e-5);
             // running = 0.9·1 + 0.1·var(·scale); recover the batch variances and compare.

@@ -63,6 +63,8 @@ impl ModelConfig {
 }
 
 /// The backbone of an [`EmbeddingNet`].
+// Built once per run; the variants' size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
     /// The small CNN.

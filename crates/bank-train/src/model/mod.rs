@@ -10,8 +10,8 @@ pub use embedding::{Arch, Backbone, EmbeddingNet, ModelConfig};
 pub use resnet::{BasicBlock, Bottleneck, ResNet, ResNetConfig, ResidualBlock, Stem};
 pub use small_cnn::{SmallCnn, SmallCnnConfig};
 
-use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 
 /// A bias-free `k × k` convolution with "same" padding (for odd `k`) and the given stride,

@@ -148,6 +148,8 @@ impl<B: Backend> Bottleneck<B> {
 }
 
 /// A residual block of either kind.
+// Built once per run; the variants' size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum ResidualBlock<B: Backend> {
     /// ResNet-18/34 block.

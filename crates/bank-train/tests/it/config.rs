@@ -34,7 +34,10 @@ fn shipped_configs_load_and_overrides_apply() {
     let text = o.to_toml();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.toml"), text).unwrap();
-    assert_eq!(TrainConfig::load(Some(&dir.path().join("c.toml")), &[]).unwrap(), o);
+    assert_eq!(
+        TrainConfig::load(Some(&dir.path().join("c.toml")), &[]).unwrap(),
+        o
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use bank_train::{NoProgress, RunOptions, TrainConfig, data_source, train};
 
-use crate::{Train, shared_data};
+use crate::{FastTrain, shared_data};
 
 #[test]
 fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
@@ -30,14 +30,21 @@ fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
         run_dir: dir.clone(),
         resume: false,
     };
-    let summary =
-        train::<Train>(&config, train_set, test_set, &options, &Default::default(), &mut NoProgress)
-            .unwrap();
-    let lines: Vec<bank_train::metrics::EpochMetrics> = std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let summary = train::<FastTrain>(
+        &config,
+        train_set,
+        test_set,
+        &options,
+        &Default::default(),
+        &mut NoProgress,
+    )
+    .unwrap();
+    let lines: Vec<bank_train::metrics::EpochMetrics> =
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     assert_eq!(lines.len(), 3);
     eprintln!(
         "losses {:?}; kNN bank {:?}, recomputed {:?}",
@@ -53,7 +60,9 @@ fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
         assert!(dir.join(file).is_file(), "{file}");
     }
     assert_eq!(
-        bank_train::checkpoint::list(&dir.join("checkpoints")).unwrap().len(),
+        bank_train::checkpoint::list(&dir.join("checkpoints"))
+            .unwrap()
+            .len(),
         2,
         "keeps the newest 2"
     );

@@ -19,7 +19,10 @@ fn weighted_votes_follow_exp_s_over_sigma() {
     assert_eq!((sharp.top1, sharp.top5), (1.0, 1.0));
     let flat = weighted_vote(&neighbours, &train_labels, &[1, 1], 3, 1.0);
     assert_eq!(flat.top1, 0.0);
-    assert_eq!(flat.top5, 1.0, "second of three classes is within the top 5");
+    assert_eq!(
+        flat.top5, 1.0,
+        "second of three classes is within the top 5"
+    );
     // A class nobody voted for is tied last with the other unvoted classes: outside top-1.
     let none = weighted_vote(&neighbours, &train_labels, &[2, 2], 3, 0.1);
     assert_eq!(none.top1, 0.0);

@@ -8,10 +8,13 @@ mod resume;
 
 use std::path::PathBuf;
 
-use bank_data::{CifarKind, DecodeOptions, ImageDataset, read_cifar};
+use bank_data::{CifarKind, Dataset, DecodeOptions, ImageDataset, ImageStore, read_cifar};
 
-/// The autodiff backend the tests train on.
+/// The autodiff backend of the resume test (ndarray, as the issue asks).
 pub type Train = burn::backend::Autodiff<burn::backend::NdArray>;
+
+/// The faster CPU backend, for the end-to-end run on real images.
+pub type FastTrain = burn::backend::Autodiff<burn::backend::Flex>;
 
 /// `../shared/data` beside the workspace (override with `MEMBANK_SHARED_DATA`).
 pub fn shared_data() -> PathBuf {
@@ -32,4 +35,33 @@ pub fn cifar_records(train: usize, test: usize) -> (ImageDataset, ImageDataset) 
     let a: Vec<usize> = (0..train).collect();
     let b: Vec<usize> = (train..train + test).collect();
     (all.select(&a), all.select(&b))
+}
+
+/// `dataset` with every image halved by 2×2 averaging (32×32 → 16×16), to keep ndarray tests
+/// short.
+pub fn halved(dataset: &ImageDataset) -> ImageDataset {
+    let mut store = ImageStore::default();
+    for i in 0..dataset.len() {
+        let img = dataset.image(i);
+        let (h, w) = (img.height / 2, img.width / 2);
+        let mut px = Vec::with_capacity(h * w * 3);
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    let sum: u32 = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                        .iter()
+                        .map(|&(dy, dx)| u32::from(img.at(2 * y + dy, 2 * x + dx, c)))
+                        .sum();
+                    px.push((sum / 4) as u8);
+                }
+            }
+        }
+        store.push(h, w, &px);
+    }
+    ImageDataset::new(
+        store,
+        dataset.labels().map(<[u32]>::to_vec),
+        dataset.class_names().to_vec(),
+        dataset.source(),
+    )
 }

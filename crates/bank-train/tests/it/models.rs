@@ -6,40 +6,78 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-fn check(arch: Arch, side: usize, backbone_params: usize) {
+/// BatchNorm channels of a ResNet: the stem, every block's norms and each stage's shortcut.
+fn resnet_bn_channels(layers: [usize; 4], bottleneck: bool) -> usize {
+    let mut total = 64;
+    for (stage, &blocks) in layers.iter().enumerate() {
+        let w = 64 << stage;
+        let (per_block, out) = if bottleneck {
+            (6 * w, 4 * w)
+        } else {
+            (2 * w, w)
+        };
+        // The first block of a stage has a projection shortcut unless shapes already match.
+        let shortcut = if stage == 0 && !bottleneck { 0 } else { out };
+        total += blocks * per_block + shortcut;
+    }
+    total
+}
+
+/// `backbone_params` counts trainable parameters as PyTorch does; burn's `num_params` also counts
+/// BatchNorm running mean and variance (2 per channel), given as `bn_channels`.
+fn check(arch: Arch, side: usize, backbone_params: usize, bn_channels: usize) {
     let device = Default::default();
     let model = ModelConfig::new(arch, 128).init::<NdArray>(&device);
-    let images = Tensor::<NdArray, 4>::random([2, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
+    let images =
+        Tensor::<NdArray, 4>::random([2, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
     let f = model.forward(images);
     assert_eq!(f.dims(), [2, 128]);
-    let norms: Vec<f32> = f.powi_scalar(2).sum_dim(1).sqrt().into_data().to_vec().unwrap();
+    let norms: Vec<f32> = f
+        .powi_scalar(2)
+        .sum_dim(1)
+        .sqrt()
+        .into_data()
+        .to_vec()
+        .unwrap();
     for n in norms {
         assert!((n - 1.0).abs() < 1e-4, "{arch:?}: norm {n}");
     }
-    // Backbone + projection (features·128 weights + 128 biases); BatchNorm running statistics
-    // are buffers, not parameters, as in PyTorch.
+    // Backbone + BatchNorm running statistics + projection (features·128 weights + 128 biases).
     let features = match arch {
         Arch::SmallCnn => 128,
         Arch::Resnet18 | Arch::Resnet18Imagenet => 512,
         _ => 2048,
     };
-    assert_eq!(model.num_params(), backbone_params + features * 128 + 128, "{arch:?}");
+    assert_eq!(
+        model.num_params(),
+        backbone_params + 2 * bn_channels + features * 128 + 128,
+        "{arch:?}"
+    );
 }
 
 #[test]
 fn small_cnn_has_the_specified_layers() {
     // 3·3·3·32 + 2·32 + 3·3·32·64 + 2·64 + 3·3·64·128 + 2·128 (no conv bias).
-    check(Arch::SmallCnn, 32, 864 + 64 + 18_432 + 128 + 73_728 + 256);
+    check(
+        Arch::SmallCnn,
+        32,
+        864 + 64 + 18_432 + 128 + 73_728 + 256,
+        32 + 64 + 128,
+    );
 }
 
 #[test]
 fn resnet18_with_cifar_stem_matches_torchvision_minus_the_stem_difference() {
     // torchvision resnet18 without fc: 11,176,512; the 3×3 stem has 1,728 weights, not 9,408.
-    check(Arch::Resnet18, 32, 11_176_512 - 9_408 + 1_728);
+    let bn = resnet_bn_channels([2, 2, 2, 2], false);
+    assert_eq!(bn, 4_800);
+    check(Arch::Resnet18, 32, 11_176_512 - 9_408 + 1_728, bn);
 }
 
 #[test]
 fn resnet50_with_imagenet_stem_matches_torchvision() {
     // torchvision resnet50: 25,557,032 parameters, of which fc has 2,049,000.
-    check(Arch::Resnet50, 64, 25_557_032 - 2_049_000);
+    let bn = resnet_bn_channels([3, 4, 6, 3], true);
+    assert_eq!(bn, 26_560);
+    check(Arch::Resnet50, 64, 25_557_032 - 2_049_000, bn);
 }
