@@ -186,20 +186,7 @@ fn class_names(first: &Path, kind: CifarKind) -> Result<Vec<String>> {
         .unwrap_or(Path::new("."))
         .join(kind.names_file());
     if file.is_file() {
-        let text = fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-        let names: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
-        if names.len() != kind.classes() {
-            return Err(Error::format(
-                &file,
-                format!("{} class names, expected {}", names.len(), kind.classes()),
-            ));
-        }
-        return Ok(names);
+        return crate::dataset::read_class_names(&file, kind.classes());
     }
     Ok(match kind {
         CifarKind::Cifar10 => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),

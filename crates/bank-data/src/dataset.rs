@@ -2,7 +2,25 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{ImageRef, ImageStore};
+use crate::{Error, ImageRef, ImageStore, Result};
+
+/// Reads a class-name file (one name a line, blank lines ignored) that must hold `expected` names.
+pub(crate) fn read_class_names(file: &Path, expected: usize) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if names.len() != expected {
+        return Err(Error::format(
+            file,
+            format!("{} class names, expected {expected}", names.len()),
+        ));
+    }
+    Ok(names)
+}
 
 /// A finite set of images, each with its index and an optional label.
 ///

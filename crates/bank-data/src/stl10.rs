@@ -103,18 +103,5 @@ fn class_names(images: &Path) -> Result<Vec<String>> {
     if !file.is_file() {
         return Ok(STL10_CLASSES.iter().map(|s| s.to_string()).collect());
     }
-    let text = fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    if names.len() != 10 {
-        return Err(Error::format(
-            &file,
-            format!("{} class names, expected 10", names.len()),
-        ));
-    }
-    Ok(names)
+    crate::dataset::read_class_names(&file, STL10_CLASSES.len())
 }

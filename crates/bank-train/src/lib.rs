@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data_source;
 mod error;
+pub mod evaluate;
 pub mod knn;
 pub mod metrics;
 pub mod model;
@@ -23,6 +24,5 @@ mod trainer;
 
 pub use config::TrainConfig;
 pub use error::{Error, Result};
-pub use trainer::{
-    NoProgress, Progress, RunOptions, embed, latest_bank, optimizer, run_dir, train,
-};
+pub use evaluate::{KnnEvaluator, embed};
+pub use trainer::{NoProgress, Progress, RunOptions, latest_bank, optimizer, run_dir, train};

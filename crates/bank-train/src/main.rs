@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use bank_data::Dataset;
 use bank_train::metrics::EpochMetrics;
 use bank_train::model::ModelConfig;
-use bank_train::{Progress, RunOptions, TrainConfig, checkpoint, data_source, knn};
+use bank_train::{KnnEvaluator, Progress, RunOptions, TrainConfig, checkpoint, data_source};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
@@ -233,34 +233,12 @@ fn eval(run: &Path, data: Option<&Path>) -> Result<()> {
         &device,
     )?;
     let model = burn::module::AutodiffModule::valid(&model);
-    let classes = train.class_names().len();
-    let train_labels = train.labels().context("training labels")?.to_vec();
-    let test_labels = test.labels().context("test labels")?.to_vec();
     let (train, test) = (Arc::new(train), Arc::new(test));
+    let evaluator = KnnEvaluator::new(&train, &test, &config)
+        .context("kNN needs labelled train and test sets")?;
+    let on_bank = evaluator.against_bank(&model, &bank.inner(), &device)?;
+    let recomputed = evaluator.against_recomputed(&model, &device)?;
     let tau = config.method.temperature;
-    let b = config.eval.batch_size;
-    let test_features = bank_train::embed(&model, &test, b, &device)?;
-    let on_bank = knn::knn_accuracy(
-        &bank.inner(),
-        &train_labels,
-        test_features.clone(),
-        &test_labels,
-        classes,
-        config.eval.k,
-        tau,
-    )?;
-    let train_features = bank_train::embed(&model, &train, b, &device)?;
-    let reference = bank_core::MemoryBankConfig::new(train.len(), config.model.dim)
-        .init_from_features(train_features)?;
-    let recomputed = knn::knn_accuracy(
-        &reference,
-        &train_labels,
-        test_features,
-        &test_labels,
-        classes,
-        config.eval.k,
-        tau,
-    )?;
     println!("checkpoint {}", ckpt.display());
     println!(
         "kNN (k={}, σ={tau}) against the bank:                top-1 {:.2}%  top-5 {:.2}%",

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bank_core::{MemoryBank, MemoryBankConfig, Precision};
-use bank_data::{
-    AugmentConfig, Dataset, EvalConfig, ImageDataset, LoaderConfig, MultiViewLoader, Transform,
-};
+use bank_data::{AugmentConfig, Dataset, ImageDataset, LoaderConfig, MultiViewLoader, Transform};
 use bank_losses::{
     BankLogProbs, ConsistencyLoss, NceConfig, NceLoss, merged_positive_loss, multi_view_loss,
     nce_similarities,
@@ -23,7 +21,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint::{self, RunState};
 use crate::config::{BankPrecision, LossKind, TrainConfig};
-use crate::knn::knn_accuracy;
+use crate::evaluate::KnnEvaluator;
 use crate::metrics::{self, EpochMetrics, KnnAccuracyRecord, MergeRecord, Summary};
 use crate::model::{EmbeddingNet, ModelConfig};
 use crate::schedule::learning_rate;
@@ -76,26 +74,6 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The embeddings of every image of `dataset` under the evaluation transform, in order.
-pub fn embed<B: Backend>(
-    model: &EmbeddingNet<B>,
-    dataset: &Arc<ImageDataset>,
-    batch_size: usize,
-    device: &B::Device,
-) -> Result<Tensor<B, 2>> {
-    let side = dataset.image(0).height;
-    let loader = MultiViewLoader::new(
-        Arc::clone(dataset),
-        LoaderConfig::new(batch_size, 1).with_shuffle(false),
-        Transform::Eval(EvalConfig::new(side, side)),
-    )?;
-    let parts: Vec<Tensor<B, 2>> = loader
-        .epoch(0)
-        .map(|b| model.forward(b.to_device::<B>(device).images))
-        .collect();
-    Ok(Tensor::cat(parts, 0))
-}
-
 /// Trains `config` on `train`, evaluating on `test`; writes the run folder and returns the
 /// summary. Generic over the backend: the same loop runs on ndarray, flex, wgpu and cuda.
 pub fn train<B: AutodiffBackend>(
@@ -121,12 +99,12 @@ pub fn train<B: AutodiffBackend>(
     fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     bank_core::write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
 
-    let (n, classes) = (train.len(), train.class_names().len());
+    let n = train.len();
     let train_labels: Vec<u32> = train.labels().map(<[u32]>::to_vec).unwrap_or_default();
-    let test_labels: Vec<u32> = test.labels().map(<[u32]>::to_vec).unwrap_or_default();
     let side = train.image(0).height;
     let train = Arc::new(train);
     let test = Arc::new(test);
+    let evaluator = KnnEvaluator::new(&train, &test, config);
     let (epochs, views) = (config.train.epochs, config.train.views);
     let tau = config.method.temperature;
 
@@ -265,21 +243,13 @@ pub fn train<B: AutodiffBackend>(
 
         let evaluate = config.eval.every_epochs > 0
             && ((epoch + 1) % config.eval.every_epochs == 0 || epoch + 1 == epochs);
-        let knn_bank = if evaluate && !test_labels.is_empty() {
-            let valid = model.valid();
-            let test_features = embed(&valid, &test, config.eval.batch_size, device)?;
-            let acc = knn_accuracy(
+        let knn_bank = match &evaluator {
+            Some(e) if evaluate => Some(KnnAccuracyRecord::from(e.against_bank(
+                &model.valid(),
                 &bank.inner(),
-                &train_labels,
-                test_features,
-                &test_labels,
-                classes,
-                config.eval.k,
-                tau,
-            )?;
-            Some(KnnAccuracyRecord::from(acc))
-        } else {
-            None
+                device,
+            )?)),
+            _ => None,
         };
         let m = EpochMetrics {
             epoch: epoch + 1,
@@ -320,26 +290,14 @@ pub fn train<B: AutodiffBackend>(
         }
     }
 
-    let knn_recomputed = if config.eval.recompute_at_end && !test_labels.is_empty() {
-        progress.note("kNN against recomputed train features");
-        let valid = model.valid();
-        let inner_device = device.clone();
-        let train_features = embed(&valid, &train, config.eval.batch_size, &inner_device)?;
-        let reference =
-            MemoryBankConfig::new(n, config.model.dim).init_from_features(train_features)?;
-        let test_features = embed(&valid, &test, config.eval.batch_size, &inner_device)?;
-        let acc = knn_accuracy(
-            &reference,
-            &train_labels,
-            test_features,
-            &test_labels,
-            classes,
-            config.eval.k,
-            tau,
-        )?;
-        Some(KnnAccuracyRecord::from(acc))
-    } else {
-        None
+    let knn_recomputed = match &evaluator {
+        Some(e) if config.eval.recompute_at_end => {
+            progress.note("kNN against recomputed train features");
+            Some(KnnAccuracyRecord::from(
+                e.against_recomputed(&model.valid(), device)?,
+            ))
+        }
+        _ => None,
     };
     let last = history.last();
     let summary = Summary {
