@@ -67,3 +67,52 @@ fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
         "keeps the newest 2"
     );
 }
+
+#[test]
+fn nce_loss_and_an_f16_bank_train_end_to_end() {
+    // NPID's NCE (the loss for huge banks) with the bank stored in f16 (flex supports it).
+    let o: Vec<String> = [
+        "train.epochs=2",
+        "train.batch_size=32",
+        "method.loss=nce",
+        "method.nce_noise=64",
+        "method.bank_precision=f16",
+        "eval.k=20",
+        "eval.recompute_at_end=false",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let config = TrainConfig::load(None, &o).unwrap();
+    let (train_set, test_set) = crate::cifar_records(160, 100);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("nce");
+    let options = RunOptions {
+        run_dir: dir.clone(),
+        resume: false,
+    };
+    let summary = train::<FastTrain>(
+        &config,
+        train_set,
+        test_set,
+        &options,
+        &Default::default(),
+        &mut NoProgress,
+    )
+    .unwrap();
+    assert!(summary.final_loss.is_finite() && summary.final_loss > 0.0);
+    let ckpt = bank_train::checkpoint::latest(&dir.join("checkpoints"))
+        .unwrap()
+        .unwrap();
+    let state = bank_train::checkpoint::read_state(&ckpt).unwrap();
+    assert!(
+        state.nce_z.is_some_and(|z| z.is_finite() && z > 0.0),
+        "NCE's Z is checkpointed"
+    );
+    let bank = bank_core::MemoryBank::<burn::backend::Flex>::load(
+        ckpt.join("bank.safetensors"),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(bank.precision(), bank_core::Precision::F16);
+}
