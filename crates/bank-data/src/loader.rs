@@ -128,26 +128,33 @@ pub struct Batch<B: Backend> {
 }
 
 impl HostBatch {
-    /// Moves the batch to `device`.
+    /// Copies the batch to `device`, keeping the host batch.
     pub fn to_device<B: Backend>(&self, device: &B::Device) -> Batch<B> {
+        self.clone().into_device(device)
+    }
+
+    /// Moves the batch to `device` (no copy of the image buffer on the host).
+    pub fn into_device<B: Backend>(self, device: &B::Device) -> Batch<B> {
         let rows = self.layout.rows();
-        let images = Tensor::from_data(
-            TensorData::new(self.images.clone(), [rows, CHANNELS, self.size, self.size]),
-            device,
-        );
+        let layout = self.layout;
         let expand = |values: Vec<i64>| -> Tensor<B, 1, Int> {
-            let expanded = self.layout.expand(&values);
+            let expanded = layout.expand(&values);
             Tensor::from_data(TensorData::new(expanded, [rows]), device)
         };
+        let indices = expand(self.samples.iter().map(|&i| i as i64).collect());
+        let labels = self
+            .labels
+            .map(|l| expand(l.iter().map(|&v| i64::from(v)).collect()));
+        let images = Tensor::from_data(
+            TensorData::new(self.images, [rows, CHANNELS, self.size, self.size]),
+            device,
+        );
         Batch {
             images,
-            indices: expand(self.samples.iter().map(|&i| i as i64).collect()),
-            labels: self
-                .labels
-                .as_ref()
-                .map(|l| expand(l.iter().map(|&v| i64::from(v)).collect())),
-            samples: self.samples.clone(),
-            layout: self.layout,
+            indices,
+            labels,
+            samples: self.samples,
+            layout,
         }
     }
 }

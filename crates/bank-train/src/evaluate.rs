@@ -27,7 +27,7 @@ pub fn embed<B: Backend>(
     )?;
     let parts: Vec<Tensor<B, 2>> = loader
         .epoch(0)
-        .map(|b| model.forward(b.to_device::<B>(device).images))
+        .map(|b| model.forward(b.into_device::<B>(device).images))
         .collect();
     Ok(Tensor::cat(parts, 0))
 }

@@ -192,7 +192,7 @@ pub fn train<B: AutodiffBackend>(
                 epochs,
                 epoch as f64 + i as f64 / steps_per_epoch as f64,
             );
-            let batch = host.to_device::<B>(device);
+            let batch = host.into_device::<B>(device);
             let features = model.forward(batch.images);
             let loss = match nce.as_mut() {
                 Some(nce) => {
