@@ -1,6 +1,6 @@
 //! All-rows top-10 neighbour search over the bank (bank-mining) next to the bare blocked matmul
 //! of the same size (the same blocks, without the selection), at N = 50,000, D = 128.
-//! Set `MEMBANK_KNN_ROWS` to bench other sizes (e.g. 200000).
+//! Set `MEMBANK_KNN_ROWS` to bench other sizes; N = 200,000 has its own bench, `knn_large`.
 
 // criterion_group! generates undocumented items.
 #![allow(missing_docs)]
@@ -9,7 +9,7 @@ use bank_core::MemoryBankConfig;
 use bank_mining::{KnnConfig, nearest_neighbours};
 use burn::prelude::*;
 use criterion::{Criterion, criterion_group, criterion_main};
-use membank_benches::Bench;
+use membank_benches::{Bench, blocked_matmul};
 
 fn knn(c: &mut Criterion) {
     let n: usize = std::env::var("MEMBANK_KNN_ROWS")
@@ -26,21 +26,8 @@ fn knn(c: &mut Criterion) {
     group.bench_function(format!("all_rows_top10_n{n}"), |b| {
         b.iter(|| nearest_neighbours(&bank, &config).unwrap())
     });
-    let (rows, cols) = config.block(n, n).unwrap();
-    let all = bank.rows();
     group.bench_function(format!("blocked_matmul_n{n}"), |b| {
-        b.iter(|| {
-            let mut start = 0;
-            while start < n {
-                let end = (start + rows).min(n);
-                let queries = all.clone().slice([start..end, 0..128]);
-                for (_, block) in bank.similarity_chunks(queries, cols).unwrap() {
-                    // Read the block back as the search does, so both pay the same transfer.
-                    let _ = block.into_data();
-                }
-                start = end;
-            }
-        })
+        b.iter(|| blocked_matmul(&bank, &config))
     });
     group.finish();
 }

@@ -59,3 +59,23 @@ pub fn step_inputs<B: Backend>(
         layout,
     }
 }
+
+/// The bare work under an all-rows neighbour search: every block of bank × bankᵀ that
+/// [`bank_mining::nearest_neighbours`] computes with `config`, read back to the host as the search
+/// reads it, without the top-k selection. The baseline the search is measured against.
+pub fn blocked_matmul<B: Backend>(bank: &MemoryBank<B>, config: &bank_mining::KnnConfig) {
+    let n = bank.num_rows();
+    let d = bank.dim();
+    let (rows, cols) = config.block(n, n).expect("valid knn config");
+    let all = bank.rows();
+    let mut start = 0;
+    while start < n {
+        let end = (start + rows).min(n);
+        let queries = all.clone().slice([start..end, 0..d]);
+        for (_, block) in bank.similarity_chunks(queries, cols).expect("valid block") {
+            // Read the block back as the search does, so both pay the same transfer.
+            let _ = block.into_data();
+        }
+        start = end;
+    }
+}

@@ -80,6 +80,25 @@ fn ties_go_to_the_lower_index<B: Backend>(device: &B::Device) {
         assert_eq!(got.of(3).0, &[0, 1]);
         assert_eq!(got.of(5).0[0], 4);
     }
+    // Ties that span many scan chunks and column blocks: 100 rows on 3 directions.
+    let n = 100;
+    let mut v = vec![0f32; n * d];
+    for (r, row) in v.chunks_mut(d).enumerate() {
+        row[r % 3] = 1.0;
+    }
+    let bank: MemoryBank<B> = MemoryBankConfig::new(n, d)
+        .init_from_features(tensor::<B>(v, n, d, device))
+        .unwrap();
+    for budget in [1 << 20, 8 << 10] {
+        let got = nearest_neighbours(&bank, &KnnConfig::new(5).with_memory_budget(budget)).unwrap();
+        for q in 0..n {
+            let want: Vec<u32> = (0..n as u32)
+                .filter(|&j| j as usize % 3 == q % 3 && j as usize != q)
+                .take(5)
+                .collect();
+            assert_eq!(got.of(q).0, want.as_slice(), "row {q}, budget {budget}");
+        }
+    }
 }
 
 fn bad_arguments_are_errors<B: Backend>(device: &B::Device) {
