@@ -65,7 +65,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn median(times: &mut [Duration]) -> Duration {
     times.sort();
     let mid = times.len() / 2;
-    if times.len() % 2 == 0 {
+    if times.len().is_multiple_of(2) {
         (times[mid - 1] + times[mid]) / 2
     } else {
         times[mid]
