@@ -1,12 +1,44 @@
 //! The whole path on real CIFAR-10 JPEGs: archive → loader → small CNN → bank → kNN.
 
+use std::path::Path;
+
+use bank_data::ImageDataset;
+use bank_train::metrics::Summary;
 use bank_train::{NoProgress, RunOptions, TrainConfig, data_source, train};
 
 use crate::{FastTrain, shared_data};
 
+/// The default config with `overrides` (`section.field=value`).
+fn config_with(overrides: &[&str]) -> TrainConfig {
+    let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    TrainConfig::load(None, &o).unwrap()
+}
+
+/// A fresh run into `dir` on the test backend.
+fn run_fresh(
+    config: &TrainConfig,
+    train_set: ImageDataset,
+    test_set: ImageDataset,
+    dir: &Path,
+) -> Summary {
+    let options = RunOptions {
+        run_dir: dir.to_path_buf(),
+        resume: false,
+    };
+    train::<FastTrain>(
+        config,
+        train_set,
+        test_set,
+        &options,
+        &Default::default(),
+        &mut NoProgress,
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
-    let o: Vec<String> = [
+    let config = config_with(&[
         "data.train_per_class=30",
         "data.test_limit=500",
         "data.cache=false",
@@ -16,29 +48,13 @@ fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
         "method.consistency=0.5",
         "eval.k=50",
         "checkpoint.keep=2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let config = TrainConfig::load(None, &o).unwrap();
+    ]);
     let (train_set, test_set) = data_source::cifar10(&shared_data(), &config.data).unwrap();
     assert_eq!(bank_data::Dataset::len(&train_set), 300);
     assert_eq!(bank_data::Dataset::len(&test_set), 500);
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("e2e");
-    let options = RunOptions {
-        run_dir: dir.clone(),
-        resume: false,
-    };
-    let summary = train::<FastTrain>(
-        &config,
-        train_set,
-        test_set,
-        &options,
-        &Default::default(),
-        &mut NoProgress,
-    )
-    .unwrap();
+    let summary = run_fresh(&config, train_set, test_set, &dir);
     let lines: Vec<bank_train::metrics::EpochMetrics> =
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
@@ -71,7 +87,7 @@ fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
 #[test]
 fn nce_loss_and_an_f16_bank_train_end_to_end() {
     // NPID's NCE (the loss for huge banks) with the bank stored in f16 (flex supports it).
-    let o: Vec<String> = [
+    let config = config_with(&[
         "train.epochs=2",
         "train.batch_size=32",
         "method.loss=nce",
@@ -79,27 +95,11 @@ fn nce_loss_and_an_f16_bank_train_end_to_end() {
         "method.bank_precision=f16",
         "eval.k=20",
         "eval.recompute_at_end=false",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let config = TrainConfig::load(None, &o).unwrap();
+    ]);
     let (train_set, test_set) = crate::cifar_records(160, 100);
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("nce");
-    let options = RunOptions {
-        run_dir: dir.clone(),
-        resume: false,
-    };
-    let summary = train::<FastTrain>(
-        &config,
-        train_set,
-        test_set,
-        &options,
-        &Default::default(),
-        &mut NoProgress,
-    )
-    .unwrap();
+    let summary = run_fresh(&config, train_set, test_set, &dir);
     assert!(summary.final_loss.is_finite() && summary.final_loss > 0.0);
     let ckpt = bank_train::checkpoint::latest(&dir.join("checkpoints"))
         .unwrap()
