@@ -3,6 +3,18 @@
 //! included (each sample's JPEG decoded again for its batch, as a loader without a decoded
 //! store would). Also the second start of CIFAR-10 from the dataset cache.
 //!
+//! Then the streaming loader on JPEGs of ImageNet-like size: 256 CIFAR-10 training images
+//! resized to 500×375 (triangle filter) and encoded at quality 90 into a temporary
+//! `train/<class>/` folder at start; [`ImageIndex::scan_folder`] → [`ImageIndex::streaming`];
+//! RandomResizedCrop to 224 (NPID recipe), K = 2, batches of 32, on 1 and 2 threads, in views/s
+//! (`loader_streaming/…`). Each sample's JPEG is read and decoded once per batch.
+//!
+//! Peer (torchvision `ImageFolder` + `DataLoader`, 2 workers, same files, same crop): not run
+//! here. Set `MEMBANK_BENCH_KEEP_JPEGS=<dir>` to write the JPEG folder there and keep it; point
+//! the torchvision script at `<dir>/train` with `RandomResizedCrop(224, scale=(0.2, 1))`,
+//! `RandomHorizontalFlip`, `ColorJitter(0.4, 0.4, 0.4, 0)`, `RandomGrayscale(0.2)`, batch 32, two
+//! views per image, and compare views/s.
+//!
 //! Data: `../shared/data/cifar10/cifar10-jpeg.tar.gz` (override with `MEMBANK_SHARED_DATA`).
 
 // criterion_group! generates undocumented items.
@@ -74,7 +86,7 @@ fn loader_views(c: &mut Criterion) {
             group.bench_function(format!("augment/K{views}/threads{threads}"), |b| {
                 b.iter(|| {
                     epoch += 1;
-                    loader.batch(epoch, &samples)
+                    loader.batch(epoch, &samples).unwrap()
                 })
             });
             group.bench_function(format!("decode+augment/K{views}/threads{threads}"), |b| {
@@ -129,5 +141,59 @@ fn loader_views(c: &mut Criterion) {
     let _ = std::fs::remove_file(&path);
 }
 
-criterion_group!(benches, loader_views);
+/// Writes `n` CIFAR-10 training JPEGs resized to 500×375 under `dir/train/<class>/`.
+fn imagenet_sized_jpegs(dir: &std::path::Path, n: usize) {
+    for (k, (name, bytes)) in encoded_train(n).into_iter().enumerate() {
+        let class = name.parent().and_then(|p| p.file_name()).unwrap();
+        let folder = dir.join("train").join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        let small = image::load_from_memory(&bytes).unwrap();
+        let big = small.resize_exact(500, 375, image::imageops::FilterType::Triangle);
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(folder.join(format!("{k:05}.jpg"))).unwrap(),
+        );
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&big.to_rgb8())
+            .unwrap();
+    }
+}
+
+fn streaming_views(c: &mut Criterion) {
+    const FILES: usize = 256;
+    const STREAM_BATCH: usize = 32;
+    const VIEWS: usize = 2;
+    let keep = std::env::var_os("MEMBANK_BENCH_KEEP_JPEGS").map(PathBuf::from);
+    let temp = std::env::temp_dir().join(format!("membank-bench-jpegs-{}", std::process::id()));
+    let dir = keep.clone().unwrap_or(temp);
+    imagenet_sized_jpegs(&dir, FILES);
+    let index = ImageIndex::scan_folder(&dir.join("train"), &ScanOptions::default()).unwrap();
+    let dataset = Arc::new(index.streaming(DecodeOptions::default()).unwrap());
+    let transform = Transform::Augment(AugmentConfig::new(224).with_normalize(Normalize::IMAGENET));
+    let mut group = c.benchmark_group("loader_streaming");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((STREAM_BATCH * VIEWS) as u64));
+    for threads in [1usize, 2] {
+        let config = LoaderConfig::new(STREAM_BATCH, VIEWS).with_threads(threads);
+        let loader = MultiViewLoader::new(Arc::clone(&dataset), config, transform).unwrap();
+        let mut step = 0usize;
+        group.bench_function(
+            format!("jpeg500x375_rrc224/K{VIEWS}/threads{threads}"),
+            |b| {
+                b.iter(|| {
+                    step += 1;
+                    let samples: Vec<usize> = (0..STREAM_BATCH)
+                        .map(|i| (step * STREAM_BATCH + i) % FILES)
+                        .collect();
+                    loader.batch(step as u64, &samples).unwrap()
+                })
+            },
+        );
+    }
+    group.finish();
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+criterion_group!(benches, loader_views, streaming_views);
 criterion_main!(benches);

@@ -38,6 +38,8 @@ pub struct AugmentConfig {
     pub grayscale_probability: f32,
     /// Per-channel normalisation applied last.
     pub normalize: Normalize,
+    /// Output channels: 3 (RGB) or 1 (the luma of the RGB view).
+    pub channels: usize,
 }
 
 impl AugmentConfig {
@@ -55,7 +57,14 @@ impl AugmentConfig {
             jitter_probability: 1.0,
             grayscale_probability: 0.2,
             normalize: Normalize::CIFAR10,
+            channels: 3,
         }
+    }
+
+    /// Sets [`AugmentConfig::channels`] (1 or 3).
+    pub fn with_channels(mut self, channels: usize) -> Self {
+        self.channels = channels;
+        self
     }
 
     /// Sets [`AugmentConfig::hue`].
@@ -77,6 +86,9 @@ impl AugmentConfig {
     }
 
     /// Checks every field; the error names the first one out of range.
+    ///
+    /// # Errors
+    /// [`Error::InvalidValue`] naming the field (`augment.size`, `augment.scale`, …).
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &'static str, value: String, reason: &'static str| {
             Err(Error::InvalidValue {
@@ -89,6 +101,7 @@ impl AugmentConfig {
         if self.size == 0 {
             return bad("augment.size", "0".into(), "must be at least 1");
         }
+        check_channels("augment.channels", self.channels)?;
         let (s0, s1) = self.scale;
         if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
             return bad(
@@ -192,8 +205,22 @@ fn uniform(rng: &mut impl Rng, lo: f32, hi: f32) -> f32 {
     lo + (hi - lo) * rng.random::<f32>()
 }
 
-/// The evaluation transform: resize the shorter side to `resize`, centre-crop `crop`, normalise.
-/// With `resize == crop ==` the image side (CIFAR at 32) it is the identity before normalising.
+fn check_channels(field: &'static str, channels: usize) -> Result<()> {
+    if channels == 1 || channels == 3 {
+        Ok(())
+    } else {
+        Err(Error::InvalidValue {
+            field,
+            value: channels.to_string(),
+            reason: "must be 1 (luma) or 3 (RGB)",
+        })
+    }
+}
+
+/// The evaluation transform (torchvision's convention): resize the shorter side to `resize`,
+/// centre-crop `crop × crop`, normalise. With `resize == crop ==` the image side (CIFAR at 32)
+/// it is the identity before normalising; a non-square image keeps the centre of its longer
+/// side.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalConfig {
     /// Shorter side after resizing.
@@ -202,16 +229,31 @@ pub struct EvalConfig {
     pub crop: usize,
     /// Per-channel normalisation.
     pub normalize: Normalize,
+    /// Output channels: 3 (RGB) or 1 (luma).
+    pub channels: usize,
 }
 
 impl EvalConfig {
-    /// Resize to `resize`, crop `crop`, CIFAR-10 normalisation.
+    /// Resize to `resize`, crop `crop`, CIFAR-10 normalisation, 3 channels.
     pub fn new(resize: usize, crop: usize) -> Self {
         Self {
             resize,
             crop,
             normalize: Normalize::CIFAR10,
+            channels: 3,
         }
+    }
+
+    /// Sets [`EvalConfig::channels`] (1 or 3).
+    pub fn with_channels(mut self, channels: usize) -> Self {
+        self.channels = channels;
+        self
+    }
+
+    /// Sets [`EvalConfig::normalize`].
+    pub fn with_normalize(mut self, normalize: Normalize) -> Self {
+        self.normalize = normalize;
+        self
     }
 
     /// The source rectangle that the resize and centre crop select.
@@ -251,10 +293,29 @@ impl Transform {
         }
     }
 
+    /// Output channels (1 or 3).
+    pub fn channels(&self) -> usize {
+        match self {
+            Self::Augment(a) => a.channels,
+            Self::Eval(e) => e.channels,
+        }
+    }
+
+    /// Floats of one rendered view: `channels · size · size`.
+    pub fn view_len(&self) -> usize {
+        self.channels() * self.size() * self.size()
+    }
+
     /// Checks the configuration.
+    ///
+    /// # Errors
+    /// [`Error::InvalidValue`] naming the first field out of range.
     pub fn validate(&self) -> Result<()> {
         match self {
             Self::Augment(a) => a.validate(),
+            Self::Eval(e) if check_channels("eval.channels", e.channels).is_err() => {
+                check_channels("eval.channels", e.channels)
+            }
             Self::Eval(e) if e.resize == 0 || e.crop == 0 || e.crop > e.resize => {
                 Err(Error::InvalidValue {
                     field: "eval.crop",
@@ -286,10 +347,21 @@ impl Transform {
         }
     }
 
-    /// Renders view `view` of `image` into `out` (`3 × size × size`, CHW, normalised).
+    /// Renders view `view` of `image` into `out` (`channels × size × size`, CHW, normalised).
+    ///
+    /// # Panics
+    /// If `out.len() != self.view_len()` or the channels are not 1 or 3 (checked by
+    /// [`Transform::validate`]).
     pub fn apply(&self, image: &ImageRef<'_>, seed: u64, epoch: u64, view: u64, out: &mut [f32]) {
         let params = self.params(image, seed, epoch, view);
-        crate::render::render(image, &params, self.normalize(), self.size(), out);
+        crate::render::render(
+            image,
+            &params,
+            self.normalize(),
+            self.size(),
+            self.channels(),
+            out,
+        );
     }
 }
 

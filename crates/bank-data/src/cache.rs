@@ -1,8 +1,10 @@
 //! An on-disk cache of decoded datasets, so a second start skips decoding.
 //!
-//! The cache file is a safetensors file (pixels, image entries, labels; class names and a CRC-32
-//! in its metadata) named after a hash of the sources' paths, sizes and modification times, so a
-//! changed source is never served stale. It is written atomically; a damaged cache file is
+//! The cache file is a safetensors file (pixels, image entries, labels; class names, item
+//! sources, skipped files and a CRC-32 in its metadata) named after a hash of a key that covers
+//! every source file (path, size, modification time: [`files_fingerprint`],
+//! [`crate::ImageIndex::fingerprint`]) and the decode settings, so a changed source is never
+//! served stale. It is written atomically; a damaged cache file is
 //! rebuilt, not trusted.
 
 use std::collections::HashMap;
@@ -16,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::{Dataset, Error, ImageDataset, ImageStore, Result};
 
 const CACHE_FORMAT: &str = "membank-dataset-cache";
-const CACHE_VERSION: &str = "1";
+const CACHE_VERSION: &str = "2";
 
 /// A folder of decoded-dataset cache files.
 #[derive(Debug, Clone)]
@@ -30,25 +32,14 @@ impl DatasetCache {
         Self { dir: dir.into() }
     }
 
-    /// The cache file for `name` built from `sources` with reader settings `settings`.
-    pub fn path_for(&self, name: &str, sources: &[&Path], settings: &str) -> Result<PathBuf> {
+    /// The cache file for `name` under `key`: `<name>-<first 16 hex digits of SHA-256(key)>`.
+    pub fn path_for(&self, name: &str, key: &str) -> PathBuf {
         let mut hash = Sha256::new();
         hash.update(CACHE_VERSION.as_bytes());
-        hash.update(settings.as_bytes());
-        for source in sources {
-            let meta = fs::metadata(source).map_err(|e| Error::io(source, e))?;
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            let absolute = fs::canonicalize(source).map_err(|e| Error::io(source, e))?;
-            hash.update(absolute.to_string_lossy().as_bytes());
-            hash.update(meta.len().to_le_bytes());
-            hash.update(modified.to_le_bytes());
-        }
+        hash.update([0]);
+        hash.update(key.as_bytes());
         let digest = hash.finalize();
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::index::hex(&digest[..8]);
         let safe: String = name
             .chars()
             .map(|c| {
@@ -59,21 +50,26 @@ impl DatasetCache {
                 }
             })
             .collect();
-        Ok(self.dir.join(format!("{safe}-{hex}.safetensors")))
+        self.dir.join(format!("{safe}-{hex}.safetensors"))
     }
 
-    /// Loads the cached dataset, or builds it with `build` and caches it.
+    /// Loads the cached dataset `name` under `key`, or builds it with `build` and caches it.
     ///
-    /// A cache file that cannot be read back is logged and rebuilt; failing to write the cache
-    /// is logged and the freshly built dataset returned.
+    /// `key` must cover every source file and the decode settings, e.g.
+    /// `format!("{} {settings}", index.fingerprint())`, or for binary files
+    /// [`files_fingerprint`] over all the files read, plus the settings. A cache file that cannot
+    /// be read back is logged and rebuilt; failing to write the cache is logged and the freshly
+    /// built dataset returned.
+    ///
+    /// # Errors
+    /// Only those of `build`.
     pub fn load_or_build(
         &self,
         name: &str,
-        sources: &[&Path],
-        settings: &str,
+        key: &str,
         build: impl FnOnce() -> Result<ImageDataset>,
     ) -> Result<ImageDataset> {
-        let path = self.path_for(name, sources, settings)?;
+        let path = self.path_for(name, key);
         if path.is_file() {
             match load(&path) {
                 Ok(dataset) => {
@@ -94,7 +90,36 @@ impl DatasetCache {
     }
 }
 
+/// A stable key over `files`: each one's absolute path, size and modification time (ns), in the
+/// order given. 64 hex digits. Use it as (part of) a [`DatasetCache`] key for every file a
+/// dataset is read from.
+///
+/// # Errors
+/// [`Error::Io`] naming a file that cannot be inspected.
+pub fn files_fingerprint(files: &[&Path]) -> Result<String> {
+    let mut hash = Sha256::new();
+    hash.update(b"membank-files-1");
+    for file in files {
+        let meta = fs::metadata(file).map_err(|e| Error::io(file, e))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let absolute = fs::canonicalize(file).map_err(|e| Error::io(file, e))?;
+        hash.update([0]);
+        hash.update(absolute.to_string_lossy().as_bytes());
+        hash.update([0]);
+        hash.update(meta.len().to_le_bytes());
+        hash.update(modified.to_le_bytes());
+    }
+    Ok(crate::index::hex(&hash.finalize()))
+}
+
 /// Writes `dataset` to `path` in the cache format (atomically).
+///
+/// # Errors
+/// [`Error::Format`] when it cannot be encoded, [`Error::Core`] when it cannot be written.
 pub fn save(dataset: &ImageDataset, path: &Path) -> Result<()> {
     let (pixels, entries) = dataset.store().raw_parts();
     let offsets: Vec<u8> = entries.iter().flat_map(|e| e.0.to_le_bytes()).collect();
@@ -128,7 +153,10 @@ pub fn save(dataset: &ImageDataset, path: &Path) -> Result<()> {
             TensorView::new(Dtype::U32, vec![n], labels).map_err(encode)?,
         ));
     }
+    let (items, skipped) = dataset.encode_extras();
     let metadata = HashMap::from([
+        ("items".to_string(), items),
+        ("skipped".to_string(), skipped),
         ("format".to_string(), CACHE_FORMAT.to_string()),
         ("version".to_string(), CACHE_VERSION.to_string()),
         ("classes".to_string(), dataset.class_names().join("\n")),
@@ -147,6 +175,9 @@ pub fn save(dataset: &ImageDataset, path: &Path) -> Result<()> {
 }
 
 /// Reads a cache file written by [`save`], checking format, version, shapes and checksum.
+///
+/// # Errors
+/// [`Error::Io`], or [`Error::Format`] naming the file and the problem.
 pub fn load(path: &Path) -> Result<ImageDataset> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |reason: String| Error::format(path, reason);
@@ -205,5 +236,7 @@ pub fn load(path: &Path) -> Result<ImageDataset> {
         Ok(_) => return Err(bad("labels have the wrong shape or type".into())),
         Err(_) => None,
     };
-    Ok(ImageDataset::new(store, labels, classes, get("source")?))
+    ImageDataset::new(store, labels, classes, get("source")?)
+        .decode_extras(&get("items")?, &get("skipped")?)
+        .ok_or_else(|| bad("malformed item sources or skipped files".into()))
 }

@@ -96,7 +96,13 @@ pub fn cifar_split_files(dir: impl AsRef<Path>, kind: CifarKind, train: bool) ->
 /// Class names come from the names file beside the first binary (`batches.meta.txt`,
 /// `fine_label_names.txt` or `coarse_label_names.txt`) when present; otherwise the published
 /// CIFAR-10 names, or the label numbers for CIFAR-100. A file whose size is not a whole number of
-/// records, or a label out of range, is an error naming the file (and the record).
+/// records, or a label out of range, is an error naming the file (and the record). Item sources
+/// are `file#record`. For the dataset cache, key it on [`crate::files_fingerprint`] of all
+/// `files`.
+///
+/// # Errors
+/// [`Error::Io`], [`Error::Format`], [`Error::MemoryLimit`], or [`Error::InvalidValue`] for no
+/// files.
 pub fn read_cifar(
     files: &[impl AsRef<Path>],
     kind: CifarKind,
@@ -161,12 +167,11 @@ pub fn read_cifar(
         }
     }
     let names = class_names(first.as_ref(), kind)?;
-    Ok(ImageDataset::new(
-        store,
-        Some(labels),
-        names,
-        first.as_ref(),
-    ))
+    let records = raw
+        .iter()
+        .map(|(path, bytes)| (path.clone(), bytes.len() / record))
+        .collect();
+    Ok(ImageDataset::new(store, Some(labels), names, first.as_ref()).with_records(records))
 }
 
 /// `[R plane, G plane, B plane]` (each `pixels` long, in the same pixel order) to `RGBRGB…`.

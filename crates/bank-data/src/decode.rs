@@ -1,17 +1,13 @@
-//! Parallel, chunked decoding of encoded images (JPEG, PNG) into an [`ImageStore`].
+//! Decoding one encoded image (JPEG, PNG; the format judged from the content), and the options
+//! every reader shares.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use rayon::prelude::*;
-
-use crate::{CHANNELS, Error, ImageDataset, ImageStore, Result};
+use crate::sniff::{ImageKind, check_jpeg_complete, check_png_complete, not_an_image};
+use crate::{Error, Result};
 
 /// Default limit on decoded pixel bytes: 16 GiB (ImageNet at 96×96 needs 35 GB; CIFAR-10 184 MB).
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 30;
-
-/// Encoded images decoded per parallel chunk: bounds the encoded bytes held at once.
-const CHUNK: usize = 2048;
 
 /// What to do with a file that cannot be decoded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,7 +15,8 @@ pub enum OnError {
     /// Stop with an error naming the file (the default).
     #[default]
     Fail,
-    /// Leave the file out and count it; the count is logged when the dataset is built.
+    /// Leave the file out, log it (`tracing::warn`) and record it with the reason
+    /// ([`crate::Dataset::skipped`]).
     Skip,
 }
 
@@ -66,23 +63,44 @@ pub struct DecodedImage {
     pub pixels: Vec<u8>,
 }
 
-/// Whether a file name has an image extension this crate decodes.
+/// Whether a file name has an image extension this crate decodes (a hint only: readers judge a
+/// file by its content).
 pub fn is_image_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     [".jpg", ".jpeg", ".png"].iter().any(|e| lower.ends_with(e))
 }
 
-/// Decodes one JPEG or PNG file held in memory; `name` is used for the format and in errors.
+/// Decodes one JPEG or PNG held in memory; the format comes from the bytes, never from `name`,
+/// which is only used in errors. Grey images are replicated to RGB, alpha is dropped, 16-bit
+/// samples are scaled to 8 bits.
+///
+/// # Errors
+/// [`Error::Format`] naming `name` when the bytes are not a JPEG or PNG, are truncated (a JPEG
+/// without its end-of-image marker, a PNG missing data) or corrupt.
 pub fn decode_image(name: &Path, bytes: &[u8]) -> Result<DecodedImage> {
-    let format = image::ImageFormat::from_path(name)
-        .or_else(|_| image::guess_format(bytes))
-        .map_err(|e| Error::format(name, format!("not a JPEG or PNG image: {e}")))?;
-    let decoded = image::load_from_memory_with_format(bytes, format)
-        .map_err(|e| Error::format(name, format!("cannot decode image (truncated?): {e}")))?
+    decode_bytes_sniffed(bytes).map_err(|reason| Error::format(name, reason))
+}
+
+fn decode_bytes_sniffed(bytes: &[u8]) -> Result<DecodedImage, String> {
+    let kind = ImageKind::sniff(bytes).ok_or_else(|| not_an_image(bytes))?;
+    decode_bytes(kind, bytes)
+}
+
+/// Decodes `bytes`, already recognised as `kind`; the error says why, in words.
+pub(crate) fn decode_bytes(kind: ImageKind, bytes: &[u8]) -> Result<DecodedImage, String> {
+    if ImageKind::sniff(bytes) != Some(kind) {
+        return Err(not_an_image(bytes));
+    }
+    match kind {
+        ImageKind::Jpeg => check_jpeg_complete(bytes)?,
+        ImageKind::Png => check_png_complete(bytes)?,
+    }
+    let decoded = image::load_from_memory_with_format(bytes, kind.format())
+        .map_err(|e| format!("cannot decode the {kind:?} image (truncated or corrupt?): {e}"))?
         .into_rgb8();
     let (width, height) = decoded.dimensions();
     if width == 0 || height == 0 {
-        return Err(Error::format(name, "image has no pixels"));
+        return Err("image has no pixels".into());
     }
     Ok(DecodedImage {
         height: height as usize,
@@ -100,173 +118,4 @@ pub enum FolderLayout {
     ClassFolders,
     /// Every image under the root, unlabelled, in sorted path order.
     Unlabelled,
-}
-
-/// One encoded file of an image tree, found by a folder or archive walker.
-pub(crate) struct EncodedFile {
-    /// Path relative to the tree's root, `/`-separated.
-    pub relative: String,
-    /// Path for messages (a real path, or `archive!member`).
-    pub display: PathBuf,
-    pub bytes: Vec<u8>,
-}
-
-/// Collects the files of an image tree, decodes them in parallel chunks and builds the dataset.
-pub(crate) struct TreeBuilder {
-    source: PathBuf,
-    layout: FolderLayout,
-    options: DecodeOptions,
-    /// Folder names seen directly under the root (so that empty class folders are noticed).
-    class_dirs: BTreeSet<String>,
-    pending: Vec<EncodedFile>,
-    decoded: Vec<(String, Option<String>, DecodedImage)>,
-    decoded_bytes: usize,
-    skipped: usize,
-}
-
-impl TreeBuilder {
-    pub fn new(source: &Path, layout: FolderLayout, options: DecodeOptions) -> Self {
-        Self {
-            source: source.to_path_buf(),
-            layout,
-            options,
-            class_dirs: BTreeSet::new(),
-            pending: Vec::new(),
-            decoded: Vec::new(),
-            decoded_bytes: 0,
-            skipped: 0,
-        }
-    }
-
-    /// Records a folder directly under the root.
-    pub fn class_dir(&mut self, name: &str) {
-        if !name.starts_with('.') {
-            self.class_dirs.insert(name.to_string());
-        }
-    }
-
-    /// Adds a file; decodes a chunk when enough are pending.
-    pub fn file(&mut self, file: EncodedFile) -> Result<()> {
-        let name = file.relative.rsplit('/').next().unwrap_or("");
-        if name.starts_with('.') {
-            return Ok(());
-        }
-        if self.layout == FolderLayout::ClassFolders {
-            match file.relative.split_once('/') {
-                Some((class, _)) => self.class_dir(class),
-                None => {
-                    return self.reject(Error::format(
-                        &file.display,
-                        "a file directly under the root, where class folders were expected \
-                         (use the unlabelled layout for a flat folder)",
-                    ));
-                }
-            }
-        }
-        if !is_image_name(name) {
-            return self.reject(Error::format(
-                &file.display,
-                "not an image file (expected .jpg, .jpeg or .png)",
-            ));
-        }
-        self.pending.push(file);
-        if self.pending.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn reject(&mut self, error: Error) -> Result<()> {
-        match self.options.on_error {
-            OnError::Fail => Err(error),
-            OnError::Skip => {
-                tracing::debug!(%error, "skipped");
-                self.skipped += 1;
-                Ok(())
-            }
-        }
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        let files = std::mem::take(&mut self.pending);
-        let results: Vec<(String, Result<DecodedImage>)> = files
-            .into_par_iter()
-            .map(|f| (f.relative, decode_image(&f.display, &f.bytes)))
-            .collect();
-        for (relative, result) in results {
-            match result {
-                Ok(image) => {
-                    self.decoded_bytes += image.pixels.len();
-                    if self.decoded_bytes > self.options.memory_limit {
-                        return Err(Error::MemoryLimit {
-                            path: self.source.clone(),
-                            limit: self.options.memory_limit,
-                        });
-                    }
-                    let class = match self.layout {
-                        FolderLayout::ClassFolders => {
-                            relative.split_once('/').map(|(c, _)| c.to_string())
-                        }
-                        FolderLayout::Unlabelled => None,
-                    };
-                    self.decoded.push((relative, class, image));
-                }
-                Err(e) => self.reject(e)?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Decodes what is left and assembles the dataset in (class, path) order.
-    pub fn finish(mut self) -> Result<ImageDataset> {
-        self.flush()?;
-        if self.skipped > 0 {
-            tracing::warn!(
-                source = %self.source.display(),
-                skipped = self.skipped,
-                "skipped files that are not decodable images"
-            );
-        }
-        if self.decoded.is_empty() {
-            return Err(Error::empty(&self.source, "no decodable images found"));
-        }
-        self.decoded.sort_by(|a, b| a.0.cmp(&b.0));
-        let (labels, class_names) = match self.layout {
-            FolderLayout::Unlabelled => (None, Vec::new()),
-            FolderLayout::ClassFolders => {
-                let mut counts: BTreeMap<&str, usize> =
-                    self.class_dirs.iter().map(|c| (c.as_str(), 0)).collect();
-                for (_, class, _) in &self.decoded {
-                    *counts.get_mut(class.as_deref().unwrap_or("")).unwrap() += 1;
-                }
-                if let Some((empty, _)) = counts.iter().find(|(_, n)| **n == 0) {
-                    return Err(Error::empty(
-                        &self.source,
-                        format!("class folder `{empty}` holds no decodable image"),
-                    ));
-                }
-                let names: Vec<String> = counts.keys().map(|c| c.to_string()).collect();
-                let labels = self
-                    .decoded
-                    .iter()
-                    .map(|(_, class, _)| {
-                        names.binary_search(class.as_ref().unwrap()).unwrap() as u32
-                    })
-                    .collect();
-                (Some(labels), names)
-            }
-        };
-        let mut store = ImageStore::with_capacity(self.decoded.len(), self.decoded_bytes);
-        for (_, _, image) in self.decoded.drain(..) {
-            store.push(image.height, image.width, &image.pixels);
-        }
-        debug_assert_eq!(store.bytes() % CHANNELS, 0);
-        tracing::info!(
-            source = %self.source.display(),
-            images = store.len(),
-            bytes = store.bytes(),
-            "decoded image tree"
-        );
-        Ok(ImageDataset::new(store, labels, class_names, self.source))
-    }
 }

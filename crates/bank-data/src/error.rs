@@ -31,6 +31,25 @@ pub enum Error {
         /// What is wrong, in words.
         reason: String,
     },
+    /// A symbolic or hard link that cannot be followed: a loop, a dangling target, a target
+    /// outside the archive, or any link when following links is off.
+    #[error("{}: {reason}", path.display())]
+    Link {
+        /// The link (for an archive member: `archive.tar!member`).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A class present in one split (or name list) and missing from the other.
+    #[error("class `{class}` of {}: {reason}", source_path.display())]
+    ClassMismatch {
+        /// The class name.
+        class: String,
+        /// The dataset whose classes were being mapped.
+        source_path: PathBuf,
+        /// Which side lacks it.
+        reason: &'static str,
+    },
     /// A dataset folder or archive holds no usable images, or a class folder is empty.
     #[error("{}: {reason}", path.display())]
     Empty {

@@ -1,5 +1,7 @@
 //! The multi-view loader: a seeded shuffle per epoch, K augmented views of every sample, batches
 //! in `bank-core`'s [`ViewLayout`], prepared on a background thread while the current one trains.
+//! Each sample's image is fetched (for a streaming dataset: read and decoded) once per batch, in
+//! the worker threads, and its K views rendered from it.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -14,7 +16,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use crate::augment::splitmix64;
-use crate::{CHANNELS, Dataset, Error, Result, Transform};
+use crate::{Dataset, Error, Result, Transform};
 
 /// How batches are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +33,7 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Batches prepared ahead of the consumer (at least 1).
     pub prefetch: usize,
-    /// Worker threads for decoding-free augmentation; 0 uses rayon's global pool.
+    /// Worker threads that fetch (decode) images and render views; 0 uses rayon's global pool.
     pub threads: usize,
 }
 
@@ -100,10 +102,12 @@ impl LoaderConfig {
 /// One batch on the host: `B·K` rendered views in [`ViewLayout`] order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostBatch {
-    /// `[B·K, 3, size, size]`, row-major.
+    /// `[B·K, channels, size, size]`, row-major.
     pub images: Vec<f32>,
     /// Output side.
     pub size: usize,
+    /// Channels per view: 3 (RGB) or 1 (luma).
+    pub channels: usize,
     /// The B dataset indices of the batch's samples.
     pub samples: Vec<usize>,
     /// Their labels, when the dataset is labelled.
@@ -115,7 +119,7 @@ pub struct HostBatch {
 /// One batch on a burn device.
 #[derive(Debug, Clone)]
 pub struct Batch<B: Backend> {
-    /// Views, `[B·K, 3, H, W]`.
+    /// Views, `[B·K, C, H, W]`.
     pub images: Tensor<B, 4>,
     /// Dataset index of every row, `[B·K]` (each sample's index repeated for its K views).
     pub indices: Tensor<B, 1, Int>,
@@ -146,7 +150,7 @@ impl HostBatch {
             .labels
             .map(|l| expand(l.iter().map(|&v| i64::from(v)).collect()));
         let images = Tensor::from_data(
-            TensorData::new(self.images, [rows, CHANNELS, self.size, self.size]),
+            TensorData::new(self.images, [rows, self.channels, self.size, self.size]),
             device,
         );
         Batch {
@@ -159,16 +163,20 @@ impl HostBatch {
     }
 }
 
-/// Serves K-view batches of a dataset, epoch after epoch.
-pub struct MultiViewLoader<D: Dataset + 'static> {
+/// Serves K-view batches of a dataset (in memory or streaming; `D` may be `dyn Dataset`), epoch
+/// after epoch.
+pub struct MultiViewLoader<D: Dataset + ?Sized + 'static> {
     dataset: Arc<D>,
     config: LoaderConfig,
     transform: Transform,
     pool: Option<Arc<rayon::ThreadPool>>,
 }
 
-impl<D: Dataset + 'static> MultiViewLoader<D> {
+impl<D: Dataset + ?Sized + 'static> MultiViewLoader<D> {
     /// A loader over `dataset`; the configuration and transform are checked here.
+    ///
+    /// # Errors
+    /// [`Error::InvalidValue`] naming a bad loader or transform field, or an empty dataset.
     pub fn new(dataset: Arc<D>, config: LoaderConfig, transform: Transform) -> Result<Self> {
         config.validate()?;
         transform.validate()?;
@@ -231,7 +239,11 @@ impl<D: Dataset + 'static> MultiViewLoader<D> {
     }
 
     /// Renders the batch of `samples` in `epoch` (in parallel, on the loader's threads).
-    pub fn batch(&self, epoch: u64, samples: &[usize]) -> HostBatch {
+    ///
+    /// # Errors
+    /// A sample whose image cannot be fetched (a streaming dataset's unreadable or undecodable
+    /// file: the error names it), or an index past the end.
+    pub fn batch(&self, epoch: u64, samples: &[usize]) -> Result<HostBatch> {
         render_batch(
             &*self.dataset,
             &self.transform,
@@ -242,7 +254,8 @@ impl<D: Dataset + 'static> MultiViewLoader<D> {
         )
     }
 
-    /// The batches of `epoch`, prepared on a background thread `prefetch` batches ahead.
+    /// The batches of `epoch`, prepared on a background thread `prefetch` batches ahead. After
+    /// an error the epoch ends.
     pub fn epoch(&self, epoch: u64) -> EpochBatches {
         let (tx, rx) = sync_channel(self.config.prefetch);
         let order = self.order(epoch);
@@ -273,7 +286,7 @@ impl<D: Dataset + 'static> MultiViewLoader<D> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn produce<D: Dataset>(
+fn produce<D: Dataset + ?Sized>(
     dataset: &D,
     transform: &Transform,
     config: &LoaderConfig,
@@ -281,58 +294,66 @@ fn produce<D: Dataset>(
     epoch: u64,
     order: &[usize],
     batches: usize,
-    tx: &SyncSender<HostBatch>,
+    tx: &SyncSender<Result<HostBatch>>,
 ) {
     for samples in order.chunks(config.batch_size).take(batches) {
         let batch = render_batch(dataset, transform, config, pool, epoch, samples);
-        if tx.send(batch).is_err() {
-            return; // The consumer stopped early.
+        let failed = batch.is_err();
+        if tx.send(batch).is_err() || failed {
+            return; // The consumer stopped early, or the epoch ends at an error.
         }
     }
 }
 
-fn render_batch<D: Dataset>(
+/// Renders one batch: per sample (in parallel), fetch the image once and render its K views
+/// into its contiguous rows (the layout is sample-major).
+fn render_batch<D: Dataset + ?Sized>(
     dataset: &D,
     transform: &Transform,
     config: &LoaderConfig,
     pool: Option<&rayon::ThreadPool>,
     epoch: u64,
     samples: &[usize],
-) -> HostBatch {
+) -> Result<HostBatch> {
     let layout = ViewLayout::new(samples.len(), config.views);
-    let size = transform.size();
-    let view_len = CHANNELS * size * size;
+    let (size, channels) = (transform.size(), transform.channels());
+    let view_len = transform.view_len();
     let mut images = vec![0f32; layout.rows() * view_len];
-    let work = |images: &mut Vec<f32>| {
+    let work = |images: &mut Vec<f32>| -> Result<()> {
         images
-            .par_chunks_exact_mut(view_len)
-            .enumerate()
-            .for_each(|(row, out)| {
-                let (s, k) = layout.position(row);
-                let image = dataset.image(samples[s]);
-                transform.apply(&image, config.seed, epoch, k as u64, out);
-            });
+            .par_chunks_exact_mut(view_len * config.views)
+            .zip(samples.par_iter())
+            .try_for_each(|(rows, &sample)| {
+                let loaded = dataset.image(sample)?;
+                let image = loaded.view();
+                for (k, out) in rows.chunks_exact_mut(view_len).enumerate() {
+                    transform.apply(&image, config.seed, epoch, k as u64, out);
+                }
+                Ok(())
+            })
     };
     match pool {
-        Some(pool) => pool.install(|| work(&mut images)),
-        None => work(&mut images),
+        Some(pool) => pool.install(|| work(&mut images))?,
+        None => work(&mut images)?,
     }
     let labels = samples
         .iter()
         .map(|&i| dataset.label(i))
         .collect::<Option<Vec<u32>>>();
-    HostBatch {
+    Ok(HostBatch {
         images,
         size,
+        channels,
         samples: samples.to_vec(),
         labels,
         layout,
-    }
+    })
 }
 
-/// The batches of one epoch, in order. Dropping it stops the background thread.
+/// The batches of one epoch, in order; an `Err` ends the epoch. Dropping it stops the
+/// background thread.
 pub struct EpochBatches {
-    receiver: Option<Receiver<HostBatch>>,
+    receiver: Option<Receiver<Result<HostBatch>>>,
     worker: Option<JoinHandle<()>>,
     remaining: usize,
 }
@@ -345,13 +366,13 @@ impl EpochBatches {
 }
 
 impl Iterator for EpochBatches {
-    type Item = HostBatch;
+    type Item = Result<HostBatch>;
 
-    fn next(&mut self) -> Option<HostBatch> {
+    fn next(&mut self) -> Option<Result<HostBatch>> {
         let batch = self.receiver.as_ref()?.recv().ok();
         match batch {
             Some(b) => {
-                self.remaining -= 1;
+                self.remaining = if b.is_ok() { self.remaining - 1 } else { 0 };
                 Some(b)
             }
             None => {

@@ -1,6 +1,7 @@
-//! Rendering one view from its parameters: bilinear crop-and-resize (with the flip folded in),
-//! colour jitter, greyscale, normalisation. Arithmetic is f32 in `[0, 1]`, as torchvision's
-//! tensor transforms.
+//! Rendering one view from its parameters: crop-and-resize (bilinear; antialiased with a
+//! triangle filter on an axis downscaled more than 2×; the flip folded in), colour jitter,
+//! greyscale, normalisation, and one (luma) or three output channels. Arithmetic is f32 in
+//! `[0, 1]`, as torchvision's tensor transforms.
 
 use crate::{CHANNELS, Error, ImageRef, Result};
 
@@ -102,18 +103,24 @@ impl Normalize {
     }
 }
 
-/// Renders `image` under `params` into `out`: `3 × size × size`, CHW, normalised.
+/// Renders `image` under `params` into `out`: `channels × size × size`, CHW, normalised.
+///
+/// With 3 channels the view is RGB; with 1 it is the luma (ITU-R 601, torchvision's
+/// `Grayscale`) of that RGB view, normalised with `normalize.mean[0]` and `normalize.std[0]`.
 ///
 /// # Panics
-/// If `out.len() != 3 · size · size`.
+/// If `channels` is not 1 or 3, or `out.len() != channels · size · size` (a bug in the caller;
+/// the loader checks both).
 pub fn render(
     image: &ImageRef<'_>,
     params: &ViewParams,
     normalize: &Normalize,
     size: usize,
+    channels: usize,
     out: &mut [f32],
 ) {
-    assert_eq!(out.len(), CHANNELS * size * size, "view buffer size");
+    assert!(channels == 1 || channels == CHANNELS, "1 or 3 channels");
+    assert_eq!(out.len(), channels * size * size, "view buffer size");
     let mut hwc = crop_resize(image, &params.crop, params.flip, size);
     if let Some(jitter) = &params.jitter {
         for op in jitter.order {
@@ -131,6 +138,12 @@ pub fn render(
         }
     }
     let plane = size * size;
+    if channels == 1 {
+        for (o, px) in out.iter_mut().zip(hwc.chunks_exact(CHANNELS)) {
+            *o = (luma(px) - normalize.mean[0]) / normalize.std[0];
+        }
+        return;
+    }
     for (p, px) in hwc.chunks_exact(CHANNELS).enumerate() {
         for c in 0..CHANNELS {
             out[c * plane + p] = (px[c] - normalize.mean[c]) / normalize.std[c];
@@ -138,9 +151,20 @@ pub fn render(
     }
 }
 
-/// Bilinear resampling of `crop` to `size × size` (half-pixel centres, as `align_corners=False`),
-/// in `[0, 1]`, HWC. A flip reads the columns right to left.
+/// An axis downscaled by more than this factor is resampled with an antialiasing filter.
+pub const ANTIALIAS_ABOVE: f32 = 2.0;
+
+/// Resamples `crop` to `size × size`, in `[0, 1]`, HWC; a flip reads the columns right to left.
+///
+/// Bilinear with half-pixel centres (`align_corners=False`) when neither axis is downscaled by
+/// more than [`ANTIALIAS_ABOVE`] (every CIFAR view); otherwise separable, with a triangle filter
+/// as wide as the scale factor on each axis downscaled that much (PIL's and torchvision's
+/// `antialias=True` bilinear), so large originals do not alias.
 pub fn crop_resize(image: &ImageRef<'_>, crop: &CropRect, flip: bool, size: usize) -> Vec<f32> {
+    let scale = (crop.width / size as f32).max(crop.height / size as f32);
+    if scale > ANTIALIAS_ABOVE {
+        return crop_resize_filtered(image, crop, flip, size);
+    }
     let (h, w) = (image.height, image.width);
     let taps = |start: f32, extent: f32, len: usize| -> Vec<(usize, usize, f32)> {
         (0..size)
@@ -170,6 +194,95 @@ pub fn crop_resize(image: &ImageRef<'_>, crop: &CropRect, flip: bool, size: usiz
             }
         }
     }
+    out
+}
+
+/// The source samples of one output sample: weights of `first, first + 1, …`, summing to 1.
+struct Taps {
+    first: usize,
+    weights: Vec<f32>,
+}
+
+/// The taps of every output sample along an axis of `len` pixels, for the source interval
+/// `[start, start + extent)`: a triangle filter of radius `scale` when `scale > ANTIALIAS_ABOVE`,
+/// else the two bilinear taps.
+fn axis_taps(start: f32, extent: f32, len: usize, size: usize) -> Vec<Taps> {
+    let scale = extent / size as f32;
+    (0..size)
+        .map(|o| {
+            let centre = start + (o as f32 + 0.5) * scale;
+            if scale <= ANTIALIAS_ABOVE {
+                let s = (centre - 0.5).clamp(0.0, (len - 1) as f32);
+                let i0 = s.floor() as usize;
+                let f = s - i0 as f32;
+                return if i0 + 1 < len {
+                    Taps {
+                        first: i0,
+                        weights: vec![1.0 - f, f],
+                    }
+                } else {
+                    Taps {
+                        first: i0,
+                        weights: vec![1.0],
+                    }
+                };
+            }
+            let lo = ((centre - scale).floor().max(0.0) as usize).min(len - 1);
+            let hi = ((centre + scale).ceil() as usize).clamp(lo + 1, len);
+            let mut weights: Vec<f32> = (lo..hi)
+                .map(|i| (1.0 - ((i as f32 + 0.5 - centre) / scale).abs()).max(0.0))
+                .collect();
+            let total: f32 = weights.iter().sum();
+            if total > 0.0 {
+                weights.iter_mut().for_each(|w| *w /= total);
+            } else {
+                weights.iter_mut().for_each(|w| *w = 1.0 / (hi - lo) as f32);
+            }
+            Taps { first: lo, weights }
+        })
+        .collect()
+}
+
+/// The separable (horizontal, then vertical) resampling of [`crop_resize`] for large downscales.
+fn crop_resize_filtered(
+    image: &ImageRef<'_>,
+    crop: &CropRect,
+    flip: bool,
+    size: usize,
+) -> Vec<f32> {
+    let (h, w) = (image.height, image.width);
+    let mut xs = axis_taps(crop.x, crop.width, w, size);
+    if flip {
+        xs.reverse();
+    }
+    let ys = axis_taps(crop.y, crop.height, h, size);
+    let row_lo = ys.iter().map(|t| t.first).min().unwrap_or(0);
+    let row_hi = ys
+        .iter()
+        .map(|t| t.first + t.weights.len())
+        .max()
+        .unwrap_or(0);
+    let row_len = size * CHANNELS;
+    let mut rows = vec![0f32; (row_hi - row_lo) * row_len];
+    for (r, row) in (row_lo..row_hi).zip(rows.chunks_exact_mut(row_len)) {
+        let src = &image.pixels[r * w * CHANNELS..(r + 1) * w * CHANNELS];
+        for (t, px) in xs.iter().zip(row.chunks_exact_mut(CHANNELS)) {
+            for (k, &wt) in t.weights.iter().enumerate() {
+                let s = (t.first + k) * CHANNELS;
+                for c in 0..CHANNELS {
+                    px[c] += wt * f32::from(src[s + c]);
+                }
+            }
+        }
+    }
+    let mut out = vec![0f32; size * row_len];
+    for (t, dst) in ys.iter().zip(out.chunks_exact_mut(row_len)) {
+        for (k, &wt) in t.weights.iter().enumerate() {
+            let src = &rows[(t.first + k - row_lo) * row_len..][..row_len];
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += wt * s);
+        }
+    }
+    out.iter_mut().for_each(|v| *v *= 1.0 / 255.0);
     out
 }
 

@@ -19,6 +19,11 @@ pub const STL10_CLASSES: [&str; 10] = [
 /// Reads STL-10 images from `images` (`train_X.bin`, `test_X.bin`, `unlabeled_X.bin`) and,
 /// when given, their labels from `labels` (`train_y.bin`, `test_y.bin`). Labels are stored
 /// 1-based and reported 0-based. Class names come from `class_names.txt` beside the images.
+/// Item sources are `file#record`.
+///
+/// # Errors
+/// [`Error::Io`], [`Error::Format`] naming a file of the wrong size or a bad label,
+/// [`Error::MemoryLimit`].
 pub fn read_stl10(
     images: impl AsRef<Path>,
     labels: Option<&Path>,
@@ -57,7 +62,8 @@ pub fn read_stl10(
     } else {
         Vec::new()
     };
-    Ok(ImageDataset::new(store, labels, names, images))
+    Ok(ImageDataset::new(store, labels, names, images)
+        .with_records(vec![(images.to_path_buf(), count)]))
 }
 
 fn read_labels(path: &Path, count: usize) -> Result<Vec<u32>> {

@@ -12,7 +12,11 @@ pub const GROUPS_ATTACHMENT: &str = "groups";
 pub const ROUNDS_ATTACHMENT: &str = "merge_rounds";
 
 /// When and how much to merge.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serialised as a TOML/JSON table (`bank-train` embeds it as `[merge.schedule]`); unknown fields
+/// are refused and missing ones take the defaults. `max_group_size = 0` stands for unbounded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MergeSchedule {
     /// First epoch with a merging round (epochs count from 0). Default 1.
     pub start_epoch: usize,
@@ -26,8 +30,23 @@ pub struct MergeSchedule {
     pub fraction_cap: f64,
     /// Candidates below this similarity are never merged. Default 0.9.
     pub min_similarity: f32,
-    /// Largest group allowed (`None`: unbounded). Default `Some(8)`.
+    /// Largest group allowed (`None`: unbounded, written `0`). Default `Some(8)`.
+    #[serde(with = "zero_is_none")]
     pub max_group_size: Option<usize>,
+}
+
+/// `Option<usize>` as a plain number, `0` standing for `None` (TOML has no null).
+mod zero_is_none {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<usize>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.unwrap_or(0) as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        let v = usize::deserialize(d)?;
+        Ok((v > 0).then_some(v))
+    }
 }
 
 impl Default for MergeSchedule {

@@ -36,17 +36,119 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointConfig,
 }
 
-/// Where the images come from.
+/// Which dataset: the reader and the per-dataset defaults (image size, normalisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    /// CIFAR-10: the JPEG image-folder archive or the official binaries (32×32, 10 classes).
+    Cifar10,
+    /// CIFAR-100 official binaries (`cifar-100-binary/`), fine labels (32×32, 100 classes).
+    Cifar100,
+    /// STL-10 official binaries (`stl10_binary/`), 96×96, 10 classes, 100,000 unlabelled images.
+    Stl10,
+    /// Any image collection: a folder or `.tar`/`.tar.gz` (see [`FolderLayoutKind`]).
+    ImageFolder,
+}
+
+impl DatasetKind {
+    /// Side of the square views when `data.image_size` is not given (`None`: must be given).
+    pub fn default_image_size(self) -> Option<usize> {
+        match self {
+            Self::Cifar10 | Self::Cifar100 => Some(32),
+            Self::Stl10 => Some(96),
+            Self::ImageFolder => None,
+        }
+    }
+
+    /// Per-channel mean and std of the training images (`None`: computed from the data).
+    pub fn default_normalization(self) -> Option<([f32; 3], [f32; 3])> {
+        match self {
+            Self::Cifar10 => Some(([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])),
+            Self::Cifar100 => Some(([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762])),
+            Self::Stl10 => Some(([0.4467, 0.4398, 0.4066], [0.2603, 0.2566, 0.2713])),
+            Self::ImageFolder => None,
+        }
+    }
+}
+
+/// How an image folder maps to splits and labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FolderLayoutKind {
+    /// `split` when `train/` exists, else `classes` when the root holds only folders, else
+    /// `unlabeled`.
+    Auto,
+    /// `train/<class>/…` and (optionally) `test/<class>/…`.
+    Split,
+    /// `<class>/…` only: `test_fraction` of every class is held out (stratified, seeded).
+    Classes,
+    /// Images anywhere under the root, no labels: trains; label-based evaluation needs `eval_path`.
+    Unlabeled,
+}
+
+/// Where decoded images live while training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadMode {
+    /// `memory` when the decoded training set fits `memory_budget_gib`, else `streaming`.
+    Auto,
+    /// Decode everything once into memory (fast epochs; optionally cached on disk).
+    Memory,
+    /// Decode per batch in the loader's threads (memory bounded whatever the dataset size).
+    Streaming,
+}
+
+/// What to do with a file that is not a decodable image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadImage {
+    /// Stop with an error naming the file.
+    Error,
+    /// Leave it out, log it, and count it in `summary.json`.
+    Skip,
+}
+
+/// Where the images come from and how they are shown to the network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Dataset: `cifar10` (the JPEG archive or the official binaries under the data folder).
-    pub dataset: String,
+    /// Dataset kind.
+    pub dataset: DatasetKind,
+    /// The folder or archive of the images (`image_folder`: required); for CIFAR and STL-10 the
+    /// folder that holds them (else `--data`, `MEMBANK_DATA`, `~/.cache/membank/data`).
+    pub path: Option<std::path::PathBuf>,
+    /// Layout of an image folder.
+    pub layout: FolderLayoutKind,
+    /// Fraction of every class held out as the test split (layout `classes`).
+    pub test_fraction: f64,
+    /// A labelled folder or archive (`train/` + `test/`, or class folders) to evaluate a run
+    /// whose training images are unlabelled.
+    pub eval_path: Option<std::path::PathBuf>,
+    /// STL-10: train on train + unlabeled (105,000 images); kNN uses the labelled train split.
+    pub unlabeled: bool,
+    /// Side of the square views the network sees (default: 32 CIFAR, 96 STL-10).
+    pub image_size: Option<usize>,
+    /// Evaluation: resize the shorter side to this, then centre-crop `image_size`
+    /// (default: `image_size`; 256 for 224 is torchvision's ImageNet convention).
+    pub eval_resize: Option<usize>,
+    /// Input channels: 3 (RGB; grey images replicated) or 1 (luma).
+    pub channels: usize,
+    /// Per-channel mean for normalisation (default per dataset; image folders: computed on a
+    /// sample of the training images and recorded in the run's `config.toml`).
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel std, as `mean`.
+    pub std: Option<Vec<f32>>,
     /// Training images per class (0: all).
     pub train_per_class: usize,
     /// Test images used for kNN (0: all).
     pub test_limit: usize,
-    /// Keep decoded datasets in an on-disk cache for the next start.
+    /// Undecodable files: `error` or `skip`.
+    pub on_bad_image: BadImage,
+    /// In memory, streaming, or chosen by `memory_budget_gib`.
+    pub mode: LoadMode,
+    /// Most GiB of decoded training images `auto` keeps in memory.
+    pub memory_budget_gib: f64,
+    /// Keep decoded datasets in an on-disk cache for the next start (memory mode).
     pub cache: bool,
 }
 
@@ -116,16 +218,6 @@ pub enum LossKind {
     Nce,
 }
 
-/// Bank precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BankPrecision {
-    /// f32 rows.
-    F32,
-    /// f16 rows (f32 arithmetic).
-    F16,
-}
-
 /// Bank and losses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -141,29 +233,18 @@ pub struct MethodConfig {
     /// Consistency weight λ (needs K ≥ 2; 0 turns it off).
     pub consistency: f64,
     /// Bank storage precision.
-    pub bank_precision: BankPrecision,
+    pub bank_precision: bank_core::Precision,
 }
 
-/// Gradual merging of near-duplicates (bank-mining's schedule).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Gradual merging of near-duplicates: on/off and bank-mining's own schedule type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MergeConfig {
     /// Merge at all.
     pub enabled: bool,
-    /// First epoch (from 0) that ends with a merging round.
-    pub start_epoch: usize,
-    /// Epochs between rounds.
-    pub every_epochs: usize,
-    /// Fraction of mutual-NN candidates merged in the first round.
-    pub fraction_start: f64,
-    /// Added per round.
-    pub fraction_step: f64,
-    /// Largest fraction.
-    pub fraction_cap: f64,
-    /// Pairs below this cosine similarity are never merged.
-    pub min_similarity: f32,
-    /// Largest group (0: unbounded).
-    pub max_group_size: usize,
+    /// When and how much (`[merge.schedule]`: `start_epoch`, `every_epochs`, `fraction_start`,
+    /// `fraction_step`, `fraction_cap`, `min_similarity`, `max_group_size` with 0 = unbounded).
+    pub schedule: bank_mining::MergeSchedule,
 }
 
 /// kNN evaluation.
@@ -210,9 +291,22 @@ impl Default for TrainConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
-            dataset: "cifar10".into(),
+            dataset: DatasetKind::Cifar10,
+            path: None,
+            layout: FolderLayoutKind::Auto,
+            test_fraction: 0.1,
+            eval_path: None,
+            unlabeled: false,
+            image_size: None,
+            eval_resize: None,
+            channels: 3,
+            mean: None,
+            std: None,
             train_per_class: 0,
             test_limit: 0,
+            on_bad_image: BadImage::Error,
+            mode: LoadMode::Auto,
+            memory_budget_gib: 8.0,
             cache: true,
         }
     }
@@ -261,23 +355,7 @@ impl Default for MethodConfig {
             loss: LossKind::Softmax,
             nce_noise: 4096,
             consistency: 0.0,
-            bank_precision: BankPrecision::F32,
-        }
-    }
-}
-
-impl Default for MergeConfig {
-    fn default() -> Self {
-        let s = bank_mining::MergeSchedule::default();
-        Self {
-            enabled: false,
-            start_epoch: s.start_epoch,
-            every_epochs: s.every_epochs,
-            fraction_start: s.fraction_start,
-            fraction_step: s.fraction_step,
-            fraction_cap: s.fraction_cap,
-            min_similarity: s.min_similarity,
-            max_group_size: s.max_group_size.unwrap_or(0),
+            bank_precision: bank_core::Precision::F32,
         }
     }
 }
@@ -298,21 +376,6 @@ impl Default for CheckpointConfig {
         Self {
             every_epochs: 1,
             keep: 2,
-        }
-    }
-}
-
-impl MergeConfig {
-    /// The bank-mining schedule.
-    pub fn schedule(&self) -> bank_mining::MergeSchedule {
-        bank_mining::MergeSchedule {
-            start_epoch: self.start_epoch,
-            every_epochs: self.every_epochs,
-            fraction_start: self.fraction_start,
-            fraction_step: self.fraction_step,
-            fraction_cap: self.fraction_cap,
-            min_similarity: self.min_similarity,
-            max_group_size: (self.max_group_size > 0).then_some(self.max_group_size),
         }
     }
 }
@@ -367,13 +430,7 @@ impl TrainConfig {
         if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
             return bad("name", self.name.clone(), "must be a plain folder name");
         }
-        if self.data.dataset != "cifar10" {
-            return bad(
-                "data.dataset",
-                self.data.dataset.clone(),
-                "supported: cifar10",
-            );
-        }
+        self.data.validate()?;
         if self.model.dim == 0 {
             return bad("model.dim", "0".into(), "must be at least 1");
         }
@@ -442,7 +499,7 @@ impl TrainConfig {
         }
         if self.merge.enabled {
             self.merge
-                .schedule()
+                .schedule
                 .validate()
                 .map_err(|e| Error::Config {
                     field: "merge".into(),
@@ -481,4 +538,134 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     }
     node.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
+}
+
+impl DataConfig {
+    /// Side of the square training views: `image_size`, else the dataset's default.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `data.image_size` when an image folder does not give it.
+    pub fn image_size(&self) -> Result<usize> {
+        self.image_size
+            .or(self.dataset.default_image_size())
+            .ok_or_else(|| Error::Config {
+                field: "data.image_size".into(),
+                reason: "required for image_folder: the side of the square views the network \
+                         sees (e.g. 32 for small images, 64, 96, or 224 for ImageNet-sized photos)"
+                    .into(),
+            })
+    }
+
+    /// Shorter side before the evaluation centre crop: `eval_resize`, else the image size.
+    ///
+    /// # Errors
+    /// As [`DataConfig::image_size`].
+    pub fn eval_resize(&self) -> Result<usize> {
+        Ok(self.eval_resize.unwrap_or(self.image_size()?))
+    }
+
+    /// Mean and std, when known before reading the data (given, or the dataset's default).
+    pub fn known_normalization(&self) -> Option<([f32; 3], [f32; 3])> {
+        let widen = |v: &[f32]| -> [f32; 3] {
+            match v {
+                [a] => [*a; 3],
+                [a, b, c] => [*a, *b, *c],
+                _ => [f32::NAN; 3],
+            }
+        };
+        match (&self.mean, &self.std) {
+            (Some(m), Some(s)) => Some((widen(m), widen(s))),
+            _ => self.dataset.default_normalization().map(|(m, s)| {
+                if self.channels == 1 {
+                    // Grey input: the luma of the RGB statistics (ITU-R 601 weights); the std
+                    // is the weighted mean of the channel stds (channels are highly correlated).
+                    let luma = |v: [f32; 3]| [0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2]; 3];
+                    (luma(m), luma(s))
+                } else {
+                    (m, s)
+                }
+            }),
+        }
+    }
+
+    /// Checks the data section; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, value: String, reason: &str| {
+            Err(Error::Config {
+                field: format!("data.{field}"),
+                reason: format!("{value}: {reason}"),
+            })
+        };
+        if self.dataset == DatasetKind::ImageFolder && self.path.is_none() {
+            return bad(
+                "path",
+                "none".into(),
+                "image_folder needs the folder or .tar/.tar.gz archive of the images",
+            );
+        }
+        if self.unlabeled && self.dataset != DatasetKind::Stl10 {
+            return bad(
+                "unlabeled",
+                "true".into(),
+                "only STL-10 has an unlabeled split (an unlabelled image folder uses layout = \"unlabeled\")",
+            );
+        }
+        if !(self.test_fraction > 0.0 && self.test_fraction < 1.0) {
+            return bad(
+                "test_fraction",
+                self.test_fraction.to_string(),
+                "must be in (0, 1)",
+            );
+        }
+        if let Some(0) = self.image_size {
+            return bad("image_size", "0".into(), "must be at least 1");
+        }
+        if let (Some(r), Ok(size)) = (self.eval_resize, self.image_size())
+            && r < size
+        {
+            return bad(
+                "eval_resize",
+                r.to_string(),
+                &format!("must be at least image_size ({size}): the centre crop is taken from it"),
+            );
+        }
+        if !matches!(self.channels, 1 | 3) {
+            return bad("channels", self.channels.to_string(), "must be 1 or 3");
+        }
+        match (&self.mean, &self.std) {
+            (None, None) => {}
+            (Some(m), Some(s)) => {
+                for (field, v) in [("mean", m), ("std", s)] {
+                    if v.len() != self.channels && v.len() != 1 {
+                        return bad(
+                            field,
+                            format!("{v:?}"),
+                            &format!("needs 1 or `channels` ({}) values", self.channels),
+                        );
+                    }
+                    if v.iter().any(|x| !x.is_finite()) {
+                        return bad(field, format!("{v:?}"), "values must be finite");
+                    }
+                }
+                if s.iter().any(|x| *x <= 0.0) {
+                    return bad("std", format!("{s:?}"), "values must be > 0");
+                }
+            }
+            _ => {
+                return bad(
+                    "mean",
+                    "only one of mean/std".into(),
+                    "give both data.mean and data.std, or neither",
+                );
+            }
+        }
+        if !(self.memory_budget_gib > 0.0 && self.memory_budget_gib.is_finite()) {
+            return bad(
+                "memory_budget_gib",
+                self.memory_budget_gib.to_string(),
+                "must be a finite value > 0",
+            );
+        }
+        Ok(())
+    }
 }

@@ -1,43 +1,58 @@
 //! kNN evaluation of a model: against the bank (the cheap monitor during training) and against
-//! train features recomputed without augmentation (at the end, and in `bank-train eval`).
+//! reference features recomputed without augmentation (at the end, and in `bank-train eval`).
 
 use std::sync::Arc;
 
 use bank_core::{MemoryBank, MemoryBankConfig};
-use bank_data::{Dataset, EvalConfig, ImageDataset, LoaderConfig, MultiViewLoader, Transform};
+use bank_data::{Dataset, EvalConfig, LoaderConfig, MultiViewLoader, Transform};
 use burn::prelude::*;
+use burn::tensor::TensorData;
 
-use crate::Result;
 use crate::config::TrainConfig;
+use crate::data_source::{EvalData, ViewSpec};
 use crate::knn::{KnnAccuracy, knn_accuracy};
 use crate::model::EmbeddingNet;
+use crate::{Error, Result};
+
+/// The deterministic evaluation view of `view`: resize the shorter side, centre-crop, normalise.
+pub fn eval_transform(view: &ViewSpec) -> Transform {
+    let mut eval = EvalConfig::new(view.eval_resize, view.image_size).with_channels(view.channels);
+    eval.normalize = view.normalize;
+    Transform::Eval(eval)
+}
 
 /// The embeddings of every image of `dataset` under the evaluation transform, in order.
+///
+/// # Shapes
+/// - output: `[N, D]`, unit rows
+///
+/// # Errors
+/// An image that cannot be read (streamed datasets decode here).
 pub fn embed<B: Backend>(
     model: &EmbeddingNet<B>,
-    dataset: &Arc<ImageDataset>,
+    dataset: &Arc<dyn Dataset>,
+    view: &ViewSpec,
     batch_size: usize,
     device: &B::Device,
 ) -> Result<Tensor<B, 2>> {
-    let side = dataset.image(0).height;
     let loader = MultiViewLoader::new(
         Arc::clone(dataset),
         LoaderConfig::new(batch_size, 1).with_shuffle(false),
-        Transform::Eval(EvalConfig::new(side, side)),
+        eval_transform(view),
     )?;
-    let parts: Vec<Tensor<B, 2>> = loader
-        .epoch(0)
-        .map(|b| model.forward(b.into_device::<B>(device).images))
-        .collect();
+    let mut parts = Vec::new();
+    for batch in loader.epoch(0) {
+        parts.push(model.forward(batch?.into_device::<B>(device).images));
+    }
     Ok(Tensor::cat(parts, 0))
 }
 
-/// Labelled train and test sets and the kNN settings (k, σ = τ, batch size).
+/// Labelled reference and query sets and the kNN settings (k, σ = τ, batch size).
 pub struct KnnEvaluator {
-    train: Arc<ImageDataset>,
-    test: Arc<ImageDataset>,
-    train_labels: Vec<u32>,
-    test_labels: Vec<u32>,
+    eval: EvalData,
+    view: ViewSpec,
+    reference_labels: Vec<u32>,
+    query_labels: Vec<u32>,
     classes: usize,
     k: usize,
     sigma: f64,
@@ -45,54 +60,95 @@ pub struct KnnEvaluator {
 }
 
 impl KnnEvaluator {
-    /// `None` when either set is unlabelled (nothing to evaluate).
-    pub fn new(
-        train: &Arc<ImageDataset>,
-        test: &Arc<ImageDataset>,
-        config: &TrainConfig,
-    ) -> Option<Self> {
-        Some(Self {
-            train_labels: train.labels()?.to_vec(),
-            test_labels: test.labels()?.to_vec(),
-            classes: train.class_names().len(),
-            train: Arc::clone(train),
-            test: Arc::clone(test),
+    /// An evaluator of `eval` under `view`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the reference or the queries are unlabelled, or the bank rows do not
+    /// match the reference.
+    pub fn new(eval: &EvalData, view: &ViewSpec, config: &TrainConfig) -> Result<Self> {
+        let unlabelled = |what: &str| Error::Config {
+            field: "data".into(),
+            reason: format!("kNN needs labelled {what} images"),
+        };
+        let reference_labels = eval.reference.labels().ok_or_else(|| unlabelled("reference"))?;
+        let query_labels = eval.queries.labels().ok_or_else(|| unlabelled("query"))?;
+        if let Some(rows) = &eval.bank_rows
+            && rows.len() != reference_labels.len()
+        {
+            return Err(Error::Config {
+                field: "data".into(),
+                reason: format!(
+                    "{} bank rows stand for {} reference images",
+                    rows.len(),
+                    reference_labels.len()
+                ),
+            });
+        }
+        Ok(Self {
+            classes: eval.reference.class_names().len(),
+            eval: eval.clone(),
+            view: *view,
+            reference_labels,
+            query_labels,
             k: config.eval.k,
             sigma: config.method.temperature,
             batch_size: config.eval.batch_size,
         })
     }
 
-    /// Test images against the rows of `bank` (which stand for the train images).
+    /// Whether the reference images are bank rows (so [`KnnEvaluator::against_bank`] applies).
+    pub fn has_bank_rows(&self) -> bool {
+        self.eval.bank_rows.is_some()
+    }
+
+    /// Queries against the bank rows that stand for the reference images; against recomputed
+    /// reference features when the reference is not part of the training set.
+    ///
+    /// # Errors
+    /// Bank or image errors.
     pub fn against_bank<B: Backend>(
         &self,
         model: &EmbeddingNet<B>,
         bank: &MemoryBank<B>,
         device: &B::Device,
     ) -> Result<KnnAccuracy> {
-        let test = embed(model, &self.test, self.batch_size, device)?;
-        self.vote(bank, test)
+        let Some(rows) = &self.eval.bank_rows else {
+            return self.against_recomputed(model, device);
+        };
+        let queries = embed(model, &self.eval.queries, &self.view, self.batch_size, device)?;
+        if rows.len() == bank.num_rows() && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            return self.vote(bank, queries);
+        }
+        let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let index = Tensor::from_data(TensorData::new(index, [rows.len()]), device);
+        let reference = bank.rows().select(0, index);
+        let [n, d] = reference.dims();
+        let reference = MemoryBankConfig::new(n, d).init_from_features(reference)?;
+        self.vote(&reference, queries)
     }
 
-    /// Test images against train features recomputed by `model` without augmentation.
+    /// Queries against reference features recomputed by `model` without augmentation.
+    ///
+    /// # Errors
+    /// Bank or image errors.
     pub fn against_recomputed<B: Backend>(
         &self,
         model: &EmbeddingNet<B>,
         device: &B::Device,
     ) -> Result<KnnAccuracy> {
-        let train = embed(model, &self.train, self.batch_size, device)?;
-        let [n, d] = train.dims();
-        let reference = MemoryBankConfig::new(n, d).init_from_features(train)?;
-        let test = embed(model, &self.test, self.batch_size, device)?;
-        self.vote(&reference, test)
+        let reference = embed(model, &self.eval.reference, &self.view, self.batch_size, device)?;
+        let [n, d] = reference.dims();
+        let reference = MemoryBankConfig::new(n, d).init_from_features(reference)?;
+        let queries = embed(model, &self.eval.queries, &self.view, self.batch_size, device)?;
+        self.vote(&reference, queries)
     }
 
-    fn vote<B: Backend>(&self, rows: &MemoryBank<B>, test: Tensor<B, 2>) -> Result<KnnAccuracy> {
+    fn vote<B: Backend>(&self, rows: &MemoryBank<B>, queries: Tensor<B, 2>) -> Result<KnnAccuracy> {
         knn_accuracy(
             rows,
-            &self.train_labels,
-            test,
-            &self.test_labels,
+            &self.reference_labels,
+            queries,
+            &self.query_labels,
             self.classes,
             self.k,
             self.sigma,

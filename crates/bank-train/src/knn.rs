@@ -18,6 +18,10 @@ pub struct KnnAccuracy {
 }
 
 /// Votes of `neighbours` (one query per test image) with weight exp(s/σ).
+///
+/// The weights are computed as exp((s − s_max)/σ) with s_max the query's best similarity: the
+/// same ratios (so the same ranking) without overflow at small σ (exp(1/0.001) is infinite in
+/// f64, and ties of infinities used to go against the true class).
 pub fn weighted_vote(
     neighbours: &Neighbours,
     train_labels: &[u32],
@@ -30,8 +34,13 @@ pub fn weighted_vote(
     for (q, &truth) in test_labels.iter().enumerate() {
         votes.fill(0.0);
         let (idx, sims) = neighbours.of(q);
+        let best = sims
+            .iter()
+            .map(|&s| f64::from(s))
+            .filter(|s| s.is_finite())
+            .fold(f64::NEG_INFINITY, f64::max);
         for (&j, &s) in idx.iter().zip(sims) {
-            votes[train_labels[j as usize] as usize] += (f64::from(s) / sigma).exp();
+            votes[train_labels[j as usize] as usize] += ((f64::from(s) - best) / sigma).exp();
         }
         let mine = votes[truth as usize];
         // Rank of the true class; ties go against it.

@@ -6,7 +6,10 @@
 //!
 //! - [`model`]: the small CNN, ResNet-18/50 (CIFAR or ImageNet stem), projection and L2 norm.
 //! - [`TrainConfig`]: a TOML configuration with `section.field=value` overrides.
-//! - [`train`]: the loop; [`knn`]: weighted kNN; [`checkpoint`]: atomic checkpoints and resume.
+//! - [`data_source`]: any dataset (CIFAR-10/100, STL-10, image folders; in memory or streamed)
+//!   as [`TrainData`].
+//! - [`train`]: the loop ([`state`], [`step`], [`run_folder`]); [`knn`]: weighted kNN;
+//!   [`checkpoint`]: atomic checkpoints and resume.
 //!
 //! Everything that holds tensors is generic over the burn backend.
 
@@ -19,10 +22,15 @@ pub mod knn;
 pub mod metrics;
 pub mod model;
 mod plot;
+pub mod run_folder;
 pub mod schedule;
+pub mod state;
+pub mod step;
 mod trainer;
 
 pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use evaluate::{KnnEvaluator, embed};
-pub use trainer::{NoProgress, Progress, RunOptions, latest_bank, optimizer, run_dir, train};
+pub use data_source::{EvalData, TrainData, ViewSpec};
+pub use state::{TrainState, optimizer};
+pub use trainer::{NoProgress, Progress, RunOptions, latest_bank, run_dir, train};

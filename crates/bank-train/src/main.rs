@@ -1,12 +1,9 @@
 //! `bank-train`: train an embedding network with a memory bank, or evaluate a trained run.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use bank_data::Dataset;
 use bank_train::metrics::EpochMetrics;
-use bank_train::model::ModelConfig;
 use bank_train::{KnnEvaluator, Progress, RunOptions, TrainConfig, checkpoint, data_source};
 use burn::backend::Autodiff;
 use burn::prelude::*;
@@ -182,14 +179,17 @@ fn train(
     }
     let root = data_source::data_root(data);
     println!("data: {}", root.display());
-    let (train, test) = data_source::cifar10(&root, &config.data)?;
+    let data = data_source::open(&config.data, &root)?;
     let device = Default::default();
     println!(
-        "backend {} · {:?} · {} train / {} test images · B {} × K {} · {} epochs · run {}",
+        "backend {} · {:?} · {} train / {} test images · {}×{} px, {} channel(s) · B {} × K {} · {} epochs · run {}",
         <Inner as Backend>::name(&device),
         config.model.arch,
-        train.len(),
-        test.len(),
+        data.train.len(),
+        data.eval.as_ref().map_or(0, |e| e.queries.len()),
+        data.view.image_size,
+        data.view.image_size,
+        data.view.channels,
         config.train.batch_size,
         config.train.views,
         config.train.epochs,
@@ -201,8 +201,7 @@ fn train(
     };
     let summary = bank_train::train::<Train>(
         &config,
-        train,
-        test,
+        &data,
         &RunOptions {
             run_dir: run_dir.clone(),
             resume,
@@ -223,9 +222,12 @@ fn eval(run: &Path, data: Option<&Path>) -> Result<()> {
     let Some(ckpt) = checkpoint::latest(&run.join("checkpoints"))? else {
         bail!("{}: no checkpoint to evaluate", run.display());
     };
-    let (train, test) = data_source::cifar10(&data_source::data_root(data), &config.data)?;
+    let data = data_source::open(&config.data, &data_source::data_root(data))?;
+    let Some(eval_sets) = &data.eval else {
+        bail!("{}: the run's data has no labelled evaluation set (set data.eval_path)", run.display());
+    };
     let device = Default::default();
-    let model = ModelConfig::new(config.model.arch, config.model.dim).init::<Train>(&device);
+    let model = bank_train::state::model_config(&config).init::<Train>(&device);
     let (model, _, bank, _) = checkpoint::load(
         &ckpt,
         model,
@@ -233,9 +235,7 @@ fn eval(run: &Path, data: Option<&Path>) -> Result<()> {
         &device,
     )?;
     let model = burn::module::AutodiffModule::valid(&model);
-    let (train, test) = (Arc::new(train), Arc::new(test));
-    let evaluator = KnnEvaluator::new(&train, &test, &config)
-        .context("kNN needs labelled train and test sets")?;
+    let evaluator = KnnEvaluator::new(eval_sets, &data.view, &config)?;
     let on_bank = evaluator.against_bank(&model, &bank.inner(), &device)?;
     let recomputed = evaluator.against_recomputed(&model, &device)?;
     let tau = config.method.temperature;

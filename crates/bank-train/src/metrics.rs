@@ -100,6 +100,9 @@ pub struct Summary {
     pub knn_recomputed: Option<KnnAccuracyRecord>,
     /// Mean training views per second.
     pub images_per_s: f64,
+    /// Training files left out as undecodable (`data.on_bad_image = "skip"`).
+    #[serde(default)]
+    pub skipped_images: usize,
 }
 
 /// Appends `m` to `path` as one JSON line.

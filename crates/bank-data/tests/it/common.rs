@@ -38,3 +38,32 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The first `n` members under `prefix` (e.g. `"test/cat/"`) of the real CIFAR-10 JPEG archive:
+/// `(member name, bytes)`.
+pub fn cifar_jpegs(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let archive = shared_data().join("cifar10/cifar10-jpeg.tar.gz");
+    let file = std::fs::File::open(archive).unwrap();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut out = Vec::new();
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let name = name.trim_start_matches("./").to_string();
+        if entry.header().entry_type().is_file() && name.starts_with(prefix) {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            out.push((name, bytes));
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Decodes with the `image` crate alone (the independent reference): RGB8 pixels.
+pub fn reference_rgb(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory(bytes).unwrap().into_rgb8()
+}

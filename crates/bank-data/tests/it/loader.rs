@@ -25,7 +25,7 @@ fn batches_follow_the_bank_layout_and_render_each_view_independently() {
     let ds = dataset(10);
     let config = LoaderConfig::new(4, 3).with_seed(11);
     let loader = MultiViewLoader::new(Arc::clone(&ds), config, transform()).unwrap();
-    let batches: Vec<HostBatch> = loader.epoch(2).collect();
+    let batches: Vec<HostBatch> = loader.epoch(2).map(Result::unwrap).collect();
     assert_eq!(batches.len(), 3);
     assert_eq!(batches[2].samples.len(), 2, "last batch kept");
     let view_len = 3 * 8 * 8;
@@ -34,7 +34,7 @@ fn batches_follow_the_bank_layout_and_render_each_view_independently() {
         for row in 0..batch.layout.rows() {
             let (s, k) = batch.layout.position(row);
             let mut expected = vec![0f32; view_len];
-            transform().apply(&ds.image(batch.samples[s]), 11, 2, k as u64, &mut expected);
+            transform().apply(&ds.get(batch.samples[s]), 11, 2, k as u64, &mut expected);
             assert_eq!(
                 &batch.images[row * view_len..(row + 1) * view_len],
                 &expected[..]
@@ -77,7 +77,12 @@ fn every_sample_once_per_epoch_in_a_seeded_order_and_drop_last() {
         transform(),
     )
     .unwrap();
-    let seen = |epoch| -> Vec<usize> { loader.epoch(epoch).flat_map(|b| b.samples).collect() };
+    let seen = |epoch| -> Vec<usize> {
+        loader
+            .epoch(epoch)
+            .flat_map(|b| b.unwrap().samples)
+            .collect()
+    };
     let (e0, e1) = (seen(0), seen(1));
     let mut sorted = e0.clone();
     sorted.sort_unstable();
@@ -94,7 +99,7 @@ fn every_sample_once_per_epoch_in_a_seeded_order_and_drop_last() {
     )
     .unwrap();
     assert_eq!(dropping.batches_per_epoch(), 4);
-    let batches: Vec<_> = dropping.epoch(0).collect();
+    let batches: Vec<_> = dropping.epoch(0).map(Result::unwrap).collect();
     assert_eq!(batches.len(), 4);
     assert_eq!(batches[0].samples, [0, 1, 2, 3, 4]);
 }
@@ -107,6 +112,7 @@ fn the_same_seed_gives_the_same_batches_whatever_the_thread_count() {
         MultiViewLoader::new(Arc::clone(&ds), config, transform())
             .unwrap()
             .epoch(4)
+            .map(Result::unwrap)
             .collect()
     };
     let one = run(1);

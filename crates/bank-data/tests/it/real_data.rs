@@ -21,7 +21,7 @@ fn cifar_binary_reader_reads_real_records() {
     assert_eq!(ds.class_names().len(), 10);
     assert_eq!(ds.class_names()[0], "airplane");
     assert_eq!(ds.class_names()[9], "truck");
-    let img = ds.image(0);
+    let img = ds.get(0);
     assert_eq!((img.height, img.width, img.pixels.len()), (32, 32, 3072));
 }
 
@@ -58,7 +58,7 @@ fn archive_reader_reads_all_of_cifar10_and_pixels_agree_with_the_binary_records(
         let j = c as usize * 5000 + *k;
         *k += 1;
         assert_eq!(train.label(j), Some(c));
-        let (a, b) = (binary.image(i), train.image(j));
+        let (a, b) = (binary.get(i), train.get(j));
         assert_eq!((a.height, a.width), (b.height, b.width));
         let mad = a
             .pixels

@@ -39,7 +39,7 @@ fn stl10_column_major_planes_become_row_major_rgb() {
     );
     assert_eq!(ds.class_names()[1], "bird");
     for i in 0..n {
-        let img = ds.image(i);
+        let img = ds.get(i);
         assert_eq!((img.height, img.width), (96, 96));
         for (y, x, c) in [(0, 0, 0), (5, 90, 1), (95, 3, 2), (40, 41, 0)] {
             assert_eq!(
@@ -92,7 +92,7 @@ fn cifar100_reads_coarse_or_fine_labels_and_planar_pixels() {
     for (i, (c, f)) in labels.iter().enumerate() {
         assert_eq!(fine.label(i), Some(u32::from(*f)));
         assert_eq!(coarse.label(i), Some(u32::from(*c)));
-        let img = fine.image(i);
+        let img = fine.get(i);
         for (y, x, ch) in [(0, 0, 0), (31, 31, 2), (7, 20, 1)] {
             assert_eq!(img.at(y, x, ch), value(i, y, x, ch));
         }
@@ -129,8 +129,8 @@ fn image_folder_on_disk_is_exact_for_png_and_sorted_by_class() {
         [0, 0, 0, 1, 1, 1]
     );
     let expected = pattern(5 * 7 * 3, ("apple".len() * 10 + 1) as u64);
-    assert_eq!(ds.image(1).pixels, &expected[..]);
-    let grey = ds.image(5);
+    assert_eq!(ds.get(1).pixels, &expected[..]);
+    let grey = ds.get(5);
     assert_eq!((grey.height, grey.width), (4, 4));
     assert_eq!(
         (grey.at(2, 3, 0), grey.at(2, 3, 1), grey.at(2, 3, 2)),
@@ -196,7 +196,7 @@ fn tar_and_tar_gz_of_a_folder_read_like_the_folder() {
         assert_eq!(ds.class_names(), from_folder.class_names());
         assert_eq!(ds.len(), from_folder.len());
         for i in 0..ds.len() {
-            assert_eq!(ds.image(i).pixels, from_folder.image(i).pixels);
+            assert_eq!(ds.get(i).pixels, from_folder.get(i).pixels);
             assert_eq!(ds.label(i), from_folder.label(i));
         }
     }
@@ -213,7 +213,7 @@ fn subsets_keep_labels_and_order() {
     let ds = ImageDataset::new(store, Some(labels), names, "mem");
     let sub = ds.first_per_class(2);
     assert_eq!(sub.len(), 5);
-    let firsts: Vec<u8> = (0..5).map(|i| sub.image(i).pixels[0]).collect();
+    let firsts: Vec<u8> = (0..5).map(|i| sub.get(i).pixels[0]).collect();
     assert_eq!(firsts, [0, 1, 2, 3, 5]);
     assert_eq!(sub.labels().unwrap(), [0, 1, 0, 1, 2]);
 }

@@ -30,19 +30,31 @@ pub struct ModelConfig {
     pub arch: Arch,
     /// Embedding dimension D (128).
     pub dim: usize,
+    /// Input channels (3 RGB, 1 grey).
+    pub channels: usize,
 }
 
 impl ModelConfig {
-    /// `arch` projected to `dim`.
+    /// `arch` projected to `dim`, on RGB input.
     pub fn new(arch: Arch, dim: usize) -> Self {
-        Self { arch, dim }
+        Self {
+            arch,
+            dim,
+            channels: 3,
+        }
+    }
+
+    /// Sets the input channels (1 for grey input).
+    pub fn with_channels(mut self, channels: usize) -> Self {
+        self.channels = channels;
+        self
     }
 
     /// Builds the network on `device` (seed the backend first for reproducible weights).
     pub fn init<B: Backend>(&self, device: &B::Device) -> EmbeddingNet<B> {
         let (backbone, features) = match self.arch {
             Arch::SmallCnn => (
-                Backbone::Small(SmallCnnConfig::new().init(device)),
+                Backbone::Small(SmallCnnConfig::new().with_channels(self.channels).init(device)),
                 SmallCnn::<B>::FEATURES,
             ),
             arch => {
@@ -52,7 +64,11 @@ impl ModelConfig {
                     Arch::Resnet50 => ResNetConfig::resnet50(Stem::ImageNet),
                     _ => ResNetConfig::resnet50(Stem::Cifar),
                 };
-                (Backbone::ResNet(config.init(device)), config.features())
+                let features = config.features();
+                (
+                    Backbone::ResNet(config.with_channels(self.channels).init(device)),
+                    features,
+                )
             }
         };
         EmbeddingNet {
@@ -84,7 +100,7 @@ impl<B: Backend> EmbeddingNet<B> {
     /// Backbone features before the projection (for a linear probe).
     ///
     /// # Shapes
-    /// - input: `[N, 3, H, W]`; output: `[N, F]`
+    /// - input: `[N, C, H, W]`; output: `[N, F]`
     pub fn features(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         match &self.backbone {
             Backbone::Small(n) => n.forward(images),
@@ -95,7 +111,7 @@ impl<B: Backend> EmbeddingNet<B> {
     /// The L2-normalised embedding.
     ///
     /// # Shapes
-    /// - input: `[N, 3, H, W]`; output: `[N, D]`, unit rows
+    /// - input: `[N, C, H, W]`; output: `[N, D]`, unit rows
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         l2_normalize(self.head.forward(self.features(images)))
     }

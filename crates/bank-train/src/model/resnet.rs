@@ -27,6 +27,9 @@ pub struct ResNetConfig {
     pub bottleneck: bool,
     /// The stem.
     pub stem: Stem,
+    /// Input channels (3 RGB, 1 grey).
+    #[config(default = 3)]
+    pub channels: usize,
 }
 
 impl ResNetConfig {
@@ -48,9 +51,9 @@ impl ResNetConfig {
     /// Builds the network on `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
         let (stem, max_pool) = match self.stem {
-            Stem::Cifar => (ConvBn::new(3, 64, 3, 1, device), None),
+            Stem::Cifar => (ConvBn::new(self.channels, 64, 3, 1, device), None),
             Stem::ImageNet => (
-                ConvBn::new(3, 64, 7, 2, device),
+                ConvBn::new(self.channels, 64, 7, 2, device),
                 Some(
                     MaxPool2dConfig::new([3, 3])
                         .with_strides([2, 2])

@@ -1,23 +1,28 @@
 //! The small CNN for CPU runs: conv3×3(32)-BN-ReLU, max-pool 2, conv3×3(64)-BN-ReLU, max-pool 2,
-//! conv3×3(128)-BN-ReLU, global average pool (128 features). No conv bias.
+//! conv3×3(128)-BN-ReLU, global average pool (128 features). No conv bias. Convolutions are
+//! initialised as PyTorch's `nn.Conv2d` ([`PYTORCH_CONV_INIT`](super::PYTORCH_CONV_INIT)).
 
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::ConvBn;
+use super::{ConvBn, PYTORCH_CONV_INIT};
 
-/// Configuration of [`SmallCnn`] (it has no free parameters).
+/// Configuration of [`SmallCnn`].
 #[derive(Config, Debug)]
-pub struct SmallCnnConfig {}
+pub struct SmallCnnConfig {
+    /// Input channels (3 RGB, 1 grey).
+    #[config(default = 3)]
+    pub channels: usize,
+}
 
 impl SmallCnnConfig {
     /// Builds the network on `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> SmallCnn<B> {
         SmallCnn {
-            block1: ConvBn::new(3, 32, 3, 1, device),
-            block2: ConvBn::new(32, 64, 3, 1, device),
-            block3: ConvBn::new(64, 128, 3, 1, device),
+            block1: ConvBn::with_init(self.channels, 32, 3, 1, PYTORCH_CONV_INIT, device),
+            block2: ConvBn::with_init(32, 64, 3, 1, PYTORCH_CONV_INIT, device),
+            block3: ConvBn::with_init(64, 128, 3, 1, PYTORCH_CONV_INIT, device),
             pool: MaxPool2dConfig::new([2, 2]).init(),
             gap: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
         }
@@ -39,7 +44,7 @@ impl<B: Backend> SmallCnn<B> {
     pub const FEATURES: usize = 128;
 
     /// # Shapes
-    /// - input: `[N, 3, H, W]`
+    /// - input: `[N, C, H, W]` (C = the configured channels)
     /// - output: `[N, 128]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self.pool.forward(relu(self.block1.forward(x)));

@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
-use bank_data::ImageDataset;
+use std::sync::Arc;
+
 use bank_train::metrics::Summary;
-use bank_train::{NoProgress, RunOptions, TrainConfig, data_source, train};
+use bank_train::{NoProgress, RunOptions, TrainConfig, TrainData, data_source, train};
 
 use crate::{FastTrain, shared_data};
 
@@ -15,20 +16,15 @@ fn config_with(overrides: &[&str]) -> TrainConfig {
 }
 
 /// A fresh run into `dir` on the test backend.
-fn run_fresh(
-    config: &TrainConfig,
-    train_set: ImageDataset,
-    test_set: ImageDataset,
-    dir: &Path,
-) -> Summary {
+fn run_fresh(config: &TrainConfig, data: &TrainData, dir: &Path) -> Summary {
     let options = RunOptions {
         run_dir: dir.to_path_buf(),
         resume: false,
     };
+    let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     train::<FastTrain>(
         config,
-        train_set,
-        test_set,
+        data,
         &options,
         &Default::default(),
         &mut NoProgress,
@@ -49,12 +45,12 @@ fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
         "eval.k=50",
         "checkpoint.keep=2",
     ]);
-    let (train_set, test_set) = data_source::cifar10(&shared_data(), &config.data).unwrap();
-    assert_eq!(bank_data::Dataset::len(&train_set), 300);
-    assert_eq!(bank_data::Dataset::len(&test_set), 500);
+    let data = data_source::open(&config.data, &shared_data()).unwrap();
+    assert_eq!(data.train.len(), 300);
+    assert_eq!(data.eval.as_ref().unwrap().queries.len(), 500);
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("e2e");
-    let summary = run_fresh(&config, train_set, test_set, &dir);
+    let summary = run_fresh(&config, &data, &dir);
     let lines: Vec<bank_train::metrics::EpochMetrics> =
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
@@ -97,9 +93,10 @@ fn nce_loss_and_an_f16_bank_train_end_to_end() {
         "eval.recompute_at_end=false",
     ]);
     let (train_set, test_set) = crate::cifar_records(160, 100);
+    let data = TrainData::from_sets(&config, Arc::new(train_set), Arc::new(test_set)).unwrap();
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("nce");
-    let summary = run_fresh(&config, train_set, test_set, &dir);
+    let summary = run_fresh(&config, &data, &dir);
     assert!(summary.final_loss.is_finite() && summary.final_loss > 0.0);
     let ckpt = bank_train::checkpoint::latest(&dir.join("checkpoints"))
         .unwrap()

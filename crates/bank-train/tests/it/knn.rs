@@ -27,3 +27,59 @@ fn weighted_votes_follow_exp_s_over_sigma() {
     let none = weighted_vote(&neighbours, &train_labels, &[2, 2], 3, 0.1);
     assert_eq!(none.top1, 0.0);
 }
+
+/// An f64 reference of the weighted vote with exact arithmetic on the log scale: the class scores
+/// as log-sum-exp of s/σ, ranked.
+fn reference_top1(sims: &[f32], labels: &[u32], classes: usize, sigma: f64) -> usize {
+    let mut logs = vec![Vec::new(); classes];
+    for (&s, &l) in sims.iter().zip(labels) {
+        logs[l as usize].push(f64::from(s) / sigma);
+    }
+    let lse = |v: &Vec<f64>| {
+        if v.is_empty() {
+            return f64::NEG_INFINITY;
+        }
+        let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    };
+    let scores: Vec<f64> = logs.iter().map(lse).collect();
+    (0..classes)
+        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
+        .unwrap()
+}
+
+#[test]
+fn small_sigma_does_not_overflow_and_ranks_as_the_f64_reference() {
+    // exp(0.95 / 0.001) overflows f64: before the fix every weight was infinite and the true class
+    // lost every tie (0% accuracy). Queries with 3 neighbours from 3 classes, varied order.
+    let cases: [([f32; 3], [u32; 3]); 4] = [
+        ([0.95, 0.94, 0.90], [2, 0, 0]),
+        ([0.80, 0.79, 0.79], [1, 0, 0]),
+        ([0.70, 0.69, 0.10], [0, 1, 1]),
+        ([0.99, 0.98, 0.97], [1, 1, 2]),
+    ];
+    for sigma in [0.001, 0.1] {
+        let mut indices = Vec::new();
+        let mut similarities = Vec::new();
+        let mut train_labels = Vec::new();
+        let mut truths = Vec::new();
+        for (q, (sims, labels)) in cases.iter().enumerate() {
+            for k in 0..3 {
+                indices.push((q * 3 + k) as u32);
+                similarities.push(sims[k]);
+                train_labels.push(labels[k]);
+            }
+            truths.push(reference_top1(sims, labels, 3, sigma) as u32);
+        }
+        let neighbours = Neighbours {
+            k: 3,
+            indices,
+            similarities,
+        };
+        let acc = weighted_vote(&neighbours, &train_labels, &truths, 3, sigma);
+        assert_eq!(acc.top1, 1.0, "σ = {sigma}: every query predicts the reference's class");
+    }
+    // And the reference differs between the two σ on case 2 (so the test sees σ at all).
+    assert_eq!(reference_top1(&[0.80, 0.79, 0.79], &[1, 0, 0], 3, 0.001), 1);
+    assert_eq!(reference_top1(&[0.80, 0.79, 0.79], &[1, 0, 0], 3, 0.1), 0);
+}

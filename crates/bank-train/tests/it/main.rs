@@ -2,6 +2,7 @@
 
 mod config;
 mod end_to_end;
+mod folders;
 mod knn;
 mod models;
 mod resume;
@@ -15,6 +16,10 @@ pub type Train = burn::backend::Autodiff<burn::backend::NdArray>;
 
 /// The faster CPU backend, for the end-to-end run on real images.
 pub type FastTrain = burn::backend::Autodiff<burn::backend::Flex>;
+
+/// burn seeds one generator per backend for the whole process: tests that train on the same
+/// backend take turns.
+pub static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `../shared/data` beside the workspace (override with `MEMBANK_SHARED_DATA`).
 pub fn shared_data() -> PathBuf {
@@ -42,7 +47,8 @@ pub fn cifar_records(train: usize, test: usize) -> (ImageDataset, ImageDataset) 
 pub fn halved(dataset: &ImageDataset) -> ImageDataset {
     let mut store = ImageStore::default();
     for i in 0..dataset.len() {
-        let img = dataset.image(i);
+        let loaded = dataset.image(i).unwrap();
+        let img = loaded.view();
         let (h, w) = (img.height / 2, img.width / 2);
         let mut px = Vec::with_capacity(h * w * 3);
         for y in 0..h {

@@ -81,3 +81,50 @@ fn resnet50_with_imagenet_stem_matches_torchvision() {
     assert_eq!(bn, 26_560);
     check(Arch::Resnet50, 64, 25_557_032 - 2_049_000, bn);
 }
+
+/// Collects the standard deviation of every 4-d (conv) and 2-d (linear) weight, in visit order.
+struct WeightStds(Vec<(usize, [usize; 2], f64)>);
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for WeightStds {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+        let t = param.val();
+        let dims = t.dims();
+        if D != 4 && D != 2 {
+            return;
+        }
+        let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap();
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n;
+        self.0.push((D, [dims[0], dims[1]], var.sqrt()));
+    }
+}
+
+#[test]
+fn small_cnn_weights_start_as_pytorchs_defaults() {
+    // PyTorch's nn.Conv2d and nn.Linear draw U(±1/√fan_in): std 1/√(3·fan_in). The small CNN's
+    // convs have fan_in 9·C_in (C_in = 3, 32, 64) and the head 128. A PyTorch peer of the same
+    // network starts there; torchvision's fan-out init would be 0.75×, 1.73×, 1.73× of it.
+    let device = Default::default();
+    <NdArray as Backend>::seed(&device, 7);
+    let model = ModelConfig::new(Arch::SmallCnn, 128).init::<NdArray>(&device);
+    let mut stds = WeightStds(Vec::new());
+    model.visit(&mut stds);
+    let weights: Vec<(usize, f64)> = stds
+        .0
+        .iter()
+        .map(|&(d, dims, std)| {
+            // conv [out, in, k, k]: fan_in = in·9; linear (burn stores [in, out]): fan_in = in.
+            let fan_in = if d == 4 { dims[1] * 9 } else { dims[0] };
+            (fan_in, std)
+        })
+        .collect();
+    assert_eq!(weights.len(), 4, "three convs and the head: {weights:?}");
+    for (fan_in, std) in weights {
+        let expected = 1.0 / (3.0 * fan_in as f64).sqrt();
+        assert!(
+            (std / expected - 1.0).abs() < 0.06,
+            "fan_in {fan_in}: std {std:.4}, PyTorch default {expected:.4}"
+        );
+    }
+}

@@ -5,10 +5,12 @@ use std::path::Path;
 
 use bank_core::MemoryBank;
 use bank_train::metrics::EpochMetrics;
-use bank_train::{Error, NoProgress, RunOptions, TrainConfig, checkpoint, train};
+use std::sync::Arc;
+
+use bank_train::{Error, NoProgress, RunOptions, TrainConfig, TrainData, checkpoint, train};
 use burn::backend::NdArray;
 
-use crate::{Train, cifar_records, halved};
+use crate::{BACKEND_RNG, Train, cifar_records, halved};
 
 fn config() -> TrainConfig {
     let o: Vec<String> = [
@@ -18,8 +20,9 @@ fn config() -> TrainConfig {
         "train.threads=1",
         "method.consistency=0.5",
         "merge.enabled=true",
-        "merge.start_epoch=0",
-        "merge.min_similarity=0.0",
+        "merge.schedule.start_epoch=0",
+        "merge.schedule.min_similarity=0.0",
+        "data.image_size=16",
         "eval.k=10",
         "eval.recompute_at_end=false",
         "checkpoint.keep=5",
@@ -30,10 +33,6 @@ fn config() -> TrainConfig {
     TrainConfig::load(None, &o).unwrap()
 }
 
-/// burn seeds one generator per backend for the whole process: runs on the same backend in
-/// parallel tests would draw from each other's stream, so they take turns.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<()> {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let (train_set, test_set) = cifar_records(48, 32);
@@ -42,10 +41,10 @@ fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<()>
         run_dir: dir.to_path_buf(),
         resume,
     };
+    let data = TrainData::from_sets(config, Arc::new(train_set), Arc::new(test_set))?;
     train::<Train>(
         config,
-        train_set,
-        test_set,
+        &data,
         &options,
         &Default::default(),
         &mut NoProgress,

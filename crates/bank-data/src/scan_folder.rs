@@ -1,0 +1,164 @@
+//! Scanning a folder tree into an [`ImageIndex`] with `walkdir`: symbolic links followed with
+//! loop detection, hidden entries skipped, formats recognised by content.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use rayon::prelude::*;
+use walkdir::WalkDir;
+
+use crate::index::{IndexEntry, Location, Origin};
+use crate::sniff::{ImageKind, SNIFF_BYTES, not_an_image};
+use crate::tree::{TreeFile, assemble, is_hidden};
+use crate::{Error, ImageIndex, Result, ScanOptions};
+
+impl ImageIndex {
+    /// Indexes every image under `root` (a folder): `root/<class>/…` or, unlabelled, every
+    /// image at any depth.
+    ///
+    /// Symbolic links (to files or folders) are followed; a loop is [`Error::Link`] naming the
+    /// link, and so is a dangling link or, with `follow_links` off, any link. Hidden entries (a
+    /// name starting with `.`, at any depth) are skipped. A file's format is recognised from its
+    /// first bytes, whatever its name; a file that is not a JPEG or PNG is a bad file (error or
+    /// recorded skip per `options.on_error`), as is, with class folders, a file directly under
+    /// `root`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] for a missing root or unreadable folder, [`Error::Link`], [`Error::Format`]
+    /// for a bad file (with `OnError::Fail`), [`Error::Empty`] when no image or an empty class
+    /// folder is found.
+    pub fn scan_folder(root: &Path, options: &ScanOptions) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::io(
+                root,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+            ));
+        }
+        let (files, class_dirs) = walk(root, options)?;
+        let mut skipped = Vec::new();
+        let sniffed: Vec<(PathBuf, Result<IndexEntry, String>)> = files
+            .into_par_iter()
+            .map(|(name, path)| {
+                let entry = sniff_file(&path).map(|(kind, size, modified)| IndexEntry {
+                    name,
+                    location: Location::File {
+                        path: path.clone(),
+                        size,
+                        modified,
+                    },
+                    kind,
+                });
+                (path, entry)
+            })
+            .collect();
+        let mut entries = Vec::with_capacity(sniffed.len());
+        for (path, entry) in sniffed {
+            match entry {
+                Ok(e) => entries.push(TreeFile {
+                    display: path,
+                    entry: e,
+                }),
+                Err(reason) => options.reject(&path, reason, &mut skipped)?,
+            }
+        }
+        assemble(
+            Origin::Folder(root.to_path_buf()),
+            entries,
+            class_dirs,
+            options,
+            skipped,
+        )
+    }
+}
+
+/// Lists the non-hidden files under `root` (`/`-separated names below it, real paths) and the
+/// folders directly under it.
+/// Files found: `/`-separated name below the root, real path.
+type Found = Vec<(String, PathBuf)>;
+
+fn walk(root: &Path, options: &ScanOptions) -> Result<(Found, BTreeSet<String>)> {
+    let mut files = Vec::new();
+    let mut dirs = BTreeSet::new();
+    let walker = WalkDir::new(root)
+        .follow_links(options.follow_links)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+    for entry in walker {
+        let entry = entry.map_err(link_or_io_error)?;
+        if entry.depth() == 0 {
+            continue;
+        }
+        let name = relative_name(root, entry.path());
+        debug_assert!(!is_hidden(&name));
+        let kind = entry.file_type();
+        if kind.is_symlink() {
+            return Err(Error::Link {
+                path: entry.path().to_path_buf(),
+                reason: "a symbolic link, and following links is off".into(),
+            });
+        }
+        if kind.is_dir() {
+            if entry.depth() == 1 {
+                dirs.insert(name);
+            }
+        } else {
+            files.push((name, entry.path().to_path_buf()));
+        }
+    }
+    Ok((files, dirs))
+}
+
+fn relative_name(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A walk error: a link loop or a dangling link as [`Error::Link`], the rest as [`Error::Io`].
+fn link_or_io_error(e: walkdir::Error) -> Error {
+    let path = e.path().map(Path::to_path_buf).unwrap_or_default();
+    if let Some(ancestor) = e.loop_ancestor() {
+        return Error::Link {
+            reason: format!(
+                "a symbolic link loop (it leads back to {})",
+                ancestor.display()
+            ),
+            path,
+        };
+    }
+    let io = e
+        .into_io_error()
+        .unwrap_or_else(|| std::io::Error::other("walk failed"));
+    if io.kind() == std::io::ErrorKind::NotFound && path.is_symlink() {
+        return Error::Link {
+            path,
+            reason: "a dangling symbolic link (its target does not exist)".into(),
+        };
+    }
+    Error::io(path, io)
+}
+
+/// The format, size and modification time (ns) of a file, or why it is not an image.
+fn sniff_file(path: &Path) -> Result<(ImageKind, u64, u128), String> {
+    let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    (&mut file)
+        .take(SNIFF_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let kind = ImageKind::sniff(&head).ok_or_else(|| not_an_image(&head))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok((kind, meta.len(), modified))
+}

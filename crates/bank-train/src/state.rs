@@ -1,0 +1,181 @@
+//! Everything a run changes as it trains, built from the config or restored from a checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use bank_core::{MemoryBank, MemoryBankConfig};
+use bank_losses::{ConsistencyLoss, NceConfig, NceLoss};
+use bank_mining::Merger;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{SgdConfig, decay::WeightDecayConfig};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::checkpoint::{self, RunState};
+use crate::config::{LossKind, TrainConfig};
+use crate::model::{EmbeddingNet, ModelConfig};
+use crate::{Error, Result};
+
+/// The optimiser of every run: SGD with PyTorch semantics.
+pub type Sgd<B> =
+    OptimizerAdaptor<burn::optim::Sgd<<B as AutodiffBackend>::InnerBackend>, EmbeddingNet<B>, B>;
+
+/// The SGD optimiser of the run (PyTorch semantics: dampening 0, coupled weight decay).
+pub fn optimizer<B: AutodiffBackend>(config: &TrainConfig) -> Sgd<B> {
+    let o = &config.optim;
+    SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(o.momentum)
+                .with_dampening(0.0)
+                .with_nesterov(o.nesterov),
+        ))
+        .with_weight_decay(
+            (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32)),
+        )
+        .init::<B, EmbeddingNet<B>>()
+}
+
+/// The network of `config` for `channels` input channels.
+pub fn model_config(config: &TrainConfig) -> ModelConfig {
+    ModelConfig::new(config.model.arch, config.model.dim).with_channels(config.data.channels)
+}
+
+/// Model, optimiser, bank, merge groups, NCE normaliser and counters.
+pub struct TrainState<B: AutodiffBackend> {
+    /// The network.
+    pub model: EmbeddingNet<B>,
+    /// Its optimiser.
+    pub optim: Sgd<B>,
+    /// One unit row per training image.
+    pub bank: MemoryBank<B>,
+    /// Merge groups, when merging is on.
+    pub merger: Option<Merger>,
+    /// The group id of every bank row on the device, when merging is on.
+    pub groups: Option<Tensor<B, 1, Int>>,
+    /// NCE (with its running Z), when the loss is NCE.
+    pub nce: Option<NceLoss<B>>,
+    /// The consistency term, when λ > 0.
+    pub consistency: Option<ConsistencyLoss>,
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Optimiser steps taken.
+    pub step: usize,
+}
+
+impl<B: AutodiffBackend> TrainState<B> {
+    /// A fresh state for `n` training images (the backend is seeded with the run's seed first).
+    ///
+    /// # Errors
+    /// Invalid bank, NCE, merging or consistency settings.
+    pub fn new(config: &TrainConfig, n: usize, device: &B::Device) -> Result<Self> {
+        B::seed(device, config.seed);
+        let method = &config.method;
+        let model = model_config(config).init::<B>(device);
+        let bank = MemoryBankConfig::new(n, config.model.dim)
+            .with_momentum(method.bank_momentum)
+            .with_precision(method.bank_precision)
+            .with_seed(config.seed)
+            .init::<B>(device)?;
+        let mut merger = config
+            .merge
+            .enabled
+            .then(|| Merger::new(n, config.merge.schedule.clone()))
+            .transpose()?;
+        let groups = merger.as_mut().map(|m| m.group_tensor::<B>(device));
+        let nce = (method.loss == LossKind::Nce)
+            .then(|| {
+                NceConfig::new(n)
+                    .with_noise(method.nce_noise)
+                    .with_temperature(method.temperature)
+                    .init::<B>()
+            })
+            .transpose()?;
+        let consistency = (method.consistency > 0.0)
+            .then(|| ConsistencyLoss::new(method.consistency))
+            .transpose()?;
+        Ok(Self {
+            model,
+            optim: optimizer::<B>(config),
+            bank,
+            merger,
+            groups,
+            nce,
+            consistency,
+            epochs_done: 0,
+            step: 0,
+        })
+    }
+
+    /// Loads checkpoint `ckpt` into this (fresh) state.
+    ///
+    /// # Errors
+    /// Unreadable checkpoint files, or a bank whose size is not the dataset's.
+    pub fn restore(self, ckpt: &Path, device: &B::Device) -> Result<Self> {
+        let n = self.bank.num_rows();
+        let state = checkpoint::read_state(ckpt)?;
+        let (model, optim, bank, attachments) =
+            checkpoint::load(ckpt, self.model, self.optim, device)?;
+        if bank.num_rows() != n {
+            return Err(Error::checkpoint(
+                ckpt,
+                format!(
+                    "bank has {} rows but the dataset {n} images",
+                    bank.num_rows()
+                ),
+            ));
+        }
+        let mut merger = match self.merger {
+            Some(m) => Some(Merger::from_attachments(
+                n,
+                m.schedule().clone(),
+                &attachments,
+            )?),
+            None => None,
+        };
+        let groups = merger.as_mut().map(|m| m.group_tensor::<B>(device));
+        let mut nce = self.nce;
+        if let (Some(nce), Some(z)) = (nce.as_mut(), state.nce_z) {
+            nce.set_z(z, device)?;
+        }
+        Ok(Self {
+            model,
+            optim,
+            bank,
+            merger,
+            groups,
+            nce,
+            consistency: self.consistency,
+            epochs_done: state.epochs_done,
+            step: state.step,
+        })
+    }
+
+    /// Writes a checkpoint of this state under `dir`, keeping the newest `config.checkpoint.keep`.
+    ///
+    /// # Errors
+    /// IO errors naming the path.
+    pub fn save(&mut self, dir: &Path, config: &TrainConfig) -> Result<PathBuf> {
+        let attachments = self
+            .merger
+            .as_mut()
+            .map(|m| m.attachments())
+            .unwrap_or_default();
+        let state = RunState {
+            epochs_done: self.epochs_done,
+            step: self.step,
+            seed: config.seed,
+            nce_z: self.nce.as_ref().and_then(|n| n.z()),
+            config: config.to_toml(),
+        };
+        checkpoint::save(
+            dir,
+            &self.model,
+            &self.optim,
+            &self.bank,
+            &attachments,
+            &state,
+            config.checkpoint.keep,
+        )
+    }
+}

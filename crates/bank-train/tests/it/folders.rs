@@ -1,0 +1,203 @@
+//! `dataset = "image_folder"` end to end: layouts, grey and mixed-size images, the normalisation
+//! written into the run's config, unlabelled data, and class mismatches between splits.
+
+use std::path::Path;
+
+use bank_data::{Dataset, ImageDataset};
+use bank_train::config::FolderLayoutKind;
+use bank_train::{NoProgress, RunOptions, TrainConfig, data_source, train};
+
+use crate::{FastTrain, cifar_records};
+
+/// Writes image `i` of `set` as a PNG at `path`, grey when `grey`, resized to `size` (w, h).
+fn write_png(set: &ImageDataset, i: usize, path: &Path, grey: bool, size: (u32, u32)) {
+    let loaded = set.image(i).unwrap();
+    let img = loaded.view();
+    let rgb = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.to_vec())
+        .unwrap();
+    let rgb = image::imageops::resize(&rgb, size.0, size.1, image::imageops::FilterType::Triangle);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    if grey {
+        image::DynamicImage::ImageRgb8(rgb).to_luma8().save(path).unwrap();
+    } else {
+        rgb.save(path).unwrap();
+    }
+}
+
+/// Class folders of grey PNGs in mixed sizes: 20 per class of the 10 CIFAR-10 classes.
+fn grey_mixed_folder(root: &Path, per_class: usize) -> Vec<String> {
+    let (set, _) = cifar_records(1_000, 0);
+    let names = set.class_names().to_vec();
+    let mut written = vec![0usize; names.len()];
+    let sizes = [(32, 32), (48, 40), (40, 64), (24, 24), (256, 256)];
+    for i in 0..set.len() {
+        let label = set.label(i).unwrap() as usize;
+        if written[label] == per_class {
+            continue;
+        }
+        let size = sizes[(i % 7).min(4) * usize::from(i % 7 < 5)];
+        let path = root.join(&names[label]).join(format!("{i:04}.png"));
+        write_png(&set, i, &path, true, size);
+        written[label] += 1;
+    }
+    names
+}
+
+fn config_with(overrides: &[String]) -> TrainConfig {
+    TrainConfig::load(None, overrides).unwrap()
+}
+
+#[test]
+fn grey_mixed_size_class_folders_train_and_record_their_normalisation() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    grey_mixed_folder(&images, 20);
+    let config = config_with(&[
+        "data.dataset=image_folder".into(),
+        format!("data.path=\"{}\"", images.display()),
+        "data.image_size=32".into(),
+        "data.channels=1".into(),
+        "data.test_fraction=0.25".into(),
+        "data.cache=false".into(),
+        "train.epochs=2".into(),
+        "train.batch_size=25".into(),
+        "eval.k=20".into(),
+    ]);
+    let data = data_source::open(&config.data, dir.path()).unwrap();
+    assert_eq!(data.train.len(), 150, "75% of 20 per class, 10 classes");
+    let eval = data.eval.as_ref().unwrap();
+    assert_eq!(eval.queries.len(), 50);
+    assert_eq!(data.view.channels, 1);
+
+    // The normalisation: mean and std of the luma over the training images (all 150 < sample),
+    // computed here independently from the decoded pixels.
+    let (mut sum, mut sq, mut count) = (0f64, 0f64, 0f64);
+    for i in 0..data.train.len() {
+        let loaded = data.train.image(i).unwrap();
+        let img = loaded.view();
+        for px in img.pixels.chunks_exact(3) {
+            let y = (0.299 * f64::from(px[0]) + 0.587 * f64::from(px[1]) + 0.114 * f64::from(px[2]))
+                / 255.0;
+            sum += y;
+            sq += y * y;
+            count += 1.0;
+        }
+    }
+    let mean = sum / count;
+    let std = (sq / count - mean * mean).sqrt();
+    let n = &data.view.normalize;
+    assert!((f64::from(n.mean[0]) - mean).abs() < 2e-3, "{} vs {mean}", n.mean[0]);
+    assert!((f64::from(n.std[0]) - std).abs() < 2e-3, "{} vs {std}", n.std[0]);
+
+    let run = dir.path().join("run");
+    let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let summary = train::<FastTrain>(
+        &config,
+        &data,
+        &RunOptions {
+            run_dir: run.clone(),
+            resume: false,
+        },
+        &Default::default(),
+        &mut NoProgress,
+    )
+    .unwrap();
+    assert!(summary.final_loss.is_finite());
+    assert!(summary.knn_bank.is_some() && summary.knn_recomputed.is_some());
+    let recorded: TrainConfig =
+        toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(recorded.data.mean, Some(vec![n.mean[0]]));
+    assert_eq!(recorded.data.std, Some(vec![n.std[0]]));
+}
+
+#[test]
+fn an_unlabelled_folder_trains_and_evaluation_needs_eval_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let labelled = dir.path().join("labelled");
+    grey_mixed_folder(&labelled, 6);
+    // The same images with no class folders: a flat folder.
+    let flat = dir.path().join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    for class in std::fs::read_dir(&labelled).unwrap() {
+        let class = class.unwrap().path();
+        for file in std::fs::read_dir(&class).unwrap() {
+            let file = file.unwrap().path();
+            let name = format!(
+                "{}-{}",
+                class.file_name().unwrap().to_string_lossy(),
+                file.file_name().unwrap().to_string_lossy()
+            );
+            std::fs::copy(&file, flat.join(name)).unwrap();
+        }
+    }
+    let base = vec![
+        "data.dataset=image_folder".to_string(),
+        format!("data.path=\"{}\"", flat.display()),
+        "data.image_size=24".into(),
+        "data.cache=false".into(),
+    ];
+    let data = data_source::open(&config_with(&base).data, dir.path()).unwrap();
+    assert_eq!(data.train.len(), 60);
+    assert!(data.train.labels().is_none());
+    assert!(data.eval.is_none());
+    assert!(data.notes.iter().any(|n| n.contains("data.eval_path")), "{:?}", data.notes);
+
+    let mut with_eval = base.clone();
+    with_eval.push(format!("data.eval_path=\"{}\"", labelled.display()));
+    with_eval.push("data.test_fraction=0.5".into());
+    let config = config_with(&with_eval);
+    assert_eq!(config.data.layout, FolderLayoutKind::Auto);
+    let data = data_source::open(&config.data, dir.path()).unwrap();
+    let eval = data.eval.as_ref().unwrap();
+    assert_eq!((eval.reference.len(), eval.queries.len()), (30, 30));
+    assert!(eval.bank_rows.is_none(), "reference features are recomputed");
+}
+
+#[test]
+fn a_test_class_missing_from_training_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("set");
+    let (set, _) = cifar_records(40, 0);
+    for i in 0..12 {
+        let class = if i < 6 { "cat" } else { "dog" };
+        write_png(&set, i, &root.join("train").join(class).join(format!("{i}.png")), false, (32, 32));
+        write_png(&set, i, &root.join("test").join(class).join(format!("{i}.png")), false, (32, 32));
+    }
+    write_png(&set, 20, &root.join("test/zebra/z.png"), false, (32, 32));
+    let config = config_with(&[
+        "data.dataset=image_folder".into(),
+        format!("data.path=\"{}\"", root.display()),
+        "data.image_size=32".into(),
+        "data.cache=false".into(),
+    ]);
+    let err = data_source::open(&config.data, dir.path())
+        .err()
+        .expect("a class only in test is refused")
+        .to_string();
+    assert!(err.contains("zebra"), "{err}");
+}
+
+#[test]
+fn data_settings_are_typed_and_checked() {
+    let err = |o: &[&str]| {
+        let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+        TrainConfig::load(None, &o).unwrap_err().to_string()
+    };
+    let e = err(&["data.dataset=imagenet"]);
+    assert!(e.contains("imagenet") && e.contains("image_folder"), "{e}");
+    assert!(err(&["data.dataset=image_folder"]).contains("data.path"));
+    assert!(err(&["data.channels=2"]).contains("data.channels"));
+    assert!(err(&["data.test_fraction=1.5"]).contains("data.test_fraction"));
+    assert!(err(&["data.unlabeled=true"]).contains("data.unlabeled"));
+    assert!(err(&["data.mean=[0.5]"]).contains("data.mean"));
+    assert!(err(&["data.eval_resize=16"]).contains("data.eval_resize"));
+    let no_size = TrainConfig::load(
+        None,
+        &["data.dataset=image_folder".into(), "data.path=\"/x\"".into()],
+    )
+    .unwrap();
+    let e = no_size.data.image_size().unwrap_err().to_string();
+    assert!(e.contains("data.image_size"), "{e}");
+    let stl = TrainConfig::load(None, &["data.dataset=stl10".into()]).unwrap();
+    assert_eq!(stl.data.image_size().unwrap(), 96);
+}
