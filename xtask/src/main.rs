@@ -7,6 +7,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod peer;
+
 #[derive(Parser)]
 #[command(about = "membank project tasks")]
 struct Cli {
@@ -68,13 +70,37 @@ enum Task {
         #[arg(long)]
         cpu_only: bool,
     },
+    /// SIGKILL `bank-train` at random moments and inside checkpoint writes, resume it each time,
+    /// and compare its metrics and final bank with an uninterrupted run (the suite's kill test,
+    /// longer: `crates/bank-train/tests/it/process.rs`).
+    Soak {
+        /// Kills that must land.
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Epochs of the run.
+        #[arg(long, default_value_t = 4)]
+        epochs: usize,
+        /// Training images per class (10 classes) of the small image folder it trains on.
+        #[arg(long, default_value_t = 8)]
+        per_class: usize,
+    },
+    /// Property-based fuzzing (proptest) of every reader of outside bytes: bank files, CIFAR and
+    /// STL-10 binaries, tar / tar.gz, image decoding, checkpoints, checksum lists, configs. Each
+    /// target runs for `--minutes`, one after the other.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Run the criterion benchmarks with one backend; reports land in target/criterion.
+    /// `cargo xtask bench compare loader [--data DIR]` instead runs membank and its Python peer
+    /// side by side (the peers' environment is created on first use).
     Bench {
         /// Backend to build with.
         #[arg(long, value_enum, default_value_t = Backend::Flex)]
         backend: Backend,
-        /// Arguments passed to criterion (e.g. a benchmark name filter).
-        #[arg(last = true)]
+        /// Arguments passed to criterion (e.g. a benchmark name filter), or `compare WHAT`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
@@ -171,11 +197,54 @@ fn main() -> Result<()> {
             cmd.arg("bank-core/wgpu,bank-losses/wgpu,bank-mining/wgpu");
             run(cmd)
         }
+        Task::Bench { args, .. } if args.first().is_some_and(|a| a == "compare") => {
+            compare(&args[1..])
+        }
+        Task::Soak {
+            kills,
+            epochs,
+            per_class,
+        } => {
+            let mut cmd = cargo(&["test", "-p", "bank-train", "--test", "it", "sigkilled"]);
+            cmd.args(["--", "--nocapture"])
+                .env("MEMBANK_SOAK_KILLS", kills.to_string())
+                .env("MEMBANK_SOAK_EPOCHS", epochs.to_string())
+                .env("MEMBANK_SOAK_PER_CLASS", per_class.to_string());
+            run(cmd)
+        }
+        Task::Fuzz { minutes } => {
+            if !(minutes > 0.0 && minutes.is_finite()) {
+                bail!("--minutes must be > 0, not {minutes}");
+            }
+            let mut cmd = cargo(&["test", "-p", "bank-core", "-p", "bank-data", "-p", "bank-train"]);
+            cmd.args(["--test", "it", "fuzz_", "--", "--nocapture", "--test-threads=1"])
+                .env("MEMBANK_FUZZ_SECONDS", (minutes * 60.0).to_string());
+            run(cmd)
+        }
         Task::Bench { backend, args } => {
             let mut cmd = cargo(&["bench", "-p", "membank-benches", "--no-default-features"]);
             cmd.args(["--features", backend.feature(), "--"]).args(args);
             run(cmd)
         }
+    }
+}
+
+/// `cargo xtask bench compare WHAT [--data DIR] [--repeats N]`.
+fn compare(args: &[String]) -> Result<()> {
+    let mut data = workspace_root().join("../shared/data");
+    let mut repeats = 3;
+    let mut what = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--data" => data = absolute(Path::new(it.next().context("--data DIR")?))?,
+            "--repeats" => repeats = it.next().context("--repeats N")?.parse()?,
+            w => what = Some(w.to_string()),
+        }
+    }
+    match what.as_deref() {
+        Some("loader") => peer::compare_loader(&data, repeats),
+        other => bail!("compare what? {other:?} (available: loader)"),
     }
 }
 
@@ -203,20 +272,20 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     })
 }
 
-fn cargo(args: &[&str]) -> Command {
+pub(crate) fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(args).current_dir(workspace_root());
     cmd
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_path_buf()
 }
 
-fn run(mut cmd: Command) -> Result<()> {
+pub(crate) fn run(mut cmd: Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
     let status = cmd
         .status()

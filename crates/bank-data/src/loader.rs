@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use crate::augment::splitmix64;
-use crate::{Dataset, Error, Result, Transform};
+use crate::{Dataset, Error, ImageRef, Result, Transform};
 
 /// How batches are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,11 +257,19 @@ impl<D: Dataset + ?Sized + 'static> MultiViewLoader<D> {
     /// The batches of `epoch`, prepared on a background thread `prefetch` batches ahead. After
     /// an error the epoch ends.
     pub fn epoch(&self, epoch: u64) -> EpochBatches {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `start` on (a run resumed in the middle of an epoch):
+    /// the same batches as [`MultiViewLoader::epoch`] yields from its `start`-th on, the skipped
+    /// ones neither fetched nor rendered. `start` past the end yields nothing.
+    pub fn epoch_from(&self, epoch: u64, start: usize) -> EpochBatches {
         let (tx, rx) = sync_channel(self.config.prefetch);
         let order = self.order(epoch);
         let dataset = Arc::clone(&self.dataset);
         let (transform, config, pool) = (self.transform, self.config, self.pool.clone());
         let batches = self.batches_per_epoch();
+        let start = start.min(batches);
         let worker = std::thread::Builder::new()
             .name("membank-loader".into())
             .spawn(move || {
@@ -272,7 +280,7 @@ impl<D: Dataset + ?Sized + 'static> MultiViewLoader<D> {
                     pool.as_deref(),
                     epoch,
                     &order,
-                    batches,
+                    start..batches,
                     &tx,
                 )
             })
@@ -280,7 +288,7 @@ impl<D: Dataset + ?Sized + 'static> MultiViewLoader<D> {
         EpochBatches {
             receiver: Some(rx),
             worker: Some(worker),
-            remaining: batches,
+            remaining: batches - start,
         }
     }
 }
@@ -293,10 +301,11 @@ fn produce<D: Dataset + ?Sized>(
     pool: Option<&rayon::ThreadPool>,
     epoch: u64,
     order: &[usize],
-    batches: usize,
+    batches: std::ops::Range<usize>,
     tx: &SyncSender<Result<HostBatch>>,
 ) {
-    for samples in order.chunks(config.batch_size).take(batches) {
+    let chunks = order.chunks(config.batch_size).take(batches.end);
+    for samples in chunks.skip(batches.start) {
         let batch = render_batch(dataset, transform, config, pool, epoch, samples);
         let failed = batch.is_err();
         if tx.send(batch).is_err() || failed {
@@ -325,7 +334,12 @@ fn render_batch<D: Dataset + ?Sized>(
             .zip(samples.par_iter())
             .try_for_each(|(rows, &sample)| {
                 let loaded = dataset.image(sample)?;
-                let image = loaded.view();
+                // Views are seeded by the index asked for, whatever the dataset calls it (a
+                // wrapper, e.g. a concatenation, numbers its parts' images from 0).
+                let image = ImageRef {
+                    index: sample,
+                    ..loaded.view()
+                };
                 for (k, out) in rows.chunks_exact_mut(view_len).enumerate() {
                     transform.apply(&image, config.seed, epoch, k as u64, out);
                 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -145,6 +145,31 @@ fn link_or_io_error(e: walkdir::Error) -> Error {
     Error::io(path, io)
 }
 
+/// Bytes read from the end of a file for the cheap completeness check.
+const TAIL_BYTES: u64 = 64;
+
+/// Whether a file is complete, judged at scan time so that `OnError::Skip` also leaves out
+/// truncated files of a streamed dataset: the last bytes must hold a JPEG's end-of-image marker
+/// or a PNG's `IEND` chunk; when they do not (a JPEG with a long trailer, or a cut file), the whole
+/// file is checked as the decoder checks it.
+fn check_complete(file: &mut File, len: u64, kind: ImageKind) -> Result<(), String> {
+    let read_err = |e: std::io::Error| format!("cannot read: {e}");
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+        .map_err(read_err)?;
+    let mut tail = Vec::with_capacity(TAIL_BYTES as usize);
+    file.read_to_end(&mut tail).map_err(read_err)?;
+    if crate::sniff::tail_is_complete(kind, &tail) {
+        return Ok(());
+    }
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    match kind {
+        ImageKind::Jpeg => crate::sniff::check_jpeg_complete(&bytes),
+        ImageKind::Png => crate::sniff::check_png_complete(&bytes),
+    }
+}
+
 /// The format, size and modification time (ns) of a file, or why it is not an image.
 fn sniff_file(path: &Path) -> Result<(ImageKind, u64, u128), String> {
     let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
@@ -155,6 +180,7 @@ fn sniff_file(path: &Path) -> Result<(ImageKind, u64, u128), String> {
         .read_to_end(&mut head)
         .map_err(|e| format!("cannot read: {e}"))?;
     let kind = ImageKind::sniff(&head).ok_or_else(|| not_an_image(&head))?;
+    check_complete(&mut file, meta.len(), kind)?;
     let modified = meta
         .modified()
         .ok()

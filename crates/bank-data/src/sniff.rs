@@ -107,6 +107,16 @@ pub(crate) fn check_png_complete(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// The cheap test of completeness on a file's last bytes: a JPEG's end-of-image marker among
+/// them, or a PNG ending with its `IEND` chunk (type, then the 4-byte CRC). `false` means "look
+/// at the whole file", not "broken".
+pub(crate) fn tail_is_complete(kind: ImageKind, tail: &[u8]) -> bool {
+    match kind {
+        ImageKind::Jpeg => tail.windows(2).any(|w| w == [0xFF, 0xD9]),
+        ImageKind::Png => tail.len() >= 8 && &tail[tail.len() - 8..tail.len() - 4] == b"IEND",
+    }
+}
+
 /// The position of the marker that ends the entropy-coded data starting at `start` (its `FF`),
 /// or `None` when the data runs to the end of the file.
 fn end_of_entropy_data(bytes: &[u8], start: usize) -> Option<usize> {

@@ -150,6 +150,12 @@ pub struct DataConfig {
     pub memory_budget_gib: f64,
     /// Keep decoded datasets in an on-disk cache for the next start (memory mode).
     pub cache: bool,
+    /// Classes to train on (unseen-categories protocol): names or index ranges such as
+    /// `["0..5"]` (end excluded) or `["cat", "dog"]`; default every class.
+    pub train_classes: Option<Vec<String>>,
+    /// Classes to evaluate on (reference and queries), as `train_classes`; default the training
+    /// classes.
+    pub test_classes: Option<Vec<String>>,
 }
 
 /// The network.
@@ -259,6 +265,13 @@ pub struct EvalSection {
     pub recompute_at_end: bool,
     /// Images per forward pass when computing features.
     pub batch_size: usize,
+    /// Protocols run at the end of training (`knn`, `linear`, `retrieval`, `all`); `knn` alone
+    /// keeps the run as cheap as before.
+    pub protocols: Vec<crate::protocols::Protocol>,
+    /// The linear probe's recipe (`[eval.linear]`).
+    pub linear: crate::protocols::LinearProbeConfig,
+    /// k-means restarts of the clustering (NMI) protocol; the best inertia is kept.
+    pub kmeans_restarts: usize,
 }
 
 /// Checkpoints.
@@ -267,6 +280,11 @@ pub struct EvalSection {
 pub struct CheckpointConfig {
     /// Write one every this many epochs (and always at the end).
     pub every_epochs: usize,
+    /// Also write one inside an epoch every this many optimiser steps (0: only at epoch ends).
+    pub every_steps: usize,
+    /// Also write one inside an epoch when this many minutes have passed since the last one
+    /// (0: off).
+    pub every_minutes: f64,
     /// Keep the newest this many.
     pub keep: usize,
 }
@@ -308,6 +326,8 @@ impl Default for DataConfig {
             mode: LoadMode::Auto,
             memory_budget_gib: 8.0,
             cache: true,
+            train_classes: None,
+            test_classes: None,
         }
     }
 }
@@ -367,6 +387,9 @@ impl Default for EvalSection {
             k: 200,
             recompute_at_end: true,
             batch_size: 256,
+            protocols: vec![crate::protocols::Protocol::Knn],
+            linear: crate::protocols::LinearProbeConfig::default(),
+            kmeans_restarts: 5,
         }
     }
 }
@@ -375,6 +398,8 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         Self {
             every_epochs: 1,
+            every_steps: 0,
+            every_minutes: 0.0,
             keep: 2,
         }
     }
@@ -403,6 +428,20 @@ impl TrainConfig {
                 field: path.map_or("overrides".into(), |p| p.display().to_string()),
                 reason: e.to_string(),
             })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a configuration written by [`TrainConfig::to_toml`] (a run's `config.toml`, a
+    /// checkpoint's state) and validates it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for unreadable TOML, unknown fields or invalid values.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e: toml::de::Error| Error::Config {
+            field: "config".into(),
+            reason: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -456,12 +495,24 @@ impl TrainConfig {
             ("train.views", self.train.views),
             ("eval.k", self.eval.k),
             ("eval.batch_size", self.eval.batch_size),
+            ("eval.kmeans_restarts", self.eval.kmeans_restarts),
+            ("eval.linear.epochs", self.eval.linear.epochs),
+            ("eval.linear.batch_size", self.eval.linear.batch_size),
             ("checkpoint.every_epochs", self.checkpoint.every_epochs),
             ("checkpoint.keep", self.checkpoint.keep),
         ] {
             if v == 0 {
                 return bad(field, "0".into(), "must be at least 1");
             }
+        }
+        positive("eval.linear.lr", self.eval.linear.lr)?;
+        let minutes = self.checkpoint.every_minutes;
+        if !(minutes >= 0.0 && minutes.is_finite()) {
+            return bad(
+                "checkpoint.every_minutes",
+                minutes.to_string(),
+                "must be a finite value >= 0 (0: off)",
+            );
         }
         positive("method.temperature", self.method.temperature)?;
         if !(0.0..1.0).contains(&self.method.bank_momentum) {

@@ -34,12 +34,35 @@ pub enum Error {
         "loss is {value} at epoch {epoch}, step {step}; stopped (the last good checkpoint is kept)"
     )]
     NonFiniteLoss {
-        /// Epoch (from 0).
+        /// Epoch (from 1, as every message and `metrics.jsonl` count).
         epoch: usize,
         /// Global step.
         step: usize,
         /// The loss value.
         value: f64,
+    },
+    /// A parameter, running statistic or bank value became NaN or infinite; nothing was saved.
+    #[error(
+        "NaN or infinite values in the {part} at epoch {epoch}, step {step}; stopped without \
+         saving (the last good checkpoint is kept; resume from it with a lower optim.lr)"
+    )]
+    NonFiniteState {
+        /// Epoch (from 1).
+        epoch: usize,
+        /// Global step.
+        step: usize,
+        /// Which part: `model parameters`, `bank rows`, `NCE normaliser Z`.
+        part: &'static str,
+    },
+    /// `--resume` asked for settings that the run's checkpoint cannot continue with.
+    #[error(
+        "cannot resume with a changed configuration: {}; these fields may change on a resume: {}",
+        changes.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        crate::resume::CHANGEABLE_ON_RESUME.join(", ")
+    )]
+    ResumeMismatch {
+        /// Every refused change.
+        changes: Vec<crate::resume::ConfigChange>,
     },
     /// The run folder exists and resuming was not asked for.
     #[error(

@@ -115,6 +115,15 @@ impl KnnEvaluator {
         let Some(rows) = &self.eval.bank_rows else {
             return self.against_recomputed(model, device);
         };
+        if let Some(&r) = rows.iter().find(|&&r| r >= bank.num_rows()) {
+            return Err(Error::Config {
+                field: "data".into(),
+                reason: format!(
+                    "the reference images need bank row {r}, but the bank has {} rows",
+                    bank.num_rows()
+                ),
+            });
+        }
         let queries = embed(model, &self.eval.queries, &self.view, self.batch_size, device)?;
         if rows.len() == bank.num_rows() && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return self.vote(bank, queries);

@@ -6,7 +6,7 @@ use bank_mining::{KnnConfig, Neighbours, query_neighbours};
 use burn::prelude::*;
 use serde::Serialize;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// Top-1 and top-5 accuracy, in [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -60,6 +60,10 @@ pub fn weighted_vote(
 ///
 /// # Shapes
 /// - `test_features`: `[T, D]`
+///
+/// # Errors
+/// [`Error::Config`] when the labels do not match the rows (one per reference row, one per
+/// query) or name a class `>= classes`; bank errors.
 pub fn knn_accuracy<B: Backend>(
     bank: &MemoryBank<B>,
     train_labels: &[u32],
@@ -69,7 +73,30 @@ pub fn knn_accuracy<B: Backend>(
     k: usize,
     sigma: f64,
 ) -> Result<KnnAccuracy> {
-    let k = k.min(bank.num_rows());
+    let rows = bank.num_rows();
+    let queries = test_features.dims()[0];
+    let mismatch = |reason: String| {
+        Err(Error::Config {
+            field: "data".into(),
+            reason,
+        })
+    };
+    if train_labels.len() != rows {
+        return mismatch(format!(
+            "{} reference labels for {rows} reference rows",
+            train_labels.len()
+        ));
+    }
+    if test_labels.len() != queries {
+        return mismatch(format!(
+            "{} query labels for {queries} query features",
+            test_labels.len()
+        ));
+    }
+    if let Some(l) = train_labels.iter().chain(test_labels).find(|&&l| l as usize >= classes) {
+        return mismatch(format!("label {l} but only {classes} classes"));
+    }
+    let k = k.min(rows);
     let neighbours = query_neighbours(bank, test_features, &KnnConfig::new(k))?;
     Ok(weighted_vote(
         &neighbours,

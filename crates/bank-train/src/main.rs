@@ -1,10 +1,13 @@
 //! `bank-train`: train an embedding network with a memory bank, or evaluate a trained run.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bank_train::metrics::EpochMetrics;
-use bank_train::{KnnEvaluator, Progress, RunOptions, TrainConfig, checkpoint, data_source};
+use bank_train::protocols::commands::{self, Split};
+use bank_train::protocols::{Protocol, runner};
+use bank_train::{Progress, RunOptions, TrainConfig, checkpoint, data_source};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
@@ -60,7 +63,7 @@ enum Command {
         #[arg(value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Evaluate a run's newest checkpoint: kNN against its bank and against recomputed features.
+    /// Evaluate a run's newest checkpoint (or `--checkpoint`) with the chosen protocols.
     Eval {
         /// The run folder (`runs/<name>`).
         #[arg(long)]
@@ -68,6 +71,30 @@ enum Command {
         /// Data folder, as for `train`.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Protocols (repeatable or comma-separated): knn, linear, retrieval, all.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "knn")]
+        protocol: Vec<Protocol>,
+        /// A checkpoint folder (`runs/<name>/checkpoints/epoch-NNNN`) instead of the newest.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Export features, labels, class names and sources as safetensors and .npy files.
+    Export {
+        /// The run folder (`runs/<name>`).
+        #[arg(long)]
+        run: PathBuf,
+        /// Data folder, as for `train`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Which rows: the training images, the test images, or the bank rows.
+        #[arg(long, value_enum)]
+        split: Split,
+        /// Output: `FILE.safetensors` plus `FILE.<name>.npy` beside it.
+        #[arg(long)]
+        out: PathBuf,
+        /// A checkpoint folder instead of the newest.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
 }
 
@@ -79,6 +106,9 @@ struct Bars {
 
 impl Progress for Bars {
     fn epoch_start(&mut self, epoch: usize, steps: usize) {
+        if !std::io::stderr().is_terminal() {
+            return; // Bars only on a terminal; a log file gets the plain epoch lines.
+        }
         let bar = ProgressBar::new(steps as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
@@ -135,6 +165,8 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "warn,bank_data=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: logs sent to a file or a pipe stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Train {
@@ -152,7 +184,19 @@ fn main() -> Result<()> {
             }
             train(config.as_deref(), data.as_deref(), &runs, resume, &set)
         }
-        Command::Eval { run, data } => eval(&run, data.as_deref()),
+        Command::Eval {
+            run,
+            data,
+            protocol,
+            checkpoint,
+        } => eval(&run, data.as_deref(), checkpoint.as_deref(), &protocol),
+        Command::Export {
+            run,
+            data,
+            split,
+            out,
+            checkpoint,
+        } => export(&run, data.as_deref(), checkpoint.as_deref(), split, &out),
     }
 }
 
@@ -178,7 +222,10 @@ fn train(
         }
     }
     let root = data_source::data_root(data);
-    println!("data: {}", root.display());
+    match &config.data.path {
+        Some(path) => println!("data: {} ({:?})", path.display(), config.data.dataset),
+        None => println!("data: {}", root.display()),
+    }
     let data = data_source::open(&config.data, &root)?;
     let device = Default::default();
     println!(
@@ -217,15 +264,34 @@ fn train(
     Ok(())
 }
 
-fn eval(run: &Path, data: Option<&Path>) -> Result<()> {
+fn eval(
+    run: &Path,
+    data: Option<&Path>,
+    chosen: Option<&Path>,
+    protocols: &[Protocol],
+) -> Result<()> {
     let config = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
-    let Some(ckpt) = checkpoint::latest(&run.join("checkpoints"))? else {
-        bail!("{}: no checkpoint to evaluate", run.display());
+    let ckpt = match chosen {
+        Some(c) => c.to_path_buf(),
+        None => match checkpoint::latest(&run.join("checkpoints"))? {
+            Some(c) => c,
+            None => bail!("{}: no checkpoint to evaluate", run.display()),
+        },
     };
     let data = data_source::open(&config.data, &data_source::data_root(data))?;
     let Some(eval_sets) = &data.eval else {
         bail!("{}: the run's data has no labelled evaluation set (set data.eval_path)", run.display());
     };
+    // The run's config.toml, the checkpoint, the bank and the data must belong together.
+    let ckpt_config = TrainConfig::from_toml(&checkpoint::read_state(&ckpt)?.config)
+        .with_context(|| format!("reading the config of checkpoint {}", ckpt.display()))?;
+    bank_train::resume::check_resume(&ckpt_config, &config).with_context(|| {
+        format!(
+            "{} does not match checkpoint {}",
+            run.join("config.toml").display(),
+            ckpt.display()
+        )
+    })?;
     let device = Default::default();
     let model = bank_train::state::model_config(&config).init::<Train>(&device);
     let (model, _, bank, _) = checkpoint::load(
@@ -234,23 +300,45 @@ fn eval(run: &Path, data: Option<&Path>) -> Result<()> {
         bank_train::optimizer::<Train>(&config),
         &device,
     )?;
+    bank_train::feasibility::check_bank_against_data(
+        &ckpt.join("bank.safetensors"),
+        (bank.num_rows(), bank.dim()),
+        &config,
+        &data,
+    )?;
     let model = burn::module::AutodiffModule::valid(&model);
-    let evaluator = KnnEvaluator::new(eval_sets, &data.view, &config)?;
-    let on_bank = evaluator.against_bank(&model, &bank.inner(), &device)?;
-    let recomputed = evaluator.against_recomputed(&model, &device)?;
-    let tau = config.method.temperature;
+    let bank = bank.inner();
     println!("checkpoint {}", ckpt.display());
-    println!(
-        "kNN (k={}, σ={tau}) against the bank:                top-1 {:.2}%  top-5 {:.2}%",
-        config.eval.k,
-        100.0 * on_bank.top1,
-        100.0 * on_bank.top5
-    );
-    println!(
-        "kNN (k={}, σ={tau}) against recomputed train features: top-1 {:.2}%  top-5 {:.2}%",
-        config.eval.k,
-        100.0 * recomputed.top1,
-        100.0 * recomputed.top5
-    );
+    let inputs = runner::Inputs::<Train> {
+        model: &model,
+        bank: Some(&bank),
+        eval: eval_sets,
+        view: &data.view,
+        config: &config,
+        out_dir: run,
+    };
+    let report = runner::run(protocols, &inputs, &device, &mut |line| println!("{line}"))?;
+    for line in runner::lines(&report, &config) {
+        println!("{line}");
+    }
+    runner::write_report(&run.join("eval.json"), &report)?;
+    println!("written: {}", run.join("eval.json").display());
+    Ok(())
+}
+
+fn export(
+    run: &Path,
+    data: Option<&Path>,
+    chosen: Option<&Path>,
+    split: Split,
+    out: &Path,
+) -> Result<()> {
+    let device = Default::default();
+    let loaded = commands::load_run::<Train>(run, chosen, &device)?;
+    let data = data_source::open(&loaded.config.data, &data_source::data_root(data))?;
+    println!("checkpoint {}", loaded.checkpoint.display());
+    for file in commands::export_run(&loaded, &data, split, out, &device)? {
+        println!("written: {}", file.display());
+    }
     Ok(())
 }

@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use bank_core::{MemoryBank, MemoryBankConfig};
 use bank_losses::{ConsistencyLoss, NceConfig, NceLoss};
 use bank_mining::Merger;
+use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{SgdConfig, decay::WeightDecayConfig};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::checkpoint::{self, RunState};
+use crate::checkpoint::{self, EpochProgress, RunState};
+use crate::finite::non_finite_part;
 use crate::config::{LossKind, TrainConfig};
 use crate::model::{EmbeddingNet, ModelConfig};
 use crate::{Error, Result};
@@ -61,6 +63,8 @@ pub struct TrainState<B: AutodiffBackend> {
     pub epochs_done: usize,
     /// Optimiser steps taken.
     pub step: usize,
+    /// Progress inside epoch `epochs_done` (from 0): batches done and running statistics.
+    pub progress: EpochProgress,
 }
 
 impl<B: AutodiffBackend> TrainState<B> {
@@ -104,24 +108,28 @@ impl<B: AutodiffBackend> TrainState<B> {
             consistency,
             epochs_done: 0,
             step: 0,
+            progress: EpochProgress::default(),
         })
     }
 
-    /// Loads checkpoint `ckpt` into this (fresh) state.
+    /// Loads checkpoint `ckpt` into this (fresh) state: tensors, counters and the position
+    /// inside the epoch.
     ///
     /// # Errors
-    /// Unreadable checkpoint files, or a bank whose size is not the dataset's.
+    /// Missing, damaged or unreadable checkpoint files (naming the file), or a bank whose shape
+    /// is not the dataset's and the config's.
     pub fn restore(self, ckpt: &Path, device: &B::Device) -> Result<Self> {
-        let n = self.bank.num_rows();
+        let (n, dim) = (self.bank.num_rows(), self.bank.dim());
         let state = checkpoint::read_state(ckpt)?;
         let (model, optim, bank, attachments) =
             checkpoint::load(ckpt, self.model, self.optim, device)?;
-        if bank.num_rows() != n {
+        if (bank.num_rows(), bank.dim()) != (n, dim) {
             return Err(Error::checkpoint(
-                ckpt,
+                ckpt.join("bank.safetensors"),
                 format!(
-                    "bank has {} rows but the dataset {n} images",
-                    bank.num_rows()
+                    "the bank is {}×{} but the dataset has {n} images and model.dim is {dim}",
+                    bank.num_rows(),
+                    bank.dim()
                 ),
             ));
         }
@@ -148,14 +156,36 @@ impl<B: AutodiffBackend> TrainState<B> {
             consistency: self.consistency,
             epochs_done: state.epochs_done,
             step: state.step,
+            progress: state.progress,
         })
     }
 
-    /// Writes a checkpoint of this state under `dir`, keeping the newest `config.checkpoint.keep`.
+    /// Which part of the state is not finite (`None`: all of it is): the model's parameters and
+    /// running statistics, the bank rows, NCE's normaliser. One device read.
+    pub fn non_finite_part(&self) -> Option<&'static str> {
+        if self.nce.as_ref().and_then(|n| n.z()).is_some_and(|z| !z.is_finite()) {
+            return Some("NCE normaliser Z");
+        }
+        non_finite_part(&self.model.valid(), &self.bank.inner())
+    }
+
+    /// Writes a checkpoint of this state (at its position: an epoch end, or `progress.batches`
+    /// into the next epoch) under `dir`, keeping the newest `config.checkpoint.keep`. Only a
+    /// finite state is written.
     ///
     /// # Errors
-    /// IO errors naming the path.
+    /// [`Error::NonFiniteState`] (nothing written) when a parameter, running statistic or bank
+    /// value is NaN or infinite; IO errors naming the path.
     pub fn save(&mut self, dir: &Path, config: &TrainConfig) -> Result<PathBuf> {
+        if let Some(part) = self.non_finite_part() {
+            // At an epoch end `epochs_done` already counts the epoch just trained.
+            let epoch = self.epochs_done + usize::from(self.progress.batches > 0);
+            return Err(Error::NonFiniteState {
+                epoch,
+                step: self.step,
+                part,
+            });
+        }
         let attachments = self
             .merger
             .as_mut()
@@ -164,6 +194,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         let state = RunState {
             epochs_done: self.epochs_done,
             step: self.step,
+            progress: self.progress.clone(),
             seed: config.seed,
             nce_z: self.nce.as_ref().and_then(|n| n.z()),
             config: config.to_toml(),

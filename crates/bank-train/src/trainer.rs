@@ -16,11 +16,15 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, EpochProgress};
 use crate::config::TrainConfig;
+use crate::feasibility::check_against_data;
+use crate::resume::check_resume;
+use crate::step_checkpoints::StepCheckpoints;
 use crate::data_source::{TrainData, ViewSpec};
 use crate::evaluate::KnnEvaluator;
 use crate::metrics::{self, EpochMetrics, KnnAccuracyRecord, MergeRecord, Summary};
+use crate::protocols::in_training;
 use crate::run_folder::RunFolder;
 use crate::schedule::learning_rate;
 use crate::state::TrainState;
@@ -52,10 +56,17 @@ pub trait Progress {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-/// Mixes the run seed with the epoch (the backend's generator is reseeded every epoch, so a
-/// resumed run draws the same NCE noise as an uninterrupted one).
-fn epoch_seed(seed: u64, epoch: usize) -> u64 {
-    seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+/// The backend's seed for batch `batch` of `epoch`: the generator is reseeded before every step,
+/// so a run resumed at any checkpoint (epoch end or mid-epoch) draws the same NCE noise as an
+/// uninterrupted one.
+fn step_seed(seed: u64, epoch: usize, batch: usize) -> u64 {
+    let mix = |x: u64| {
+        // splitmix64's finaliser: neighbouring (epoch, batch) give unrelated seeds.
+        let x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    };
+    mix(seed ^ mix((epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ mix(batch as u64)))
 }
 
 /// The training-view transform of `view`.
@@ -82,7 +93,14 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<Summary> {
     let config = &data.resolve(config);
     config.validate()?;
+    check_against_data(config, data)?;
     let (folder, resume_from) = RunFolder::open(&options.run_dir, options.resume)?;
+    if let Some(ckpt) = &resume_from {
+        let run_config = checkpoint::read_state(ckpt)?.config;
+        let run_config = TrainConfig::from_toml(&run_config)
+            .map_err(|e| Error::checkpoint(ckpt.join("state.json"), e.to_string()))?;
+        check_resume(&run_config, config)?;
+    }
     let evaluator = data
         .eval
         .as_ref()
@@ -92,9 +110,10 @@ pub fn train<B: AutodiffBackend>(
     if let Some(ckpt) = &resume_from {
         state = state.restore(ckpt, device)?;
         progress.note(&format!(
-            "resumed from {} (epoch {}, step {})",
+            "resumed from {} ({} epochs and {} batches done, step {})",
             ckpt.display(),
             state.epochs_done,
+            state.progress.batches,
             state.step
         ));
     } else if options.resume {
@@ -114,11 +133,23 @@ pub fn train<B: AutodiffBackend>(
     )?;
     let train_labels = data.train.labels();
     let mut rates = Vec::new();
+    let mut step_checkpoints = StepCheckpoints::new(&config.checkpoint);
     for epoch in state.epochs_done..config.train.epochs {
-        let (next, mut m) = run_epoch(state, config, &loader, epoch, device, progress)?;
+        let (next, mut m) = run_epoch(
+            state,
+            config,
+            &loader,
+            epoch,
+            (&folder, &mut step_checkpoints),
+            device,
+            progress,
+        )?;
         state = next;
         rates.push(m.images_per_s);
         m.merge = merge_round(&mut state, config, epoch, train_labels.as_deref(), device)?;
+        if m.merge.is_some() {
+            in_training::merges_picture(folder.dir(), &*data.train, state.merger.as_mut());
+        }
         if should_evaluate(config, epoch)
             && let Some(e) = &evaluator
         {
@@ -131,9 +162,11 @@ pub fn train<B: AutodiffBackend>(
         }
         progress.epoch_end(&m);
         state.epochs_done = epoch + 1;
+        state.progress = EpochProgress::default();
         let every = config.checkpoint.every_epochs;
         if (epoch + 1) % every == 0 || epoch + 1 == config.train.epochs {
             let path = state.save(&folder.checkpoints(), config)?;
+            step_checkpoints.saved();
             progress.note(&format!("checkpoint {}", path.display()));
         }
     }
@@ -144,6 +177,7 @@ pub fn train<B: AutodiffBackend>(
         }
         _ => None,
     };
+    in_training::end_of_run(config, data, &state, folder.dir(), device, progress)?;
     let summary = summarise::<B>(config, data, &history, &rates, knn_recomputed, device);
     metrics::write_summary(&folder.summary(), &summary)?;
     Ok(summary)
@@ -155,46 +189,58 @@ fn should_evaluate(config: &TrainConfig, epoch: usize) -> bool {
     every > 0 && ((epoch + 1) % every == 0 || epoch + 1 == config.train.epochs)
 }
 
-/// One pass over the training set; the metrics come back without evaluation or merging.
+/// One pass over the training set, from the batch `state.progress` says (0, or where a
+/// mid-epoch checkpoint left it), with checkpoints inside the epoch when they are due; the
+/// metrics come back without evaluation or merging.
 fn run_epoch<B: AutodiffBackend>(
     mut state: TrainState<B>,
     config: &TrainConfig,
     loader: &MultiViewLoader<dyn Dataset>,
     epoch: usize,
+    (folder, step_checkpoints): (&RunFolder, &mut StepCheckpoints),
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<(TrainState<B>, EpochMetrics)> {
-    B::seed(device, epoch_seed(config.seed, epoch));
     let steps = loader.batches_per_epoch();
     progress.epoch_start(epoch, steps);
+    let start = state.progress.clone();
     let started = Instant::now();
-    let (mut loss_sum, mut seen, mut lr) = (0.0, 0usize, config.optim.lr);
-    for (i, host) in loader.epoch(epoch as u64).enumerate() {
+    for (i, host) in (start.batches..).zip(loader.epoch_from(epoch as u64, start.batches)) {
+        if i == 0 { B::seed(device, step_seed(config.seed, epoch, i)); } // PLANTED
         let position = epoch as f64 + i as f64 / steps as f64;
-        lr = learning_rate(&config.optim, config.train.epochs, position);
+        let lr = learning_rate(&config.optim, config.train.epochs, position);
         let batch = host?.into_device::<B>(device);
         let rows = batch.layout.rows();
         let value;
         (state, value) = train_step(state, batch, lr, config.method.temperature, device)?;
         if !value.is_finite() {
             return Err(Error::NonFiniteLoss {
-                epoch,
+                epoch: epoch + 1,
                 step: state.step,
                 value,
             });
         }
-        loss_sum += value;
-        seen += rows;
-        progress.step(value, seen as f64 / started.elapsed().as_secs_f64());
+        let p = &mut state.progress;
+        p.batches = i + 1;
+        p.loss_sum += value;
+        p.views += rows;
+        p.seconds = start.seconds + started.elapsed().as_secs_f64();
+        p.lr = lr;
+        progress.step(value, p.views as f64 / p.seconds);
+        if i + 1 < steps && step_checkpoints.due(state.step) {
+            let path = state.save(&folder.checkpoints(), config)?;
+            step_checkpoints.saved();
+            progress.note(&format!("checkpoint {}", path.display()));
+        }
     }
-    let train_seconds = started.elapsed().as_secs_f64();
+    let p = &state.progress;
     let metrics = EpochMetrics {
         epoch: epoch + 1,
         step: state.step,
-        loss: loss_sum / steps.max(1) as f64,
-        lr,
-        images_per_s: seen as f64 / train_seconds,
-        train_seconds,
+        loss: p.loss_sum / steps.max(1) as f64,
+        lr: p.lr,
+        images_per_s: p.views as f64 / p.seconds,
+        train_seconds: p.seconds,
         knn_bank: None,
         merge: None,
     };

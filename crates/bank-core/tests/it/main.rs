@@ -3,6 +3,8 @@
 
 #[macro_use]
 mod common;
+mod fuzz;
+mod fuzz_harness;
 mod persistence;
 mod similarity_and_init;
 mod update;

@@ -138,3 +138,95 @@ fn stopping_early_does_not_hang_and_bad_config_is_named() {
         .to_string();
     assert!(e.contains("loader.batch_size"), "{e}");
 }
+
+/// A dataset whose items are another's, shifted: item i is inner item i − 5 (which reports
+/// its own index).
+struct Shifted(Arc<ImageDataset>);
+
+impl Dataset for Shifted {
+    fn len(&self) -> usize {
+        self.0.len() + 5
+    }
+    fn image(&self, index: usize) -> Result<LoadedImage<'_>> {
+        self.0.image(index.saturating_sub(5))
+    }
+    fn label(&self, index: usize) -> Option<u32> {
+        self.0.label(index.saturating_sub(5))
+    }
+    fn class_names(&self) -> &[String] {
+        self.0.class_names()
+    }
+    fn item_source(&self, index: usize) -> String {
+        self.0.item_source(index.saturating_sub(5))
+    }
+}
+
+#[test]
+fn views_are_seeded_by_the_index_the_loader_asked_for() {
+    let inner = dataset(4);
+    let shifted: Arc<dyn Dataset> = Arc::new(Shifted(Arc::clone(&inner)));
+    let loader =
+        MultiViewLoader::new(shifted, LoaderConfig::new(2, 2).with_seed(9), transform()).unwrap();
+    let batch = loader.batch(1, &[7, 8]).unwrap();
+    let view_len = 3 * 8 * 8;
+    for (s, sample) in [7usize, 8].into_iter().enumerate() {
+        let image = ImageRef {
+            index: sample,
+            ..inner.get(sample - 5)
+        };
+        for k in 0..2 {
+            let mut expected = vec![0f32; view_len];
+            transform().apply(&image, 9, 1, k as u64, &mut expected);
+            let row = s * 2 + k;
+            assert_eq!(
+                &batch.images[row * view_len..(row + 1) * view_len],
+                &expected[..]
+            );
+        }
+    }
+}
+
+/// A dataset that counts the images fetched from it.
+struct Counting(Arc<ImageDataset>, std::sync::atomic::AtomicUsize);
+
+impl Dataset for Counting {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn image(&self, index: usize) -> Result<LoadedImage<'_>> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.image(index)
+    }
+    fn label(&self, index: usize) -> Option<u32> {
+        self.0.label(index)
+    }
+    fn class_names(&self) -> &[String] {
+        self.0.class_names()
+    }
+    fn item_source(&self, index: usize) -> String {
+        self.0.item_source(index)
+    }
+}
+
+#[test]
+fn an_epoch_started_at_batch_i_yields_the_same_batches_without_rendering_the_skipped_ones() {
+    // 11 samples in batches of 3: 4 batches, the last of 2.
+    let config = LoaderConfig::new(3, 2).with_seed(5);
+    let counting = Arc::new(Counting(dataset(11), Default::default()));
+    let loader = MultiViewLoader::new(Arc::clone(&counting), config, transform()).unwrap();
+    let whole: Vec<HostBatch> = loader.epoch(3).map(Result::unwrap).collect();
+    assert_eq!(whole.len(), 4);
+    for start in 0..=5 {
+        counting.1.store(0, std::sync::atomic::Ordering::SeqCst);
+        let batches = loader.epoch_from(3, start);
+        assert_eq!(batches.remaining(), 4usize.saturating_sub(start));
+        let rest: Vec<HostBatch> = batches.map(Result::unwrap).collect();
+        assert_eq!(rest, whole[start.min(4)..], "from batch {start}");
+        let fetched: usize = rest.iter().map(|b| b.samples.len()).sum();
+        assert_eq!(
+            counting.1.load(std::sync::atomic::Ordering::SeqCst),
+            fetched,
+            "only the batches served are fetched (from batch {start})"
+        );
+    }
+}

@@ -5,6 +5,7 @@ mod bad_input;
 mod cache;
 mod common;
 mod download;
+mod fuzz;
 mod index;
 mod links;
 mod loader;

@@ -67,11 +67,18 @@ fn a_jpeg_missing_its_last_150_bytes_is_a_decode_error_naming_the_file() {
     assert_eq!(loaded.skipped(), built.skipped());
     assert_eq!(loaded.item_source(0), ds.item_source(0));
 
-    // Streaming reads the file when a batch needs it: the same error, naming the file.
-    let index = ImageIndex::scan_folder(dir.path(), &ScanOptions::default()).unwrap();
-    let streaming = index.streaming(DecodeOptions::default()).unwrap();
-    let e = streaming.image(0).unwrap_err().to_string();
+    // The folder scan (which a streamed dataset relies on) already checks completeness: the same
+    // error naming the file, or with Skip a recorded skip, before any batch is drawn.
+    let e = ImageIndex::scan_folder(dir.path(), &ScanOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("ship/cut.jpg") && e.contains("truncated"), "{e}");
+    let skipping = ScanOptions::default().with_on_error(OnError::Skip);
+    let index = ImageIndex::scan_folder(dir.path(), &skipping).unwrap();
+    let streaming = index.streaming(DecodeOptions::default()).unwrap();
+    assert_eq!(streaming.len(), 1);
+    assert!(streaming.skipped()[0].path.ends_with("ship/cut.jpg"));
+    assert_eq!(streaming.image(0).unwrap().view().pixels, real.as_raw().as_slice());
 }
 
 #[test]
@@ -93,4 +100,21 @@ fn every_cut_of_a_real_jpeg_and_of_a_png_is_an_error() {
             "PNG cut to {keep}"
         );
     }
+}
+
+#[test]
+fn a_complete_jpeg_with_a_long_trailer_still_scans() {
+    // The scan's cheap test looks at the last 64 bytes only; a camera-style trailer after the
+    // end-of-image marker must fall back to the full check and pass.
+    let (jpeg, _) = real_and_cut();
+    let mut trailer = jpeg.clone();
+    trailer.extend(std::iter::repeat_n(0x42u8, 300));
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("ship")).unwrap();
+    fs::write(dir.path().join("ship/trailer.jpg"), &trailer).unwrap();
+    let index = ImageIndex::scan_folder(dir.path(), &ScanOptions::default()).unwrap();
+    assert_eq!(index.len(), 1);
+    let ds = index.decode(DecodeOptions::default()).unwrap();
+    let plain = decode_image(Path::new("ship.jpg"), &jpeg).unwrap();
+    assert_eq!(ds.get(0).pixels, plain.pixels.as_slice());
 }

@@ -4,6 +4,7 @@
 //! Every dataset reaches the trainer as `Arc<dyn Dataset>`; nothing downstream knows which
 //! reader made it.
 
+pub mod classes;
 mod concat;
 mod folder;
 mod official;
@@ -111,6 +112,13 @@ pub fn open(config: &DataConfig, root: &Path) -> Result<TrainData> {
         }
         DatasetKind::ImageFolder => folder::open(&with_paths_under(config, root))?,
     };
+    let (train, eval) = classes::select(
+        train,
+        eval,
+        config.train_classes.as_deref(),
+        config.test_classes.as_deref(),
+        &mut notes,
+    )?;
     if eval.is_none() {
         notes.push(
             "label-based evaluation skipped: the training images are unlabelled; set \

@@ -115,4 +115,14 @@ impl<B: Backend> EmbeddingNet<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         l2_normalize(self.head.forward(self.features(images)))
     }
+
+    /// The pooled backbone features and the L2-normalised embedding of one forward pass.
+    ///
+    /// # Shapes
+    /// - input: `[N, C, H, W]`; output: (`[N, F]`, `[N, D]` unit rows)
+    pub fn features_and_embedding(&self, images: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let pooled = self.features(images);
+        let embedding = l2_normalize(self.head.forward(pooled.clone()));
+        (pooled, embedding)
+    }
 }

@@ -201,3 +201,82 @@ fn data_settings_are_typed_and_checked() {
     let stl = TrainConfig::load(None, &["data.dataset=stl10".into()]).unwrap();
     assert_eq!(stl.data.image_size().unwrap(), 96);
 }
+
+/// Writes an STL-10 binary folder: `n` 96×96 images per split file, column-major planes, labels
+/// 1..=10 (the published layout).
+fn write_stl10(dir: &Path, train: usize, test: usize, unlabeled: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let images = |n: usize, salt: usize| -> Vec<u8> {
+        (0..n * 96 * 96 * 3).map(|i| ((i * 7 + salt) % 251) as u8).collect()
+    };
+    let labels = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 10) as u8 + 1).collect() };
+    std::fs::write(dir.join("train_X.bin"), images(train, 1)).unwrap();
+    std::fs::write(dir.join("train_y.bin"), labels(train)).unwrap();
+    std::fs::write(dir.join("test_X.bin"), images(test, 2)).unwrap();
+    std::fs::write(dir.join("test_y.bin"), labels(test)).unwrap();
+    std::fs::write(dir.join("unlabeled_X.bin"), images(unlabeled, 3)).unwrap();
+}
+
+#[test]
+fn stl10_with_unlabeled_trains_on_both_and_evaluates_on_the_labelled_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    write_stl10(&dir.path().join("stl10_binary"), 20, 10, 30);
+    let base = ["data.dataset=stl10".to_string(), "data.cache=false".into()];
+    let labelled_only = data_source::open(&config_with(&base).data, dir.path()).unwrap();
+    assert_eq!(labelled_only.train.len(), 20);
+    assert_eq!(labelled_only.view.image_size, 96);
+
+    let mut with_unlabeled = base.to_vec();
+    with_unlabeled.push("data.unlabeled=true".into());
+    let data = data_source::open(&config_with(&with_unlabeled).data, dir.path()).unwrap();
+    assert_eq!(data.train.len(), 50, "train + unlabeled");
+    assert_eq!(data.train.label(19), Some(9));
+    assert_eq!(data.train.label(20), None, "the unlabeled part has no labels");
+    // Image 20 of the concatenation is image 0 of unlabeled_X.bin: pixel (0,0) red is byte 0 of
+    // its first (column-major) plane, (0·7 + 3) % 251.
+    assert_eq!(data.train.image(20).unwrap().view().at(0, 0, 0), 3);
+    let eval = data.eval.as_ref().unwrap();
+    assert_eq!(eval.reference.len(), 20);
+    assert_eq!(eval.bank_rows.as_deref(), Some(&(0..20).collect::<Vec<_>>()[..]));
+    assert_eq!(eval.queries.len(), 10);
+}
+
+#[test]
+fn mode_auto_streams_past_the_memory_budget_and_skipped_files_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    grey_mixed_folder(&images, 4);
+    // A truncated PNG among them.
+    let good = std::fs::read(images.join("cat").read_dir().unwrap().next().unwrap().unwrap().path())
+        .unwrap();
+    std::fs::write(images.join("cat/cut.png"), &good[..good.len() - 20]).unwrap();
+    let base = vec![
+        "data.dataset=image_folder".to_string(),
+        format!("data.path=\"{}\"", images.display()),
+        "data.image_size=32".into(),
+        "data.cache=false".into(),
+        "data.test_fraction=0.5".into(),
+    ];
+    let err = data_source::open(&config_with(&base).data, dir.path())
+        .err()
+        .expect("a truncated file stops the default run")
+        .to_string();
+    assert!(err.contains("cut.png"), "{err}");
+
+    let mut skip = base.clone();
+    skip.push("data.on_bad_image=skip".into());
+    skip.push("data.memory_budget_gib=1e-6".into());
+    let data = data_source::open(&config_with(&skip).data, dir.path()).unwrap();
+    assert_eq!(data.train.skipped().len(), 1);
+    assert!(data.train.skipped()[0].path.ends_with("cut.png"));
+    assert!(data.notes.iter().any(|n| n.contains("streaming")), "{:?}", data.notes);
+    assert_eq!(data.train.len(), 20);
+    // The streamed set serves the same pixels as the in-memory one.
+    let mut memory = skip.clone();
+    memory.push("data.mode=memory".into());
+    let in_memory = data_source::open(&config_with(&memory).data, dir.path()).unwrap();
+    for i in 0..data.train.len() {
+        let (a, b) = (data.train.image(i).unwrap(), in_memory.train.image(i).unwrap());
+        assert_eq!(a.view().pixels, b.view().pixels, "image {i}");
+    }
+}

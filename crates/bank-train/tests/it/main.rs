@@ -2,10 +2,15 @@
 
 mod config;
 mod end_to_end;
+mod failing_cases;
 mod folders;
+mod fuzz;
 mod knn;
 mod models;
+mod process;
+mod protocols;
 mod resume;
+mod step_resume;
 
 use std::path::PathBuf;
 

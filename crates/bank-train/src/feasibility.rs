@@ -1,0 +1,100 @@
+//! Settings checked against the dataset before training starts: a setting that cannot work with
+//! the images at hand is refused, naming it, instead of failing after an epoch of work.
+
+use crate::config::TrainConfig;
+use crate::data_source::TrainData;
+use crate::{Error, Result};
+
+/// Checks `config` against the sizes of `data`.
+///
+/// - `merge.enabled` needs at least 2 training images (each merge joins an image with its
+///   nearest other image);
+/// - `eval.k` may not exceed the labelled reference images kNN votes with, when kNN runs;
+/// - the training set may not be empty.
+///
+/// A `train.batch_size` larger than the training set is not refused: the loader serves one
+/// batch of every image per epoch, which works with every loss and model here.
+///
+/// # Errors
+/// [`Error::Config`] naming the setting, its value and the dataset size it conflicts with.
+pub fn check_against_data(config: &TrainConfig, data: &TrainData) -> Result<()> {
+    let n = data.train.len();
+    let refuse = |field: &str, reason: String| {
+        Err(Error::Config {
+            field: field.into(),
+            reason,
+        })
+    };
+    if n == 0 {
+        return refuse("data", "the training set has no images".into());
+    }
+    if config.merge.enabled && n < 2 {
+        return refuse(
+            "merge.enabled",
+            format!(
+                "true: merging joins each image with its nearest other image and needs at least \
+                 2 training images; the data has {n}"
+            ),
+        );
+    }
+    let evaluates = config.eval.every_epochs > 0 || config.eval.recompute_at_end;
+    if let Some(eval) = data.eval.as_ref().filter(|_| evaluates) {
+        let references = eval.reference.len();
+        if config.eval.k > references {
+            return refuse(
+                "eval.k",
+                format!(
+                    "{}: larger than the {references} labelled reference images kNN votes \
+                     with; set eval.k to at most {references}",
+                    config.eval.k
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks a trained bank (`rows × dim`, read from `bank_file`) against the config and the data
+/// it is evaluated with: one row per training image and `model.dim` columns. What
+/// `bank-train eval` checks before any kNN.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming `bank_file`, the bank's shape and what the data or config say.
+pub fn check_bank_against_data(
+    bank_file: &std::path::Path,
+    (rows, dim): (usize, usize),
+    config: &TrainConfig,
+    data: &TrainData,
+) -> Result<()> {
+    let n = data.train.len();
+    if rows != n {
+        return Err(Error::checkpoint(
+            bank_file,
+            format!(
+                "the bank has {rows} rows but the data has {n} training images: this is not the \
+                 data the run trained on (check --data, data.path and data.train_per_class)"
+            ),
+        ));
+    }
+    if dim != config.model.dim {
+        return Err(Error::checkpoint(
+            bank_file,
+            format!(
+                "the bank has {dim} columns but the run's model.dim is {}",
+                config.model.dim
+            ),
+        ));
+    }
+    if let Some(bad) = data
+        .eval
+        .as_ref()
+        .and_then(|e| e.bank_rows.as_ref())
+        .and_then(|r| r.iter().find(|&&r| r >= rows))
+    {
+        return Err(Error::checkpoint(
+            bank_file,
+            format!("the evaluation needs bank row {bad}, the bank has {rows}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! What `bank-train eval` and `bank-train export` do with a run folder: load a checkpoint, and
+//! export the features of a split (or the bank) with [`export`](super::export).
+
+use std::path::{Path, PathBuf};
+
+use bank_core::{Attachment, MemoryBank};
+use bank_data::Dataset;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+
+use super::export::{self, Array, Export, Named};
+use super::features::{compute_features, host};
+use crate::config::TrainConfig;
+use crate::data_source::TrainData;
+use crate::model::EmbeddingNet;
+use crate::{Error, Result, checkpoint};
+
+/// Which rows an export holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    /// The training images (one per bank row), features recomputed without augmentation.
+    Train,
+    /// The test images (the evaluation queries).
+    Test,
+    /// The bank rows themselves (no pooled features), with the merge groups when there are any.
+    Bank,
+}
+
+/// A run's configuration and one of its checkpoints, loaded for inference.
+pub struct LoadedRun<B: AutodiffBackend> {
+    /// The run's `config.toml`.
+    pub config: TrainConfig,
+    /// The checkpoint folder read.
+    pub checkpoint: PathBuf,
+    /// The network, inference copy.
+    pub model: EmbeddingNet<B::InnerBackend>,
+    /// The bank.
+    pub bank: MemoryBank<B::InnerBackend>,
+    /// The bank's attachments (merge groups and rounds).
+    pub attachments: Vec<Attachment>,
+}
+
+/// Loads `run`'s config and `checkpoint` (default: the newest under `run/checkpoints`).
+///
+/// # Errors
+/// No checkpoint, an unreadable config or checkpoint.
+pub fn load_run<B: AutodiffBackend>(
+    run: &Path,
+    checkpoint: Option<&Path>,
+    device: &B::Device,
+) -> Result<LoadedRun<B>> {
+    let config = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
+    let ckpt = match checkpoint {
+        Some(p) => p.to_path_buf(),
+        None => checkpoint::latest(&run.join("checkpoints"))?
+            .ok_or_else(|| Error::checkpoint(run, "no checkpoint to read"))?,
+    };
+    let model = crate::state::model_config(&config).init::<B>(device);
+    let (model, _, bank, attachments) =
+        checkpoint::load(&ckpt, model, crate::optimizer::<B>(&config), device)?;
+    Ok(LoadedRun {
+        config,
+        checkpoint: ckpt,
+        model: model.valid(),
+        bank: bank.inner(),
+        attachments,
+    })
+}
+
+/// Labels of every item (−1 when unlabelled) and the sources of `dataset`.
+fn labels_and_sources(dataset: &dyn Dataset) -> (Vec<i64>, Vec<String>) {
+    (0..dataset.len())
+        .map(|i| {
+            (
+                dataset.label(i).map_or(-1, i64::from),
+                dataset.item_source(i),
+            )
+        })
+        .unzip()
+}
+
+/// Writes the `split` features of `run` to `out` (see [`export`](super::export) for the
+/// files); returns the files written.
+///
+/// # Errors
+/// A split the data does not have (`test` without labelled evaluation images), a bank that does
+/// not match the training set, unreadable images, unwritable files.
+pub fn export_run<B: AutodiffBackend>(
+    run: &LoadedRun<B>,
+    data: &TrainData,
+    split: Split,
+    out: &Path,
+    device: &B::Device,
+) -> Result<Vec<PathBuf>> {
+    let dataset = match split {
+        Split::Train | Split::Bank => &data.train,
+        Split::Test => {
+            &data
+                .eval
+                .as_ref()
+                .ok_or_else(|| Error::Config {
+                    field: "data".into(),
+                    reason: "no test split: the run's data has no labelled evaluation images"
+                        .into(),
+                })?
+                .queries
+        }
+    };
+    let (labels, item_sources) = labels_and_sources(&**dataset);
+    let n = dataset.len();
+    let mut arrays = Vec::new();
+    if split == Split::Bank {
+        let rows = run.bank.rows();
+        let [rows_n, d] = rows.dims();
+        if rows_n != n {
+            return Err(Error::checkpoint(
+                &run.checkpoint,
+                format!("the bank has {rows_n} rows but the training set {n} images"),
+            ));
+        }
+        arrays.push(named("embedding", vec![n, d], Array::F32(host(rows))));
+        if let Some(groups) = run.attachments.iter().find(|a| a.name == "groups") {
+            let g = groups.values.iter().map(|&v| i64::from(v)).collect();
+            arrays.push(named("merge_groups", vec![n], Array::I64(g)));
+        }
+    } else {
+        let batch = run.config.eval.batch_size;
+        let f = compute_features(&run.model, dataset, &data.view, batch, device)?;
+        arrays.push(named("embedding", vec![n, f.dim], Array::F32(f.embedding)));
+        arrays.push(named("pooled_features", vec![n, f.pooled_dim], Array::F32(f.pooled)));
+    }
+    arrays.push(named("labels", vec![n], Array::I64(labels)));
+    export::write(
+        out,
+        &Export {
+            arrays,
+            class_names: dataset.class_names().to_vec(),
+            item_sources,
+        },
+    )
+}
+
+fn named(name: &str, shape: Vec<usize>, values: Array) -> Named {
+    Named {
+        name: name.into(),
+        shape,
+        values,
+    }
+}

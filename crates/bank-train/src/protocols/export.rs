@@ -1,0 +1,164 @@
+//! Feature export: the embedding, the pooled backbone features, the labels, the class names and
+//! each image's source, as one safetensors file and as `.npy` files beside it, so that
+//! `safetensors.numpy.load_file` and `numpy.load` read them directly.
+//!
+//! For `--out DIR/feats` (or `DIR/feats.safetensors`) the files are:
+//! - `DIR/feats.safetensors`: tensors `embedding` `[N, D]` f32, `pooled_features` `[N, F]` f32
+//!   (absent for the bank), `labels` `[N]` i64 (−1 when unlabelled), `merge_groups` `[N]` i64
+//!   (the bank of a run with merging); metadata `class_names` and `item_sources` (JSON arrays);
+//! - `DIR/feats.<name>.npy` for each tensor, plus `DIR/feats.class_names.npy` and
+//!   `DIR/feats.item_sources.npy` (unicode string arrays, `<U`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use npyz::WriterBuilder;
+use safetensors::{Dtype, serialize_to_file, tensor::TensorView};
+
+use crate::{Error, Result};
+
+/// One numeric array of an export.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    /// 32-bit floats.
+    F32(Vec<f32>),
+    /// 64-bit integers.
+    I64(Vec<i64>),
+}
+
+/// A named array and its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named {
+    /// Tensor name (`embedding`, `pooled_features`, `labels`, `merge_groups`).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values, row-major.
+    pub values: Array,
+}
+
+/// Everything one export writes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Export {
+    /// The numeric arrays, in order.
+    pub arrays: Vec<Named>,
+    /// Class names, indexed by label.
+    pub class_names: Vec<String>,
+    /// Source of every row (file path, `archive!member`, `file.bin#record`).
+    pub item_sources: Vec<String>,
+}
+
+/// The safetensors path and the `.npy` prefix of `out`: `feats` and `feats.safetensors` both
+/// give (`feats.safetensors`, `feats.`).
+pub fn paths(out: &Path) -> (PathBuf, String) {
+    let text = out.to_string_lossy();
+    let stem = text.strip_suffix(".safetensors").unwrap_or(&text).to_string();
+    (PathBuf::from(format!("{stem}.safetensors")), format!("{stem}."))
+}
+
+/// Writes `export` as described in the module docs; returns the files written.
+///
+/// # Errors
+/// [`Error::Io`] naming the file that could not be written.
+pub fn write(out: &Path, export: &Export) -> Result<Vec<PathBuf>> {
+    let (st_path, prefix) = paths(out);
+    if let Some(dir) = st_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    write_safetensors(&st_path, export)?;
+    let mut written = vec![st_path];
+    for a in &export.arrays {
+        let path = PathBuf::from(format!("{prefix}{}.npy", a.name));
+        match &a.values {
+            Array::F32(v) => write_npy(&path, &a.shape, v)?,
+            Array::I64(v) => write_npy(&path, &a.shape, v)?,
+        }
+        written.push(path);
+    }
+    for (name, strings) in [
+        ("class_names", &export.class_names),
+        ("item_sources", &export.item_sources),
+    ] {
+        let path = PathBuf::from(format!("{prefix}{name}.npy"));
+        write_strings(&path, strings)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Little-endian bytes of an array, with its safetensors dtype.
+fn bytes(values: &Array) -> (Dtype, Vec<u8>) {
+    match values {
+        Array::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_be_bytes()).collect()),
+        Array::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+    }
+}
+
+fn write_safetensors(path: &Path, export: &Export) -> Result<()> {
+    let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = export
+        .arrays
+        .iter()
+        .map(|a| {
+            let (dtype, data) = bytes(&a.values);
+            (a.name.clone(), dtype, a.shape.clone(), data)
+        })
+        .collect();
+    let views = encoded
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            TensorView::new(*dtype, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| invalid(path, e))
+        })
+        .collect::<Result<Vec<(String, TensorView<'_>)>>>()?;
+    let json = |v: &[String]| serde_json::to_string(v).expect("strings serialise");
+    let metadata = HashMap::from([
+        ("class_names".to_string(), json(&export.class_names)),
+        ("item_sources".to_string(), json(&export.item_sources)),
+    ]);
+    serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata), path)
+        .map_err(|e| invalid(path, e))
+}
+
+fn invalid(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::io(path, std::io::Error::other(e.to_string()))
+}
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], values: &[T]) -> Result<()> {
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let shape: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(BufWriter::new(file))
+        .begin_nd()
+        .map_err(|e| Error::io(path, e))?;
+    writer.extend(values.iter().copied()).map_err(|e| Error::io(path, e))?;
+    writer.finish().map_err(|e| Error::io(path, e))
+}
+
+/// A 1-d unicode string array (`<U{longest}`), as numpy writes `np.array([...])` of `str`.
+fn write_strings(path: &Path, strings: &[String]) -> Result<()> {
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let longest = strings.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(1);
+    let dtype = npyz::DType::Plain(
+        format!("<U{longest}").parse::<npyz::TypeStr>().expect("valid type string"),
+    );
+    let mut writer = npyz::WriteOptions::<String>::new()
+        .dtype(dtype)
+        .shape(&[strings.len() as u64])
+        .writer(BufWriter::new(file))
+        .begin_nd()
+        .map_err(|e| Error::io(path, e))?;
+    writer.extend(strings.iter().cloned()).map_err(|e| Error::io(path, e))?;
+    writer.finish().map_err(|e| Error::io(path, e))
+}
+
+impl Export {
+    /// The array named `name`.
+    pub fn array(&self, name: &str) -> Option<&Named> {
+        self.arrays.iter().find(|a| a.name == name)
+    }
+}

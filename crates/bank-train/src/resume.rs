@@ -1,0 +1,114 @@
+//! What a resume may change: the requested configuration is compared with the one the run's
+//! checkpoint was written under, field by field. Fields that only steer how long the run goes,
+//! how often it evaluates or checkpoints, the learning rate from here on, or how the same images
+//! are fed may change; any other change is refused, naming the field with its old and new value,
+//! before anything in the run folder is written.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::config::TrainConfig;
+use crate::{Error, Result};
+
+/// Fields (dotted paths) a resume may change; every other difference is refused.
+pub const CHANGEABLE_ON_RESUME: &[&str] = &[
+    "name",
+    "train.epochs",
+    "train.threads",
+    "optim.lr",
+    "eval.every_epochs",
+    "eval.k",
+    "eval.recompute_at_end",
+    "eval.batch_size",
+    "checkpoint.every_epochs",
+    "checkpoint.every_steps",
+    "checkpoint.every_minutes",
+    "checkpoint.keep",
+    "data.test_limit",
+    "data.mode",
+    "data.memory_budget_gib",
+    "data.cache",
+];
+
+/// One field that differs between the run's configuration and the requested one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// Dotted path, e.g. `model.dim`.
+    pub field: String,
+    /// The run's value (`unset` when absent).
+    pub old: String,
+    /// The requested value (`unset` when absent).
+    pub new: String,
+}
+
+impl fmt::Display for ConfigChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` was {}, now {}", self.field, self.old, self.new)
+    }
+}
+
+/// Every field whose value differs between `old` and `new`, in path order.
+pub fn config_changes(old: &TrainConfig, new: &TrainConfig) -> Vec<ConfigChange> {
+    let (a, b) = (flatten(old), flatten(new));
+    let mut fields: Vec<&String> = a.keys().chain(b.keys()).collect();
+    fields.sort();
+    fields.dedup();
+    let unset = || "unset".to_string();
+    fields
+        .into_iter()
+        .filter(|f| a.get(*f) != b.get(*f))
+        .map(|f| ConfigChange {
+            field: f.clone(),
+            old: a.get(f).cloned().unwrap_or_else(unset),
+            new: b.get(f).cloned().unwrap_or_else(unset),
+        })
+        .collect()
+}
+
+/// Whether `field` may change on a resume.
+pub fn changeable(field: &str) -> bool {
+    CHANGEABLE_ON_RESUME.contains(&field)
+}
+
+/// Refuses a resume of a run made with `old` under `new` when a field outside
+/// [`CHANGEABLE_ON_RESUME`] differs.
+///
+/// # Errors
+/// [`Error::ResumeMismatch`] listing every refused field with its old and new value.
+pub fn check_resume(old: &TrainConfig, new: &TrainConfig) -> Result<()> {
+    let refused: Vec<ConfigChange> = config_changes(old, new)
+        .into_iter()
+        .filter(|c| !changeable(&c.field))
+        .collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::ResumeMismatch { changes: refused })
+    }
+}
+
+/// The configuration as `path → value` (TOML syntax), one entry per leaf field.
+fn flatten(config: &TrainConfig) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let value = toml::Value::try_from(config).expect("the config serialises");
+    walk("", &value, &mut out);
+    out
+}
+
+fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&path, v, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_string(), leaf.to_string());
+        }
+    }
+}

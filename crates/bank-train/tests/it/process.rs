@@ -1,0 +1,308 @@
+//! The `bank-train` binary as a user runs it: SIGKILLed at random moments and in the middle of
+//! checkpoint writes, then resumed, it ends with the metrics and the bank of an uninterrupted run
+//! (bit for bit, on flex). Also: logs on a pipe carry no colour codes, a resume with a changed
+//! model is refused leaving the run folder untouched, and `eval` against data that is not the
+//! run's is an error, not a panic.
+//!
+//! The suite runs a small version (a few kills, seconds); `cargo xtask soak` runs the same test
+//! with 20 kills on a larger subset (`MEMBANK_SOAK_KILLS`, `MEMBANK_SOAK_EPOCHS`,
+//! `MEMBANK_SOAK_PER_CLASS`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bank_core::MemoryBank;
+use bank_data::Dataset;
+use bank_train::checkpoint;
+use bank_train::metrics::{EpochMetrics, Summary};
+use burn::backend::Flex;
+
+use crate::cifar_records;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bank-train");
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `train/<class>/` and `test/<class>/` PNGs (16×16 crops of real CIFAR-10 images).
+fn image_folder(root: &Path, per_class: usize, test_per_class: usize) {
+    let (set, _) = cifar_records(1_000, 0);
+    let names = set.class_names().to_vec();
+    let mut written = vec![0usize; names.len()];
+    for i in 0..set.len() {
+        let label = set.label(i).unwrap() as usize;
+        let n = written[label];
+        if n == per_class + test_per_class {
+            continue;
+        }
+        let split = if n < per_class { "train" } else { "test" };
+        let loaded = set.image(i).unwrap();
+        let img = loaded.view();
+        let mut px = Vec::with_capacity(16 * 16 * 3);
+        for y in 8..24 {
+            for x in 8..24 {
+                px.extend((0..3).map(|c| img.at(y, x, c)));
+            }
+        }
+        let dir = root.join(split).join(&names[label]);
+        fs::create_dir_all(&dir).unwrap();
+        image::RgbImage::from_raw(16, 16, px)
+            .unwrap()
+            .save(dir.join(format!("{i:04}.png")))
+            .unwrap();
+        written[label] += 1;
+    }
+}
+
+struct Setup {
+    _root: tempfile::TempDir,
+    images: PathBuf,
+    runs: PathBuf,
+    overrides: Vec<String>,
+}
+
+impl Setup {
+    fn new(epochs: usize, per_class: usize) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let images = root.path().join("images");
+        image_folder(&images, per_class, 3);
+        let overrides = [
+            "data.dataset=image_folder".to_string(),
+            format!("data.path=\"{}\"", images.display()),
+            "data.image_size=16".into(),
+            "data.cache=false".into(),
+            format!("train.epochs={epochs}"),
+            "train.batch_size=8".into(),
+            "train.views=2".into(),
+            "train.threads=1".into(),
+            "method.consistency=0.5".into(),
+            "merge.enabled=true".into(),
+            "merge.schedule.start_epoch=0".into(),
+            "merge.schedule.min_similarity=0.0".into(),
+            "eval.k=5".into(),
+            "eval.recompute_at_end=false".into(),
+            "checkpoint.every_steps=1".into(),
+            "checkpoint.keep=2".into(),
+        ]
+        .to_vec();
+        Self {
+            runs: root.path().join("runs"),
+            images,
+            _root: root,
+            overrides,
+        }
+    }
+
+    fn train(&self, name: &str, resume: bool, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["train", "--runs"]).arg(&self.runs).args(["--name", name]);
+        if resume {
+            cmd.arg("--resume");
+        }
+        for o in self.overrides.iter().map(String::as_str).chain(extra.iter().copied()) {
+            cmd.args(["--set", o]);
+        }
+        cmd.env("RUST_LOG", "info");
+        cmd
+    }
+
+    fn run_dir(&self, name: &str) -> PathBuf {
+        self.runs.join(name)
+    }
+}
+
+fn ok(output: Output, what: &str) -> Output {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Everything of the metrics but the timings, bit for bit.
+fn metrics(dir: &Path) -> Vec<String> {
+    fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut m: EpochMetrics = serde_json::from_str(l).unwrap();
+            (m.images_per_s, m.train_seconds) = (0.0, 0.0);
+            format!("{m:?} loss bits {:x}", m.loss.to_bits())
+        })
+        .collect()
+}
+
+fn final_bank(dir: &Path) -> (Vec<u32>, Vec<bank_core::Attachment>) {
+    let ckpt = checkpoint::latest(&dir.join("checkpoints"))
+        .unwrap()
+        .unwrap();
+    let (bank, groups) =
+        MemoryBank::<Flex>::load_with(ckpt.join("bank.safetensors"), &Default::default())
+            .unwrap();
+    let rows: Vec<f32> = bank.rows().into_data().to_vec().unwrap();
+    (rows.iter().map(|x| x.to_bits()).collect(), groups)
+}
+
+fn summary(dir: &Path) -> Summary {
+    let mut s: Summary =
+        serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    (s.images_per_s, s.name) = (0.0, String::new());
+    s
+}
+
+/// A temporary checkpoint folder (a write in progress) under `dir`.
+fn write_in_progress(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with('.') && name.ends_with(".tmp")
+        })
+    })
+}
+
+/// A small deterministic generator for the kill times.
+struct Lcg(u64);
+impl Lcg {
+    fn unit(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What the kills did.
+#[derive(Debug, Default)]
+struct Kills {
+    attempts: usize,
+    landed: usize,
+    during_write: usize,
+    /// The newest checkpoint after each kill (how far the run had come).
+    positions: Vec<String>,
+}
+
+/// Starts the run with `--resume` again and again and SIGKILLs it: on even attempts after a
+/// random delay, on odd ones as soon as a checkpoint write is in progress. `typical` is the
+/// duration of an uninterrupted run.
+fn kill_repeatedly(setup: &Setup, name: &str, kills: usize, typical: Duration, seed: u64) -> Kills {
+    let mut rng = Lcg(seed);
+    let mut report = Kills::default();
+    let ckpts = setup.run_dir(name).join("checkpoints");
+    // Enough attempts to land `kills` kills, at least one of them inside a checkpoint write.
+    while report.landed < kills || (report.during_write == 0 && report.attempts < kills + 8) {
+        report.attempts += 1;
+        if report.attempts > 3 * kills + 8 {
+            break;
+        }
+        let mut child: Child = setup
+            .train(name, true, &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let at_write = report.attempts % 2 == 0 || report.landed >= kills;
+        let delay = typical.mul_f64(0.15 + 1.7 * rng.unit() / kills as f64);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let due = if at_write {
+                write_in_progress(&ckpts) || started.elapsed() > typical * 2
+            } else {
+                started.elapsed() >= delay
+            };
+            if due {
+                break;
+            }
+            // Poll often enough to catch a write (a few file writes and fsyncs long).
+            std::thread::sleep(Duration::from_micros(if at_write { 100 } else { 1000 }));
+        }
+        let finished = child.try_wait().unwrap();
+        if finished.is_none() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            report.landed += 1;
+            report.during_write += usize::from(write_in_progress(&ckpts));
+            let newest = checkpoint::latest(&ckpts).unwrap();
+            report.positions.push(newest.map_or("none".into(), |p| {
+                p.file_name().unwrap().to_string_lossy().into_owned()
+            }));
+        } else if setup.run_dir(name).join("summary.json").is_file() {
+            break; // The run finished before it could be killed.
+        }
+    }
+    report
+}
+
+/// Runs the kill test: an uninterrupted reference, then a run killed `kills` times and resumed.
+fn kill_test(kills: usize, epochs: usize, per_class: usize) {
+    let setup = Setup::new(epochs, per_class);
+    let started = Instant::now();
+    let out = ok(setup.train("straight", false, &[]).output().unwrap(), "reference run");
+    let typical = started.elapsed();
+    // Colour codes only on a terminal: here stdout and stderr are pipes.
+    assert!(!out.stderr.is_empty(), "RUST_LOG=info logs something");
+    for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        assert!(!bytes.contains(&0x1b), "ANSI escape in {what}: {}", String::from_utf8_lossy(bytes));
+    }
+
+    let report = kill_repeatedly(&setup, "killed", kills, typical, 0x5eed ^ kills as u64);
+    ok(setup.train("killed", true, &[]).output().unwrap(), "final resume");
+    eprintln!(
+        "kill test: {} kills landed of {} starts ({} during a checkpoint write); reference run {:.1} s, all {:.1} s",
+        report.landed,
+        report.attempts,
+        report.during_write,
+        typical.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!("newest checkpoint after each kill: {}", report.positions.join(", "));
+    assert!(report.landed >= kills.min(2), "{report:?}");
+    assert!(report.during_write >= 1, "no kill landed inside a checkpoint write: {report:?}");
+    let (a, b) = (setup.run_dir("straight"), setup.run_dir("killed"));
+    assert_eq!(metrics(&b), metrics(&a), "metrics after {report:?}");
+    assert!(final_bank(&b) == final_bank(&a), "final bank after {report:?}");
+    assert_eq!(summary(&b), summary(&a));
+}
+
+#[test]
+fn sigkilled_at_random_moments_and_resumed_the_binary_matches_an_uninterrupted_run() {
+    kill_test(
+        env_or("MEMBANK_SOAK_KILLS", 4),
+        env_or("MEMBANK_SOAK_EPOCHS", 2),
+        env_or("MEMBANK_SOAK_PER_CLASS", 3),
+    );
+}
+
+#[test]
+fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
+    let setup = Setup::new(1, 2);
+    ok(setup.train("r", false, &[]).output().unwrap(), "run");
+    let dir = setup.run_dir("r");
+    let config_before = fs::read(dir.join("config.toml")).unwrap();
+    let out = setup.train("r", true, &["model.dim=64"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("`model.dim` was 128, now 64"), "{err}");
+    assert_eq!(fs::read(dir.join("config.toml")).unwrap(), config_before);
+
+    // Images removed from the data folder after training: the bank has more rows than the data.
+    let removed = fs::read_dir(setup.images.join("train/cat")).unwrap().next().unwrap().unwrap();
+    fs::remove_file(removed.path()).unwrap();
+    let out = Command::new(BIN).args(["eval", "--run"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("bank.safetensors") && err.contains("20 rows") && err.contains("19 training images"), "{err}");
+}

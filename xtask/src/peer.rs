@@ -1,0 +1,151 @@
+//! Side-by-side comparisons with the tools a user would pick instead (PyTorch, torchvision,
+//! FAISS): the Python environment they run in, and the comparison runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, run, workspace_root};
+
+/// `~/.cache/membank/pyenv`: the peers' Python environment.
+fn env_dir() -> PathBuf {
+    std::env::var_os("MEMBANK_PYENV").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+            home.join(".cache/membank/pyenv")
+        },
+        PathBuf::from,
+    )
+}
+
+/// The Python of the peers' environment, created from `benches/peer/requirements.txt` when
+/// missing (torch and torchvision: a ~4 GB download, a few minutes; the time is printed).
+pub fn python() -> Result<PathBuf> {
+    let dir = env_dir();
+    let python = dir.join("bin/python");
+    let requirements = workspace_root().join("benches/peer/requirements.txt");
+    let stamp = dir.join(".membank-requirements");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| requirements.display().to_string())?;
+    if python.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(python);
+    }
+    eprintln!(
+        "xtask: setting up the Python peers' environment in {} (torch, torchvision, faiss-cpu: \
+         a ~4 GB download, a few minutes)",
+        dir.display()
+    );
+    let started = Instant::now();
+    if !python.is_file() {
+        let mut venv = Command::new("python3");
+        venv.args(["-m", "venv"]).arg(&dir);
+        run(venv)?;
+    }
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "-q", "-r"]).arg(&requirements);
+    run(pip)?;
+    std::fs::write(&stamp, wanted)?;
+    eprintln!(
+        "xtask: Python environment ready in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(python)
+}
+
+/// One JSON line's `views_per_s`.
+fn views_per_s(output: &[u8]) -> Result<f64> {
+    let text = String::from_utf8_lossy(output);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("views_per_s"))
+        .with_context(|| format!("no result line in: {text}"))?;
+    let value = line
+        .rsplit("\"views_per_s\":")
+        .next()
+        .context("views_per_s")?
+        .trim()
+        .trim_end_matches('}')
+        .trim();
+    value.parse().with_context(|| format!("in {line}"))
+}
+
+fn measure(mut cmd: Command) -> Result<f64> {
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    views_per_s(&out.stdout)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The streaming loader against torchvision's `ImageFolder` + `DataLoader` on the same 500×375
+/// JPEGs (made from CIFAR-10 under `target/compare/`), RandomResizedCrop to 224, `repeats`
+/// alternating rounds; prints every measurement, the medians and the ratios.
+pub fn compare_loader(data: &Path, repeats: usize) -> Result<()> {
+    let python = python()?;
+    let peer = workspace_root().join("benches/peer");
+    let folder = workspace_root().join("target/compare/jpeg-500x375");
+    if !folder.is_dir() {
+        let archive = data.join("cifar10/cifar10-jpeg.tar.gz");
+        let mut make = Command::new(&python);
+        make.arg(peer.join("make_large_jpegs.py"))
+            .arg(&archive)
+            .arg(&folder)
+            .arg("200");
+        run(make)?;
+    }
+    run(cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "membank-benches",
+        "--example",
+        "loader_views",
+    ]))?;
+    let ours = workspace_root().join("target/release/examples/loader_views");
+    let (batch, batches) = ("64", "30");
+    let mut results: Vec<(String, Vec<f64>)> = vec![
+        ("membank streaming, 1 thread".into(), vec![]),
+        ("membank streaming, 2 threads".into(), vec![]),
+        ("torchvision ImageFolder+DataLoader, 2 workers".into(), vec![]),
+    ];
+    for round in 0..repeats {
+        for (i, threads) in ["1", "2"].iter().enumerate() {
+            let mut cmd = Command::new(&ours);
+            cmd.arg(&folder).args(["224", batch, threads, batches]);
+            let v = measure(cmd)?;
+            eprintln!("round {}: {}: {v:.1} views/s", round + 1, results[i].0);
+            results[i].1.push(v);
+        }
+        let mut cmd = Command::new(&python);
+        cmd.arg(peer.join("loader_torchvision.py"))
+            .arg(&folder)
+            .args(["--size", "224", "--batch-size", batch, "--workers", "2"])
+            .args(["--batches", batches]);
+        let v = measure(cmd)?;
+        eprintln!("round {}: {}: {v:.1} views/s", round + 1, results[2].0);
+        results[2].1.push(v);
+    }
+    let peer_median = median(results[2].1.clone());
+    println!("\nmedians of {repeats} alternating rounds (views/s, 500×375 JPEG → 224, decode included):");
+    for (name, values) in &results {
+        let m = median(values.clone());
+        println!("  {name:<48} {m:>8.1}   {:.2}× torchvision", m / peer_median);
+    }
+    Ok(())
+}
