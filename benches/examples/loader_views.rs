@@ -18,9 +18,15 @@ use bank_data::{
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = args.first().ok_or("usage: loader_views ROOT [SIZE] [BATCH] [THREADS] [BATCHES]")?;
+    let root = args
+        .first()
+        .ok_or("usage: loader_views ROOT [SIZE] [BATCH] [THREADS] [BATCHES]")?;
     let arg = |i: usize, default: usize| -> Result<usize, Box<dyn std::error::Error>> {
-        Ok(args.get(i).map(|s| s.parse()).transpose()?.unwrap_or(default))
+        Ok(args
+            .get(i)
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(default))
     };
     let (size, batch, threads, batches) = (arg(1, 224)?, arg(2, 64)?, arg(3, 2)?, arg(4, 30)?);
     let index = ImageIndex::scan_folder(

@@ -43,7 +43,7 @@ enum Task {
         #[arg(last = true)]
         overrides: Vec<String>,
     },
-    /// Evaluate a run's newest checkpoint (kNN against the bank and recomputed features).
+    /// Evaluate a run's newest checkpoint (`--protocol knn|linear|retrieval|all`, default knn).
     Eval {
         /// Backend to build with.
         #[arg(long, value_enum, default_value_t = Backend::Flex)]
@@ -54,6 +54,9 @@ enum Task {
         /// Data folder.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Protocols, comma-separated (passed to `bank-train eval --protocol`).
+        #[arg(long, default_value = "knn")]
+        protocol: String,
     },
     /// Demonstrate the bank and the losses: learn embeddings of synthetic "images" (release build).
     Demo {
@@ -157,9 +160,11 @@ fn main() -> Result<()> {
             backend,
             run: dir,
             data,
+            protocol,
         } => {
             let mut cmd = bank_train(backend);
             cmd.arg("eval").arg("--run").arg(absolute(&dir)?);
+            cmd.arg("--protocol").arg(protocol);
             if let Some(data) = data {
                 cmd.arg("--data").arg(absolute(&data)?);
             }
@@ -216,9 +221,24 @@ fn main() -> Result<()> {
             if !(minutes > 0.0 && minutes.is_finite()) {
                 bail!("--minutes must be > 0, not {minutes}");
             }
-            let mut cmd = cargo(&["test", "-p", "bank-core", "-p", "bank-data", "-p", "bank-train"]);
-            cmd.args(["--test", "it", "fuzz_", "--", "--nocapture", "--test-threads=1"])
-                .env("MEMBANK_FUZZ_SECONDS", (minutes * 60.0).to_string());
+            let mut cmd = cargo(&[
+                "test",
+                "-p",
+                "bank-core",
+                "-p",
+                "bank-data",
+                "-p",
+                "bank-train",
+            ]);
+            cmd.args([
+                "--test",
+                "it",
+                "fuzz_",
+                "--",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MEMBANK_FUZZ_SECONDS", (minutes * 60.0).to_string());
             run(cmd)
         }
         Task::Bench { backend, args } => {

@@ -44,7 +44,8 @@ pub fn python() -> Result<PathBuf> {
         run(venv)?;
     }
     let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "-q", "-r"]).arg(&requirements);
+    pip.args(["-m", "pip", "install", "-q", "-r"])
+        .arg(&requirements);
     run(pip)?;
     std::fs::write(&stamp, wanted)?;
     eprintln!(
@@ -73,12 +74,11 @@ fn views_per_s(output: &[u8]) -> Result<f64> {
 }
 
 fn measure(mut cmd: Command) -> Result<f64> {
-    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     views_per_s(&out.stdout)
 }
@@ -122,7 +122,10 @@ pub fn compare_loader(data: &Path, repeats: usize) -> Result<()> {
     let mut results: Vec<(String, Vec<f64>)> = vec![
         ("membank streaming, 1 thread".into(), vec![]),
         ("membank streaming, 2 threads".into(), vec![]),
-        ("torchvision ImageFolder+DataLoader, 2 workers".into(), vec![]),
+        (
+            "torchvision ImageFolder+DataLoader, 2 workers".into(),
+            vec![],
+        ),
     ];
     for round in 0..repeats {
         for (i, threads) in ["1", "2"].iter().enumerate() {
@@ -142,10 +145,15 @@ pub fn compare_loader(data: &Path, repeats: usize) -> Result<()> {
         results[2].1.push(v);
     }
     let peer_median = median(results[2].1.clone());
-    println!("\nmedians of {repeats} alternating rounds (views/s, 500×375 JPEG → 224, decode included):");
+    println!(
+        "\nmedians of {repeats} alternating rounds (views/s, 500×375 JPEG → 224, decode included):"
+    );
     for (name, values) in &results {
         let m = median(values.clone());
-        println!("  {name:<48} {m:>8.1}   {:.2}× torchvision", m / peer_median);
+        println!(
+            "  {name:<48} {m:>8.1}   {:.2}× torchvision",
+            m / peer_median
+        );
     }
     Ok(())
 }

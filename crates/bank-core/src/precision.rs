@@ -6,7 +6,9 @@ use std::str::FromStr;
 use burn::tensor::DType;
 
 /// How bank rows are stored on the device. Arithmetic (similarities, updates) is always f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// The backend's float type, 4 bytes per value on every shipped backend (the default).

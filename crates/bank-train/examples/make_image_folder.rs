@@ -35,7 +35,10 @@ fn main() -> Result<()> {
             DecodeOptions::default(),
         )?;
         let written = write_split(&set, &out.join(split), per_class)?;
-        println!("{split}: {written} grey PNGs in {}", out.join(split).display());
+        println!(
+            "{split}: {written} grey PNGs in {}",
+            out.join(split).display()
+        );
     }
     Ok(())
 }
@@ -51,16 +54,29 @@ fn write_split(set: &ImageDataset, dir: &Path, per_class: usize) -> Result<usize
             continue;
         }
         taken[label] += 1;
-        let (w, h) = if rank == 0 { (256, 256) } else { SIZES[rank % SIZES.len()] };
+        let (w, h) = if rank == 0 {
+            (256, 256)
+        } else {
+            SIZES[rank % SIZES.len()]
+        };
         let loaded = set.image(i)?;
         let img = loaded.view();
-        let rgb = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.to_vec())
-            .context("pixel buffer")?;
-        let grey = image::DynamicImage::ImageRgb8(image::imageops::resize(&rgb, w, h, FilterType::Triangle))
-            .to_luma8();
-        let path = dir.join(&set.class_names()[label]).join(format!("{rank:04}.png"));
+        let rgb =
+            image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.to_vec())
+                .context("pixel buffer")?;
+        let grey = image::DynamicImage::ImageRgb8(image::imageops::resize(
+            &rgb,
+            w,
+            h,
+            FilterType::Triangle,
+        ))
+        .to_luma8();
+        let path = dir
+            .join(&set.class_names()[label])
+            .join(format!("{rank:04}.png"));
         std::fs::create_dir_all(path.parent().context("parent")?)?;
-        grey.save(&path).with_context(|| path.display().to_string())?;
+        grey.save(&path)
+            .with_context(|| path.display().to_string())?;
         written += 1;
     }
     Ok(written)

@@ -549,13 +549,10 @@ impl TrainConfig {
             );
         }
         if self.merge.enabled {
-            self.merge
-                .schedule
-                .validate()
-                .map_err(|e| Error::Config {
-                    field: "merge".into(),
-                    reason: e.to_string(),
-                })?;
+            self.merge.schedule.validate().map_err(|e| Error::Config {
+                field: "merge".into(),
+                reason: e.to_string(),
+            })?;
         }
         Ok(())
     }

@@ -70,7 +70,10 @@ impl KnnEvaluator {
             field: "data".into(),
             reason: format!("kNN needs labelled {what} images"),
         };
-        let reference_labels = eval.reference.labels().ok_or_else(|| unlabelled("reference"))?;
+        let reference_labels = eval
+            .reference
+            .labels()
+            .ok_or_else(|| unlabelled("reference"))?;
         let query_labels = eval.queries.labels().ok_or_else(|| unlabelled("query"))?;
         if let Some(rows) = &eval.bank_rows
             && rows.len() != reference_labels.len()
@@ -124,7 +127,13 @@ impl KnnEvaluator {
                 ),
             });
         }
-        let queries = embed(model, &self.eval.queries, &self.view, self.batch_size, device)?;
+        let queries = embed(
+            model,
+            &self.eval.queries,
+            &self.view,
+            self.batch_size,
+            device,
+        )?;
         if rows.len() == bank.num_rows() && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return self.vote(bank, queries);
         }
@@ -145,10 +154,22 @@ impl KnnEvaluator {
         model: &EmbeddingNet<B>,
         device: &B::Device,
     ) -> Result<KnnAccuracy> {
-        let reference = embed(model, &self.eval.reference, &self.view, self.batch_size, device)?;
+        let reference = embed(
+            model,
+            &self.eval.reference,
+            &self.view,
+            self.batch_size,
+            device,
+        )?;
         let [n, d] = reference.dims();
         let reference = MemoryBankConfig::new(n, d).init_from_features(reference)?;
-        let queries = embed(model, &self.eval.queries, &self.view, self.batch_size, device)?;
+        let queries = embed(
+            model,
+            &self.eval.queries,
+            &self.view,
+            self.batch_size,
+            device,
+        )?;
         self.vote(&reference, queries)
     }
 

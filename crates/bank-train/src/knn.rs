@@ -93,7 +93,11 @@ pub fn knn_accuracy<B: Backend>(
             test_labels.len()
         ));
     }
-    if let Some(l) = train_labels.iter().chain(test_labels).find(|&&l| l as usize >= classes) {
+    if let Some(l) = train_labels
+        .iter()
+        .chain(test_labels)
+        .find(|&&l| l as usize >= classes)
+    {
         return mismatch(format!("label {l} but only {classes} classes"));
     }
     let k = k.min(rows);

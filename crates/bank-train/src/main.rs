@@ -280,7 +280,10 @@ fn eval(
     };
     let data = data_source::open(&config.data, &data_source::data_root(data))?;
     let Some(eval_sets) = &data.eval else {
-        bail!("{}: the run's data has no labelled evaluation set (set data.eval_path)", run.display());
+        bail!(
+            "{}: the run's data has no labelled evaluation set (set data.eval_path)",
+            run.display()
+        );
     };
     // The run's config.toml, the checkpoint, the bank and the data must belong together.
     let ckpt_config = TrainConfig::from_toml(&checkpoint::read_state(&ckpt)?.config)

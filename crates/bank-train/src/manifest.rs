@@ -81,7 +81,9 @@ impl Manifest {
             .trim_end_matches('\n')
             .strip_prefix("end ")
             .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .ok_or_else(|| bad("truncated or damaged checksum list (no valid `end` line)".into()))?;
+            .ok_or_else(
+                || bad("truncated or damaged checksum list (no valid `end` line)".into()),
+            )?;
         let computed = crc32fast::hash(body.as_bytes());
         if stored != computed {
             return Err(bad(format!(
@@ -90,7 +92,9 @@ impl Manifest {
         }
         let mut lines = body.lines();
         if lines.next() != Some(HEADER) {
-            return Err(bad(format!("not a checksum list: the first line is not `{HEADER}`")));
+            return Err(bad(format!(
+                "not a checksum list: the first line is not `{HEADER}`"
+            )));
         }
         let entries = lines
             .map(|line| parse_entry(line).ok_or_else(|| bad(format!("damaged entry `{line}`"))))

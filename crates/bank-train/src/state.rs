@@ -13,8 +13,8 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint::{self, EpochProgress, RunState};
-use crate::finite::non_finite_part;
 use crate::config::{LossKind, TrainConfig};
+use crate::finite::non_finite_part;
 use crate::model::{EmbeddingNet, ModelConfig};
 use crate::{Error, Result};
 
@@ -163,7 +163,12 @@ impl<B: AutodiffBackend> TrainState<B> {
     /// Which part of the state is not finite (`None`: all of it is): the model's parameters and
     /// running statistics, the bank rows, NCE's normaliser. One device read.
     pub fn non_finite_part(&self) -> Option<&'static str> {
-        if self.nce.as_ref().and_then(|n| n.z()).is_some_and(|z| !z.is_finite()) {
+        if self
+            .nce
+            .as_ref()
+            .and_then(|n| n.z())
+            .is_some_and(|z| !z.is_finite())
+        {
             return Some("NCE normaliser Z");
         }
         non_finite_part(&self.model.valid(), &self.bank.inner())

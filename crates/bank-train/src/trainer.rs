@@ -18,17 +18,17 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint::{self, EpochProgress};
 use crate::config::TrainConfig;
-use crate::feasibility::check_against_data;
-use crate::resume::check_resume;
-use crate::step_checkpoints::StepCheckpoints;
 use crate::data_source::{TrainData, ViewSpec};
 use crate::evaluate::KnnEvaluator;
+use crate::feasibility::check_against_data;
 use crate::metrics::{self, EpochMetrics, KnnAccuracyRecord, MergeRecord, Summary};
 use crate::protocols::in_training;
+use crate::resume::check_resume;
 use crate::run_folder::RunFolder;
 use crate::schedule::learning_rate;
 use crate::state::TrainState;
 use crate::step::train_step;
+use crate::step_checkpoints::StepCheckpoints;
 use crate::{Error, Result, plot};
 
 /// Where a run lives and how it starts.
@@ -153,7 +153,10 @@ pub fn train<B: AutodiffBackend>(
         if should_evaluate(config, epoch)
             && let Some(e) = &evaluator
         {
-            m.knn_bank = Some(e.against_bank(&state.model.valid(), &state.bank.inner(), device)?.into());
+            m.knn_bank = Some(
+                e.against_bank(&state.model.valid(), &state.bank.inner(), device)?
+                    .into(),
+            );
         }
         metrics::append(&folder.metrics(), &m)?;
         history.push(m.clone());
@@ -206,7 +209,7 @@ fn run_epoch<B: AutodiffBackend>(
     let start = state.progress.clone();
     let started = Instant::now();
     for (i, host) in (start.batches..).zip(loader.epoch_from(epoch as u64, start.batches)) {
-        if i == 0 { B::seed(device, step_seed(config.seed, epoch, i)); } // PLANTED
+        B::seed(device, step_seed(config.seed, epoch, i));
         let position = epoch as f64 + i as f64 / steps as f64;
         let lr = learning_rate(&config.optim, config.train.epochs, position);
         let batch = host?.into_device::<B>(device);

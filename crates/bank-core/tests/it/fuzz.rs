@@ -4,7 +4,7 @@
 //! accepts is a bank of the shape its metadata states.
 
 use bank_core::{Attachment, MemoryBank, MemoryBankConfig, Precision};
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use proptest::prelude::*;
 
 use crate::fuzz_harness::{bytes, fuzz, mutation};
@@ -15,7 +15,7 @@ fn valid_bank(precision: Precision) -> Vec<u8> {
     let bank = MemoryBankConfig::new(6, 4)
         .with_precision(precision)
         .with_seed(3)
-        .init::<NdArray>(&Default::default())
+        .init::<Flex>(&Default::default())
         .unwrap();
     let groups = Attachment {
         name: "groups".into(),
@@ -29,7 +29,7 @@ fn load(bytes: &[u8]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fuzzed.safetensors");
     std::fs::write(&path, bytes).unwrap();
-    match MemoryBank::<NdArray>::load_with(&path, &Default::default()) {
+    match MemoryBank::<Flex>::load_with(&path, &Default::default()) {
         Ok((bank, _)) => {
             let rows = bank.rows();
             prop_assert_eq!(rows.dims(), [bank.num_rows(), bank.dim()]);

@@ -45,7 +45,8 @@ pub fn fuzz<S: Strategy>(
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&base.to_le_bytes());
         seed[8..16].copy_from_slice(&round.to_le_bytes());
-        seed[16..16 + target.len().min(16)].copy_from_slice(&target.as_bytes()[..target.len().min(16)]);
+        seed[16..16 + target.len().min(16)]
+            .copy_from_slice(&target.as_bytes()[..target.len().min(16)]);
         let config = Config {
             cases: ROUND,
             failure_persistence: None,

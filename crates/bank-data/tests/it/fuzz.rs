@@ -34,7 +34,12 @@ fn consistent(set: &ImageDataset) -> Result<(), TestCaseError> {
         prop_assert_eq!(img.pixels.len(), img.height * img.width * CHANNELS);
         if let Some(l) = set.label(i) {
             let classes = set.class_names().len();
-            prop_assert!(classes == 0 || (l as usize) < classes, "label {} of {} classes", l, classes);
+            prop_assert!(
+                classes == 0 || (l as usize) < classes,
+                "label {} of {} classes",
+                l,
+                classes
+            );
         }
     }
     Ok(())
@@ -42,7 +47,12 @@ fn consistent(set: &ImageDataset) -> Result<(), TestCaseError> {
 
 fn names_file(e: &Error, path: &Path) -> Result<(), TestCaseError> {
     let file = path.file_name().unwrap().to_string_lossy().to_string();
-    prop_assert!(e.to_string().contains(&file), "error does not name {}: {}", file, e);
+    prop_assert!(
+        e.to_string().contains(&file),
+        "error does not name {}: {}",
+        file,
+        e
+    );
     Ok(())
 }
 
@@ -61,7 +71,10 @@ fn fuzz_cifar_binaries() {
     let valid = [c10, c100];
     fuzz(
         "cifar",
-        (0..2usize, prop_oneof![1 => bytes(7000).prop_map(Err), 3 => mutation().prop_map(Ok)]),
+        (
+            0..2usize,
+            prop_oneof![1 => bytes(7000).prop_map(Err), 3 => mutation().prop_map(Ok)],
+        ),
         |(kind, input)| {
             let bytes = match input {
                 Ok(m) => m.apply(&valid[kind], Some(8)),
@@ -71,7 +84,16 @@ fn fuzz_cifar_binaries() {
             let kind = [CifarKind::Cifar10, CifarKind::Cifar100(Cifar100Label::Fine)][kind];
             match read_cifar(&[&path], kind, options()) {
                 Ok(set) => {
-                    prop_assert_eq!(set.len() * (3072 + if matches!(kind, CifarKind::Cifar10) { 1 } else { 2 }), bytes.len());
+                    prop_assert_eq!(
+                        set.len()
+                            * (3072
+                                + if matches!(kind, CifarKind::Cifar10) {
+                                    1
+                                } else {
+                                    2
+                                }),
+                        bytes.len()
+                    );
                     consistent(&set)?;
                 }
                 Err(e) => names_file(&e, &path)?,
@@ -87,7 +109,10 @@ fn fuzz_stl10_binaries() {
     let images: Vec<u8> = (0..2).flat_map(|i| pattern(96 * 96 * 3, i)).collect();
     let labels = vec![1u8, 10];
     let dir = tempfile::tempdir().unwrap();
-    let (x, y) = (dir.path().join("train_X.bin"), dir.path().join("train_y.bin"));
+    let (x, y) = (
+        dir.path().join("train_X.bin"),
+        dir.path().join("train_y.bin"),
+    );
     fuzz(
         "stl10",
         (mutation(), mutation(), any::<bool>()),
@@ -97,7 +122,8 @@ fn fuzz_stl10_binaries() {
             match read_stl10(&x, with_labels.then_some(y.as_path()), options()) {
                 Ok(set) => consistent(&set)?,
                 Err(e) => {
-                    let named = e.to_string().contains("train_X.bin") || e.to_string().contains("train_y.bin");
+                    let named = e.to_string().contains("train_X.bin")
+                        || e.to_string().contains("train_y.bin");
                     prop_assert!(named, "{}", e);
                 }
             }
@@ -110,9 +136,14 @@ fn fuzz_stl10_binaries() {
 fn encoded_images() -> [Vec<u8>; 2] {
     let img = image::RgbImage::from_raw(6, 5, pattern(6 * 5 * 3, 7)).unwrap();
     let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
     let mut jpeg = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut jpeg),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
     [png, jpeg]
 }
 
@@ -166,15 +197,20 @@ fn valid_tar(gzip: bool) -> Vec<u8> {
 fn fuzz_archive(target: &str, gzip: bool) {
     let valid = valid_tar(gzip);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(if gzip { "images.tar.gz" } else { "images.tar" });
+    let path = dir
+        .path()
+        .join(if gzip { "images.tar.gz" } else { "images.tar" });
     fuzz(
         target,
         prop_oneof![1 => bytes(2000), 6 => mutation().prop_map(move |m| m.apply(&valid, Some(1024)))],
         |b| {
             fs::write(&path, &b).unwrap();
             for prefix in ["data/train", "data"] {
-                let scan = ScanOptions::new(FolderLayout::ClassFolders).with_on_error(OnError::Skip);
-                match ImageIndex::scan_archive(&path, prefix, &scan).and_then(|i| i.decode(options())) {
+                let scan =
+                    ScanOptions::new(FolderLayout::ClassFolders).with_on_error(OnError::Skip);
+                match ImageIndex::scan_archive(&path, prefix, &scan)
+                    .and_then(|i| i.decode(options()))
+                {
                     Ok(set) => consistent(&set)?,
                     Err(e) => names_file(&e, &path)?,
                 }

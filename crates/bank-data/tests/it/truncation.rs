@@ -78,7 +78,10 @@ fn a_jpeg_missing_its_last_150_bytes_is_a_decode_error_naming_the_file() {
     let streaming = index.streaming(DecodeOptions::default()).unwrap();
     assert_eq!(streaming.len(), 1);
     assert!(streaming.skipped()[0].path.ends_with("ship/cut.jpg"));
-    assert_eq!(streaming.image(0).unwrap().view().pixels, real.as_raw().as_slice());
+    assert_eq!(
+        streaming.image(0).unwrap().view().pixels,
+        real.as_raw().as_slice()
+    );
 }
 
 #[test]

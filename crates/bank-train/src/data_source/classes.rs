@@ -48,7 +48,9 @@ pub fn resolve(entries: &[String], names: &[String], field: &str) -> Result<Vec<
         }
         keep[range].iter_mut().for_each(|k| *k = true);
     }
-    let selected: Vec<u32> = (0..names.len() as u32).filter(|&i| keep[i as usize]).collect();
+    let selected: Vec<u32> = (0..names.len() as u32)
+        .filter(|&i| keep[i as usize])
+        .collect();
     if selected.is_empty() {
         return Err(bad(&entries.join(","), "selects no class".into()));
     }
@@ -58,7 +60,7 @@ pub fn resolve(entries: &[String], names: &[String], field: &str) -> Result<Vec<
 /// `"a..b"` or a single index `"a"`.
 fn parse_range(text: &str) -> Option<std::ops::Range<usize>> {
     match text.split_once("..") {
-        Some((a, b)) => Some(a.trim().parse().ok()?..b.trim().parse::<usize>().ok()? + 1),
+        Some((a, b)) => Some(a.trim().parse().ok()?..b.trim().parse().ok()?),
         None => {
             let i: usize = text.parse().ok()?;
             Some(i..i + 1)
@@ -100,7 +102,13 @@ impl ClassSubset {
         }
         let class_names = selected
             .iter()
-            .map(|&c| inner.class_names().get(c as usize).cloned().unwrap_or_else(|| c.to_string()))
+            .map(|&c| {
+                inner
+                    .class_names()
+                    .get(c as usize)
+                    .cloned()
+                    .unwrap_or_else(|| c.to_string())
+            })
             .collect();
         Ok(Self {
             inner,
@@ -241,7 +249,10 @@ mod tests {
     fn names_and_ranges_resolve() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(resolve(&s(&["0..3"]), &names(), "f").unwrap(), [0, 1, 2]);
-        assert_eq!(resolve(&s(&["dog", "1", "cat"]), &names(), "f").unwrap(), [1, 3, 5]);
+        assert_eq!(
+            resolve(&s(&["dog", "1", "cat"]), &names(), "f").unwrap(),
+            [1, 3, 5]
+        );
         let err = resolve(&s(&["zebra"]), &names(), "data.test_classes").unwrap_err();
         assert!(err.to_string().contains("data.test_classes") && err.to_string().contains("zebra"));
         assert!(resolve(&s(&["4..9"]), &names(), "f").is_err());

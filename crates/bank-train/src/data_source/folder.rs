@@ -18,7 +18,11 @@ type Opened = (Arc<dyn Dataset>, Option<EvalData>, Vec<String>);
 pub(super) fn open(config: &DataConfig) -> Result<Opened> {
     let path = existing(config.path.as_deref().expect("validated"), "data.path")?;
     let mut notes = Vec::new();
-    let layout = detect_layout(&path, config.layout, &scan(config, FolderLayout::ClassFolders))?;
+    let layout = detect_layout(
+        &path,
+        config.layout,
+        &scan(config, FolderLayout::ClassFolders),
+    )?;
     notes.push(format!("{}: layout {layout:?}", path.display()));
     let (train, test) = split(&path, layout, config)?;
     let train = train.select(&first_per_class(
@@ -196,11 +200,18 @@ fn eval_sets(
 /// stratified hold-out of its class folders) is the reference, its `test/` the queries.
 fn labelled_eval(config: &DataConfig, path: &Path, notes: &mut Vec<String>) -> Result<EvalData> {
     let path = existing(path, "data.eval_path")?;
-    let layout = match detect_layout(&path, FolderLayoutKind::Auto, &scan(config, FolderLayout::ClassFolders))? {
+    let layout = match detect_layout(
+        &path,
+        FolderLayoutKind::Auto,
+        &scan(config, FolderLayout::ClassFolders),
+    )? {
         FolderLayoutKind::Unlabeled => {
             return Err(Error::Config {
                 field: "data.eval_path".into(),
-                reason: format!("{}: needs class folders (labels) to evaluate", path.display()),
+                reason: format!(
+                    "{}: needs class folders (labels) to evaluate",
+                    path.display()
+                ),
             });
         }
         l => l,

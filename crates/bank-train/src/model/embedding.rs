@@ -54,7 +54,11 @@ impl ModelConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> EmbeddingNet<B> {
         let (backbone, features) = match self.arch {
             Arch::SmallCnn => (
-                Backbone::Small(SmallCnnConfig::new().with_channels(self.channels).init(device)),
+                Backbone::Small(
+                    SmallCnnConfig::new()
+                        .with_channels(self.channels)
+                        .init(device),
+                ),
                 SmallCnn::<B>::FEATURES,
             ),
             arch => {

@@ -59,7 +59,8 @@ pub fn kmeans<B: Backend>(
     }
     let mut best: Option<Clustering> = None;
     for r in 0..restarts {
-        let mut rng = StdRng::seed_from_u64(seed ^ (r as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            StdRng::seed_from_u64(seed ^ (r as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let centres = plus_plus(&points, k, &mut rng);
         let run = lloyd(&points, centres);
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
@@ -92,7 +93,10 @@ fn plus_plus<B: Backend>(points: &Tensor<B, 2>, k: usize, rng: &mut StdRng) -> T
     while chosen.len() < k {
         let last = chosen.last().expect("one centre").clone();
         for range in blocks(n) {
-            let dist = host(distances(points.clone().slice([range.clone(), 0..d]), &last));
+            let dist = host(distances(
+                points.clone().slice([range.clone(), 0..d]),
+                &last,
+            ));
             for (slot, v) in nearest[range].iter_mut().zip(dist) {
                 *slot = slot.min(v);
             }
@@ -143,7 +147,11 @@ fn lloyd<B: Backend>(points: &Tensor<B, 2>, mut centres: Tensor<B, 2>) -> Cluste
         }
         inertia = total;
         // An emptied cluster (count 0) keeps its centre.
-        let filled = counts.clone().greater_elem(0.0).float().unsqueeze_dim::<2>(1); // [k, 1]
+        let filled = counts
+            .clone()
+            .greater_elem(0.0)
+            .float()
+            .unsqueeze_dim::<2>(1); // [k, 1]
         let means = sums / counts.clamp_min(1.0).unsqueeze_dim(1);
         centres = means * filled.clone() + centres * (filled.neg() + 1.0);
         if !changed {
@@ -178,12 +186,24 @@ pub fn nmi(a: &[u32], b: &[u32]) -> f64 {
     };
     let ca = count(&mut a.iter().map(|&x| u64::from(x)));
     let cb = count(&mut b.iter().map(|&x| u64::from(x)));
-    let joint = count(&mut a.iter().zip(b).map(|(&x, &y)| (u64::from(x) << 32) | u64::from(y)));
-    let (ha, hb) = (entropy(&mut ca.into_values()), entropy(&mut cb.into_values()));
+    let joint = count(
+        &mut a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| (u64::from(x) << 32) | u64::from(y)),
+    );
+    let (ha, hb) = (
+        entropy(&mut ca.into_values()),
+        entropy(&mut cb.into_values()),
+    );
     let hab = entropy(&mut joint.into_values());
     let mutual = ha + hb - hab;
-    let norm = (ha * hb).sqrt();
-    if norm <= 0.0 { 1.0 } else { (mutual / norm).clamp(0.0, 1.0) }
+    let norm = (ha + hb) / 2.0;
+    if norm <= 0.0 {
+        1.0
+    } else {
+        (mutual / norm).clamp(0.0, 1.0)
+    }
 }
 
 /// The NMI of k-means of `features` (k = the number of classes) with `labels`.

@@ -127,7 +127,11 @@ pub fn export_run<B: AutodiffBackend>(
         let batch = run.config.eval.batch_size;
         let f = compute_features(&run.model, dataset, &data.view, batch, device)?;
         arrays.push(named("embedding", vec![n, f.dim], Array::F32(f.embedding)));
-        arrays.push(named("pooled_features", vec![n, f.pooled_dim], Array::F32(f.pooled)));
+        arrays.push(named(
+            "pooled_features",
+            vec![n, f.pooled_dim],
+            Array::F32(f.pooled),
+        ));
     }
     arrays.push(named("labels", vec![n], Array::I64(labels)));
     export::write(

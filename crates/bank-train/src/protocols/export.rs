@@ -54,8 +54,14 @@ pub struct Export {
 /// give (`feats.safetensors`, `feats.`).
 pub fn paths(out: &Path) -> (PathBuf, String) {
     let text = out.to_string_lossy();
-    let stem = text.strip_suffix(".safetensors").unwrap_or(&text).to_string();
-    (PathBuf::from(format!("{stem}.safetensors")), format!("{stem}."))
+    let stem = text
+        .strip_suffix(".safetensors")
+        .unwrap_or(&text)
+        .to_string();
+    (
+        PathBuf::from(format!("{stem}.safetensors")),
+        format!("{stem}."),
+    )
 }
 
 /// Writes `export` as described in the module docs; returns the files written.
@@ -91,7 +97,7 @@ pub fn write(out: &Path, export: &Export) -> Result<Vec<PathBuf>> {
 /// Little-endian bytes of an array, with its safetensors dtype.
 fn bytes(values: &Array) -> (Dtype, Vec<u8>) {
     match values {
-        Array::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_be_bytes()).collect()),
+        Array::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         Array::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
     }
 }
@@ -118,15 +124,23 @@ fn write_safetensors(path: &Path, export: &Export) -> Result<()> {
         ("class_names".to_string(), json(&export.class_names)),
         ("item_sources".to_string(), json(&export.item_sources)),
     ]);
-    serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata), path)
-        .map_err(|e| invalid(path, e))
+    serialize_to_file(
+        views.iter().map(|(n, v)| (n.as_str(), v)),
+        Some(metadata),
+        path,
+    )
+    .map_err(|e| invalid(path, e))
 }
 
 fn invalid(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::io(path, std::io::Error::other(e.to_string()))
 }
 
-fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], values: &[T]) -> Result<()> {
+fn write_npy<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[usize],
+    values: &[T],
+) -> Result<()> {
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
     let shape: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
     let mut writer = npyz::WriteOptions::new()
@@ -135,16 +149,25 @@ fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], values
         .writer(BufWriter::new(file))
         .begin_nd()
         .map_err(|e| Error::io(path, e))?;
-    writer.extend(values.iter().copied()).map_err(|e| Error::io(path, e))?;
+    writer
+        .extend(values.iter().copied())
+        .map_err(|e| Error::io(path, e))?;
     writer.finish().map_err(|e| Error::io(path, e))
 }
 
 /// A 1-d unicode string array (`<U{longest}`), as numpy writes `np.array([...])` of `str`.
 fn write_strings(path: &Path, strings: &[String]) -> Result<()> {
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let longest = strings.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(1);
+    let longest = strings
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let dtype = npyz::DType::Plain(
-        format!("<U{longest}").parse::<npyz::TypeStr>().expect("valid type string"),
+        format!("<U{longest}")
+            .parse::<npyz::TypeStr>()
+            .expect("valid type string"),
     );
     let mut writer = npyz::WriteOptions::<String>::new()
         .dtype(dtype)
@@ -152,7 +175,9 @@ fn write_strings(path: &Path, strings: &[String]) -> Result<()> {
         .writer(BufWriter::new(file))
         .begin_nd()
         .map_err(|e| Error::io(path, e))?;
-    writer.extend(strings.iter().cloned()).map_err(|e| Error::io(path, e))?;
+    writer
+        .extend(strings.iter().cloned())
+        .map_err(|e| Error::io(path, e))?;
     writer.finish().map_err(|e| Error::io(path, e))
 }
 

@@ -51,7 +51,9 @@ pub fn end_of_run<B: AutodiffBackend>(
         .into_iter()
         .filter(|p| p.wanted(&config.eval.protocols))
         .collect();
-    let Some(eval) = &data.eval else { return Ok(()) };
+    let Some(eval) = &data.eval else {
+        return Ok(());
+    };
     if wanted.is_empty() {
         return Ok(());
     }

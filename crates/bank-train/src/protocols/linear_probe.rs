@@ -87,7 +87,7 @@ pub fn linear_probe<B: AutodiffBackend>(
     let (mean, std) = standardisation(train.features, train.dim);
     let x = standardise::<B>(train.features, train.dim, &mean, &std, device);
     let n = train.labels.len();
-    let y: Vec<i64> = train.labels.iter().map(|&l| i64::from((l + 1) % classes as u32)).collect();
+    let y: Vec<i64> = train.labels.iter().map(|&l| i64::from(l)).collect();
     let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [n]), device);
     let mut model: Linear<B> = LinearConfig::new(train.dim, classes)
         .with_initializer(Initializer::Zeros)
@@ -118,8 +118,7 @@ pub fn linear_probe<B: AutodiffBackend>(
         }
     }
     let model = model.valid();
-    let x_test =
-        standardise::<B::InnerBackend>(test.features, test.dim, &mean, &std, device);
+    let x_test = standardise::<B::InnerBackend>(test.features, test.dim, &mean, &std, device);
     let logits = host(model.forward(x_test));
     Ok(top_k_accuracy(&logits, classes, test.labels))
 }
@@ -146,7 +145,12 @@ fn check(train: &Labelled<'_>, test: &Labelled<'_>, classes: usize) -> Result<()
             test.dim
         ));
     }
-    if let Some(&l) = train.labels.iter().chain(test.labels).find(|&&l| l as usize >= classes) {
+    if let Some(&l) = train
+        .labels
+        .iter()
+        .chain(test.labels)
+        .find(|&&l| l as usize >= classes)
+    {
         return bad(format!("label {l} is outside the {classes} classes"));
     }
     Ok(())

@@ -61,7 +61,9 @@ fn draw(path: &Path, rows: &[Row<'_>], lead: bool) -> Result<()> {
             image::imageops::overlay(&mut canvas, &t, i64::from(x), i64::from(y));
         }
     }
-    canvas.save(path).map_err(|e| Error::io(path, std::io::Error::other(e)))
+    canvas
+        .save(path)
+        .map_err(|e| Error::io(path, std::io::Error::other(e)))
 }
 
 /// `retrieval.png`: each query (grey border) followed by its nearest reference images, green
@@ -102,7 +104,12 @@ pub fn retrieval(
 ///
 /// # Errors
 /// Unreadable images or an unwritable file.
-pub fn merges(path: &Path, train: &dyn Dataset, groups: &[Vec<usize>], per_row: usize) -> Result<()> {
+pub fn merges(
+    path: &Path,
+    train: &dyn Dataset,
+    groups: &[Vec<usize>],
+    per_row: usize,
+) -> Result<()> {
     let rows: Vec<Row<'_>> = groups
         .iter()
         .map(|members| {

@@ -40,14 +40,18 @@ pub fn recall_at_k(neighbours: &Neighbours, labels: &[u32], ks: &[usize]) -> Vec
             let (idx, _) = neighbours.of(q);
             idx.iter()
                 .position(|&j| labels[j as usize] == labels[q])
-                .map(|p| p)
+                .map(|p| p + 1)
         })
         .collect();
     let n = labels.len().max(1) as f64;
     ks.iter()
         .map(|&k| RecallAt {
             k,
-            recall: first_hit.iter().filter(|h| h.is_some_and(|r| r <= k)).count() as f64 / n,
+            recall: first_hit
+                .iter()
+                .filter(|h| h.is_some_and(|r| r <= k))
+                .count() as f64
+                / n,
         })
         .collect()
 }

@@ -86,16 +86,29 @@ pub fn run<B: AutodiffBackend>(
     }
     let batch = config.eval.batch_size;
     note("features of the reference and query images (no augmentation)");
-    let reference =
-        compute_features(inputs.model, &inputs.eval.reference, inputs.view, batch, device)?;
-    let queries = compute_features(inputs.model, &inputs.eval.queries, inputs.view, batch, device)?;
+    let reference = compute_features(
+        inputs.model,
+        &inputs.eval.reference,
+        inputs.view,
+        batch,
+        device,
+    )?;
+    let queries = compute_features(
+        inputs.model,
+        &inputs.eval.queries,
+        inputs.view,
+        batch,
+        device,
+    )?;
     let classes = inputs.eval.reference.class_names().len();
     if want(Protocol::Knn) {
         let evaluator = KnnEvaluator::new(inputs.eval, inputs.view, config)?;
         if let (Some(bank), true) = (inputs.bank, evaluator.has_bank_rows()) {
             report.knn_bank = Some(evaluator.against_bank(inputs.model, bank, device)?);
         }
-        report.knn_recomputed = Some(knn_recomputed::<B>(&reference, &queries, classes, config, device)?);
+        report.knn_recomputed = Some(knn_recomputed::<B>(
+            &reference, &queries, classes, config, device,
+        )?);
     }
     if want(Protocol::Linear) {
         note("linear probe on the embedding and on the pooled features");
@@ -129,9 +142,17 @@ pub fn run<B: AutodiffBackend>(
 /// The embedding (or the pooled features) of `features` with `labels`.
 fn labelled<'a>(features: &'a Features, labels: &'a [u32], pooled: bool) -> Labelled<'a> {
     if pooled {
-        Labelled { features: &features.pooled, dim: features.pooled_dim, labels }
+        Labelled {
+            features: &features.pooled,
+            dim: features.pooled_dim,
+            labels,
+        }
     } else {
-        Labelled { features: &features.embedding, dim: features.dim, labels }
+        Labelled {
+            features: &features.embedding,
+            dim: features.dim,
+            labels,
+        }
     }
 }
 
@@ -178,7 +199,11 @@ fn retrieval<B: AutodiffBackend>(
     let labels = labels(queries)?;
     let present: std::collections::BTreeSet<u32> = labels.iter().copied().collect();
     let ks = default_ks(queries.len());
-    let recall = recall_of_features(queries.embedding_tensor::<B::InnerBackend>(device), labels, &ks)?;
+    let recall = recall_of_features(
+        queries.embedding_tensor::<B::InnerBackend>(device),
+        labels,
+        &ks,
+    )?;
     let nmi = nmi_of_features(
         queries.embedding_tensor::<B::InnerBackend>(device),
         labels,
@@ -211,9 +236,14 @@ fn retrieval_picture<B: AutodiffBackend>(
         .init_from_features(reference.embedding_tensor::<B::InnerBackend>(device))?;
     let picked: Vec<f32> = shown
         .iter()
-        .flat_map(|&q| queries.embedding[q * queries.dim..(q + 1) * queries.dim].iter().copied())
+        .flat_map(|&q| {
+            queries.embedding[q * queries.dim..(q + 1) * queries.dim]
+                .iter()
+                .copied()
+        })
         .collect();
-    let picked = super::features::to_tensor::<B::InnerBackend>(&picked, shown.len(), queries.dim, device);
+    let picked =
+        super::features::to_tensor::<B::InnerBackend>(&picked, shown.len(), queries.dim, device);
     let found = query_neighbours(&rows, picked, &KnnConfig::new(k))?;
     let neighbours: Vec<Vec<usize>> = (0..shown.len())
         .map(|q| found.of(q).0.iter().map(|&j| j as usize).collect())
@@ -233,19 +263,39 @@ pub fn lines(report: &ProtocolReport, config: &TrainConfig) -> Vec<String> {
     let mut out = Vec::new();
     let (k, tau) = (config.eval.k, config.method.temperature);
     if let Some(a) = report.knn_bank {
-        out.push(format!("kNN (k={k}, σ={tau}) against the bank:        top-1 {}  top-5 {}", pct(a.top1), pct(a.top5)));
+        out.push(format!(
+            "kNN (k={k}, σ={tau}) against the bank:        top-1 {}  top-5 {}",
+            pct(a.top1),
+            pct(a.top5)
+        ));
     }
     if let Some(a) = report.knn_recomputed {
-        out.push(format!("kNN (k={k}, σ={tau}) against recomputed features: top-1 {}  top-5 {}", pct(a.top1), pct(a.top5)));
+        out.push(format!(
+            "kNN (k={k}, σ={tau}) against recomputed features: top-1 {}  top-5 {}",
+            pct(a.top1),
+            pct(a.top5)
+        ));
     }
     if let Some(a) = report.linear_embedding {
-        out.push(format!("linear probe on the embedding:        top-1 {}  top-5 {}", pct(a.top1), pct(a.top5)));
+        out.push(format!(
+            "linear probe on the embedding:        top-1 {}  top-5 {}",
+            pct(a.top1),
+            pct(a.top5)
+        ));
     }
     if let Some(a) = report.linear_pooled {
-        out.push(format!("linear probe on the pooled features:  top-1 {}  top-5 {}", pct(a.top1), pct(a.top5)));
+        out.push(format!(
+            "linear probe on the pooled features:  top-1 {}  top-5 {}",
+            pct(a.top1),
+            pct(a.top5)
+        ));
     }
     if let Some(r) = &report.retrieval {
-        let recalls: Vec<String> = r.recall.iter().map(|x| format!("R@{} {}", x.k, pct(x.recall))).collect();
+        let recalls: Vec<String> = r
+            .recall
+            .iter()
+            .map(|x| format!("R@{} {}", x.k, pct(x.recall)))
+            .collect();
         out.push(format!(
             "retrieval among {} test images of {} classes: {}  NMI {:.4}",
             r.images,

@@ -22,14 +22,7 @@ fn run_fresh(config: &TrainConfig, data: &TrainData, dir: &Path) -> Summary {
         resume: false,
     };
     let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    train::<FastTrain>(
-        config,
-        data,
-        &options,
-        &Default::default(),
-        &mut NoProgress,
-    )
-    .unwrap()
+    train::<FastTrain>(config, data, &options, &Default::default(), &mut NoProgress).unwrap()
 }
 
 #[test]

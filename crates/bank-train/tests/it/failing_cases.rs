@@ -86,14 +86,24 @@ fn a_state_with_a_nan_parameter_or_bank_row_is_never_saved() {
     broken.epochs_done = 2;
     broken.progress.batches = 3;
     let rows = broken.bank.rows();
-    let nan_row = rows.clone().slice([0..1, 0..cfg.model.dim]).mul_scalar(f32::INFINITY);
+    let nan_row = rows
+        .clone()
+        .slice([0..1, 0..cfg.model.dim])
+        .mul_scalar(f32::INFINITY);
     let rows = rows.slice_assign([0..1, 0..cfg.model.dim], nan_row);
     broken.bank = bank_core::MemoryBankConfig::new(20, cfg.model.dim)
         .init_from_features(rows)
         .unwrap();
     let e = broken.save(&dir, &cfg).unwrap_err();
     assert!(
-        matches!(e, Error::NonFiniteState { epoch: 3, part: "bank rows", .. }),
+        matches!(
+            e,
+            Error::NonFiniteState {
+                epoch: 3,
+                part: "bank rows",
+                ..
+            }
+        ),
         "mid-epoch 3: {e}"
     );
     assert_eq!(snapshot(&dir), good, "nothing written by the refused saves");
@@ -118,9 +128,14 @@ fn a_run_that_diverges_in_its_second_epoch_keeps_the_first_and_says_epoch_2() {
     assert_eq!(epoch, 2, "{e}");
     assert!(e.to_string().contains("epoch 2"), "{e}");
     let ckpts = checkpoint::list(&dir.join("checkpoints")).unwrap();
-    let names: Vec<_> = ckpts.iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+    let names: Vec<_> = ckpts
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["epoch-0001"], "only the good epoch-1 checkpoint");
-    let (bank, _) = MemoryBank::<Flex>::load_with(ckpts[0].join("bank.safetensors"), &Default::default()).unwrap();
+    let (bank, _) =
+        MemoryBank::<Flex>::load_with(ckpts[0].join("bank.safetensors"), &Default::default())
+            .unwrap();
     let rows: Vec<f32> = bank.rows().into_data().to_vec().unwrap();
     assert!(rows.iter().all(|x| x.is_finite()));
 }
@@ -146,11 +161,24 @@ fn config_changes_name_every_field_with_old_and_new_values() {
     assert!(e.contains("`data.train_per_class` was 0, now 5"), "{e}");
     assert!(!e.contains("`train.epochs` was"), "epochs may change: {e}");
     // Every changeable field may change alone; an unset optional field reads `unset`.
-    check_resume(&old, &config(&["train.epochs=9", "optim.lr=0.001", "eval.k=5", "checkpoint.every_steps=3", "checkpoint.every_minutes=2.5", "data.cache=false"])).unwrap();
+    check_resume(
+        &old,
+        &config(&[
+            "train.epochs=9",
+            "optim.lr=0.001",
+            "eval.k=5",
+            "checkpoint.every_steps=3",
+            "checkpoint.every_minutes=2.5",
+            "data.cache=false",
+        ]),
+    )
+    .unwrap();
     for field in CHANGEABLE_ON_RESUME {
         assert!(field.contains('.') || *field == "name", "{field}");
     }
-    let e = check_resume(&old, &config(&["data.eval_resize=20"])).unwrap_err().to_string();
+    let e = check_resume(&old, &config(&["data.eval_resize=20"]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`data.eval_resize` was unset, now 20"), "{e}");
 }
 
@@ -166,7 +194,11 @@ fn a_resume_with_a_changed_model_or_data_setting_is_refused_before_anything_is_w
         let field = change[0].split('=').next().unwrap();
         assert!(matches!(e, Error::ResumeMismatch { .. }), "{change:?}: {e}");
         assert!(e.to_string().contains(&format!("`{field}` was")), "{e}");
-        assert_eq!(snapshot(&dir), before, "{change:?}: the run folder is untouched");
+        assert_eq!(
+            snapshot(&dir),
+            before,
+            "{change:?}: the run folder is untouched"
+        );
     }
     // More epochs is allowed: the run continues from its checkpoint.
     run(&dir, true, &config(&["train.epochs=2"])).unwrap();
@@ -181,9 +213,17 @@ fn a_flipped_byte_or_a_truncation_in_any_checkpoint_file_is_an_error_naming_it()
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("run");
     run(&dir, false, &cfg).unwrap();
-    let ckpt = checkpoint::latest(&dir.join("checkpoints")).unwrap().unwrap();
+    let ckpt = checkpoint::latest(&dir.join("checkpoints"))
+        .unwrap()
+        .unwrap();
     checkpoint::verify(&ckpt).unwrap();
-    let files = ["model.bin", "optim.bin", "bank.safetensors", "state.json", "checksums.txt"];
+    let files = [
+        "model.bin",
+        "optim.bin",
+        "bank.safetensors",
+        "state.json",
+        "checksums.txt",
+    ];
     for file in files {
         let path = ckpt.join(file);
         let original = fs::read(&path).unwrap();
@@ -228,7 +268,10 @@ fn merging_with_one_image_and_k_beyond_the_reference_set_are_refused_before_trai
             bank_train::train::<FastTrain>(
                 &cfg,
                 &data,
-                &bank_train::RunOptions { run_dir: dir.clone(), resume: false },
+                &bank_train::RunOptions {
+                    run_dir: dir.clone(),
+                    resume: false,
+                },
                 &Default::default(),
                 &mut bank_train::NoProgress,
             )
@@ -238,7 +281,11 @@ fn merging_with_one_image_and_k_beyond_the_reference_set_are_refused_before_trai
         assert!(!dir.exists(), "nothing written");
     }
     // The boundary cases train: merging with 2 images, k equal to the reference set.
-    bank_train::feasibility::check_against_data(&config(&["merge.enabled=true", "eval.k=2"]), &sets(2)).unwrap();
+    bank_train::feasibility::check_against_data(
+        &config(&["merge.enabled=true", "eval.k=2"]),
+        &sets(2),
+    )
+    .unwrap();
     bank_train::feasibility::check_against_data(&config(&["eval.k=30"]), &sets(30)).unwrap();
 }
 
@@ -247,15 +294,28 @@ fn a_bank_that_is_not_the_datasets_is_refused_naming_the_bank_file() {
     let cfg = config(&[]);
     let data = sets(20);
     let file = Path::new("/runs/x/checkpoints/epoch-0001/bank.safetensors");
-    let check = |rows, dim| bank_train::feasibility::check_bank_against_data(file, (rows, dim), &cfg, &data);
+    let check = |rows, dim| {
+        bank_train::feasibility::check_bank_against_data(file, (rows, dim), &cfg, &data)
+    };
     check(20, 128).unwrap();
     let e = check(200, 128).unwrap_err().to_string();
-    assert!(e.contains("bank.safetensors") && e.contains("200 rows") && e.contains("20 training images"), "{e}");
+    assert!(
+        e.contains("bank.safetensors")
+            && e.contains("200 rows")
+            && e.contains("20 training images"),
+        "{e}"
+    );
     let e = check(20, 64).unwrap_err().to_string();
-    assert!(e.contains("64 columns") && e.contains("model.dim is 128"), "{e}");
+    assert!(
+        e.contains("64 columns") && e.contains("model.dim is 128"),
+        "{e}"
+    );
     // kNN itself refuses labels that do not match its rows instead of indexing past them.
-    let bank = bank_core::MemoryBankConfig::new(5, 4).init::<Flex>(&Default::default()).unwrap();
+    let bank = bank_core::MemoryBankConfig::new(5, 4)
+        .init::<Flex>(&Default::default())
+        .unwrap();
     let queries = Tensor::<Flex, 2>::ones([3, 4], &Default::default());
-    let e = bank_train::knn::knn_accuracy(&bank, &[0, 1, 0], queries, &[0, 1, 1], 2, 2, 0.1).unwrap_err();
+    let e = bank_train::knn::knn_accuracy(&bank, &[0, 1, 0], queries, &[0, 1, 1], 2, 2, 0.1)
+        .unwrap_err();
     assert!(e.to_string().contains("3 reference labels for 5"), "{e}");
 }

@@ -18,7 +18,10 @@ fn write_png(set: &ImageDataset, i: usize, path: &Path, grey: bool, size: (u32, 
     let rgb = image::imageops::resize(&rgb, size.0, size.1, image::imageops::FilterType::Triangle);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     if grey {
-        image::DynamicImage::ImageRgb8(rgb).to_luma8().save(path).unwrap();
+        image::DynamicImage::ImageRgb8(rgb)
+            .to_luma8()
+            .save(path)
+            .unwrap();
     } else {
         rgb.save(path).unwrap();
     }
@@ -76,8 +79,9 @@ fn grey_mixed_size_class_folders_train_and_record_their_normalisation() {
         let loaded = data.train.image(i).unwrap();
         let img = loaded.view();
         for px in img.pixels.chunks_exact(3) {
-            let y = (0.299 * f64::from(px[0]) + 0.587 * f64::from(px[1]) + 0.114 * f64::from(px[2]))
-                / 255.0;
+            let y =
+                (0.299 * f64::from(px[0]) + 0.587 * f64::from(px[1]) + 0.114 * f64::from(px[2]))
+                    / 255.0;
             sum += y;
             sq += y * y;
             count += 1.0;
@@ -86,8 +90,16 @@ fn grey_mixed_size_class_folders_train_and_record_their_normalisation() {
     let mean = sum / count;
     let std = (sq / count - mean * mean).sqrt();
     let n = &data.view.normalize;
-    assert!((f64::from(n.mean[0]) - mean).abs() < 2e-3, "{} vs {mean}", n.mean[0]);
-    assert!((f64::from(n.std[0]) - std).abs() < 2e-3, "{} vs {std}", n.std[0]);
+    assert!(
+        (f64::from(n.mean[0]) - mean).abs() < 2e-3,
+        "{} vs {mean}",
+        n.mean[0]
+    );
+    assert!(
+        (f64::from(n.std[0]) - std).abs() < 2e-3,
+        "{} vs {std}",
+        n.std[0]
+    );
 
     let run = dir.path().join("run");
     let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
@@ -140,7 +152,11 @@ fn an_unlabelled_folder_trains_and_evaluation_needs_eval_path() {
     assert_eq!(data.train.len(), 60);
     assert!(data.train.labels().is_none());
     assert!(data.eval.is_none());
-    assert!(data.notes.iter().any(|n| n.contains("data.eval_path")), "{:?}", data.notes);
+    assert!(
+        data.notes.iter().any(|n| n.contains("data.eval_path")),
+        "{:?}",
+        data.notes
+    );
 
     let mut with_eval = base.clone();
     with_eval.push(format!("data.eval_path=\"{}\"", labelled.display()));
@@ -150,7 +166,10 @@ fn an_unlabelled_folder_trains_and_evaluation_needs_eval_path() {
     let data = data_source::open(&config.data, dir.path()).unwrap();
     let eval = data.eval.as_ref().unwrap();
     assert_eq!((eval.reference.len(), eval.queries.len()), (30, 30));
-    assert!(eval.bank_rows.is_none(), "reference features are recomputed");
+    assert!(
+        eval.bank_rows.is_none(),
+        "reference features are recomputed"
+    );
 }
 
 #[test]
@@ -160,8 +179,20 @@ fn a_test_class_missing_from_training_is_an_error_naming_it() {
     let (set, _) = cifar_records(40, 0);
     for i in 0..12 {
         let class = if i < 6 { "cat" } else { "dog" };
-        write_png(&set, i, &root.join("train").join(class).join(format!("{i}.png")), false, (32, 32));
-        write_png(&set, i, &root.join("test").join(class).join(format!("{i}.png")), false, (32, 32));
+        write_png(
+            &set,
+            i,
+            &root.join("train").join(class).join(format!("{i}.png")),
+            false,
+            (32, 32),
+        );
+        write_png(
+            &set,
+            i,
+            &root.join("test").join(class).join(format!("{i}.png")),
+            false,
+            (32, 32),
+        );
     }
     write_png(&set, 20, &root.join("test/zebra/z.png"), false, (32, 32));
     let config = config_with(&[
@@ -193,7 +224,10 @@ fn data_settings_are_typed_and_checked() {
     assert!(err(&["data.eval_resize=16"]).contains("data.eval_resize"));
     let no_size = TrainConfig::load(
         None,
-        &["data.dataset=image_folder".into(), "data.path=\"/x\"".into()],
+        &[
+            "data.dataset=image_folder".into(),
+            "data.path=\"/x\"".into(),
+        ],
     )
     .unwrap();
     let e = no_size.data.image_size().unwrap_err().to_string();
@@ -207,7 +241,9 @@ fn data_settings_are_typed_and_checked() {
 fn write_stl10(dir: &Path, train: usize, test: usize, unlabeled: usize) {
     std::fs::create_dir_all(dir).unwrap();
     let images = |n: usize, salt: usize| -> Vec<u8> {
-        (0..n * 96 * 96 * 3).map(|i| ((i * 7 + salt) % 251) as u8).collect()
+        (0..n * 96 * 96 * 3)
+            .map(|i| ((i * 7 + salt) % 251) as u8)
+            .collect()
     };
     let labels = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 10) as u8 + 1).collect() };
     std::fs::write(dir.join("train_X.bin"), images(train, 1)).unwrap();
@@ -231,13 +267,20 @@ fn stl10_with_unlabeled_trains_on_both_and_evaluates_on_the_labelled_rows() {
     let data = data_source::open(&config_with(&with_unlabeled).data, dir.path()).unwrap();
     assert_eq!(data.train.len(), 50, "train + unlabeled");
     assert_eq!(data.train.label(19), Some(9));
-    assert_eq!(data.train.label(20), None, "the unlabeled part has no labels");
+    assert_eq!(
+        data.train.label(20),
+        None,
+        "the unlabeled part has no labels"
+    );
     // Image 20 of the concatenation is image 0 of unlabeled_X.bin: pixel (0,0) red is byte 0 of
     // its first (column-major) plane, (0·7 + 3) % 251.
     assert_eq!(data.train.image(20).unwrap().view().at(0, 0, 0), 3);
     let eval = data.eval.as_ref().unwrap();
     assert_eq!(eval.reference.len(), 20);
-    assert_eq!(eval.bank_rows.as_deref(), Some(&(0..20).collect::<Vec<_>>()[..]));
+    assert_eq!(
+        eval.bank_rows.as_deref(),
+        Some(&(0..20).collect::<Vec<_>>()[..])
+    );
     assert_eq!(eval.queries.len(), 10);
 }
 
@@ -247,8 +290,17 @@ fn mode_auto_streams_past_the_memory_budget_and_skipped_files_are_counted() {
     let images = dir.path().join("images");
     grey_mixed_folder(&images, 4);
     // A truncated PNG among them.
-    let good = std::fs::read(images.join("cat").read_dir().unwrap().next().unwrap().unwrap().path())
-        .unwrap();
+    let good = std::fs::read(
+        images
+            .join("cat")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
     std::fs::write(images.join("cat/cut.png"), &good[..good.len() - 20]).unwrap();
     let base = vec![
         "data.dataset=image_folder".to_string(),
@@ -269,14 +321,21 @@ fn mode_auto_streams_past_the_memory_budget_and_skipped_files_are_counted() {
     let data = data_source::open(&config_with(&skip).data, dir.path()).unwrap();
     assert_eq!(data.train.skipped().len(), 1);
     assert!(data.train.skipped()[0].path.ends_with("cut.png"));
-    assert!(data.notes.iter().any(|n| n.contains("streaming")), "{:?}", data.notes);
+    assert!(
+        data.notes.iter().any(|n| n.contains("streaming")),
+        "{:?}",
+        data.notes
+    );
     assert_eq!(data.train.len(), 20);
     // The streamed set serves the same pixels as the in-memory one.
     let mut memory = skip.clone();
     memory.push("data.mode=memory".into());
     let in_memory = data_source::open(&config_with(&memory).data, dir.path()).unwrap();
     for i in 0..data.train.len() {
-        let (a, b) = (data.train.image(i).unwrap(), in_memory.train.image(i).unwrap());
+        let (a, b) = (
+            data.train.image(i).unwrap(),
+            in_memory.train.image(i).unwrap(),
+        );
         assert_eq!(a.view().pixels, b.view().pixels, "image {i}");
     }
 }

@@ -51,14 +51,26 @@ fn valid_checkpoint(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn restore(ckpt: &Path) -> Result<(), TestCaseError> {
     let config = small_config();
     let result = checkpoint::read_state(ckpt).and_then(|_| {
-        TrainState::<Train>::new(&config, 6, &Default::default())?.restore(ckpt, &Default::default())
+        TrainState::<Train>::new(&config, 6, &Default::default())?
+            .restore(ckpt, &Default::default())
     });
     if let Err(e) = result {
         prop_assert!(
-            matches!(e, Error::Checkpoint { .. } | Error::Io { .. } | Error::Core(_) | Error::Mining(_) | Error::Losses(_)),
+            matches!(
+                e,
+                Error::Checkpoint { .. }
+                    | Error::Io { .. }
+                    | Error::Core(_)
+                    | Error::Mining(_)
+                    | Error::Losses(_)
+            ),
             "{e:?}"
         );
-        prop_assert!(e.to_string().contains(&ckpt.display().to_string()) || matches!(e, Error::Mining(_) | Error::Losses(_)), "{e}");
+        prop_assert!(
+            e.to_string().contains(&ckpt.display().to_string())
+                || matches!(e, Error::Mining(_) | Error::Losses(_)),
+            "{e}"
+        );
     }
     Ok(())
 }
@@ -73,38 +85,49 @@ fn fuzz_checkpoints() {
     // A mutated file, and (`resign`) a checksum list rewritten to match it, so that the
     // decoders behind the checksums are fuzzed too.
     let strategy = (0..valid.len(), mutation(), any::<bool>());
-    fuzz("checkpoint", strategy, |(which, m, resign): (usize, Mutation, bool)| {
-        let mut files = valid.clone();
-        files[which].1 = m.apply(&files[which].1, Some(64));
-        if resign && files[which].0 != MANIFEST_FILE {
-            let manifest = Manifest {
-                entries: files
-                    .iter()
-                    .filter(|(n, _)| n != MANIFEST_FILE)
-                    .map(|(n, b)| Entry::of(n, b))
-                    .collect(),
-            };
-            let at = files.iter().position(|(n, _)| n == MANIFEST_FILE).unwrap();
-            files[at].1 = manifest.to_text().into_bytes();
-        }
-        for (name, bytes) in &files {
-            fs::write(ckpt.join(name), bytes).unwrap();
-        }
-        restore(&ckpt)
-    });
+    fuzz(
+        "checkpoint",
+        strategy,
+        |(which, m, resign): (usize, Mutation, bool)| {
+            let mut files = valid.clone();
+            files[which].1 = m.apply(&files[which].1, Some(64));
+            if resign && files[which].0 != MANIFEST_FILE {
+                let manifest = Manifest {
+                    entries: files
+                        .iter()
+                        .filter(|(n, _)| n != MANIFEST_FILE)
+                        .map(|(n, b)| Entry::of(n, b))
+                        .collect(),
+                };
+                let at = files.iter().position(|(n, _)| n == MANIFEST_FILE).unwrap();
+                files[at].1 = manifest.to_text().into_bytes();
+            }
+            for (name, bytes) in &files {
+                fs::write(ckpt.join(name), bytes).unwrap();
+            }
+            restore(&ckpt)
+        },
+    );
 }
 
 #[test]
 fn fuzz_checksum_lists() {
     let valid = Manifest {
-        entries: FILES.iter().enumerate().map(|(i, f)| Entry::of(f, &[i as u8; 5])).collect(),
+        entries: FILES
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Entry::of(f, &[i as u8; 5]))
+            .collect(),
     }
     .to_text()
     .into_bytes();
     let path = Path::new("/run/checkpoints/epoch-0001/checksums.txt");
     fuzz(
         "checksum_list",
-        prop_oneof![bytes(200), mutation().prop_map(move |m| m.apply(&valid, None))],
+        prop_oneof![
+            bytes(200),
+            mutation().prop_map(move |m| m.apply(&valid, None))
+        ],
         |b| {
             match Manifest::parse(path, &b) {
                 Ok(m) => prop_assert_eq!(Manifest::parse(path, m.to_text().as_bytes()).unwrap(), m),
@@ -125,7 +148,10 @@ fn check_config(text: &[u8], overrides: &[String]) -> Result<(), TestCaseError> 
             prop_assert!(c.validate().is_ok());
             prop_assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c);
         }
-        Err(e) => prop_assert!(matches!(e, Error::Config { .. } | Error::Io { .. }), "{e:?}"),
+        Err(e) => prop_assert!(
+            matches!(e, Error::Config { .. } | Error::Io { .. }),
+            "{e:?}"
+        ),
     }
     if let Ok(text) = std::str::from_utf8(text)
         && let Err(e) = TrainConfig::from_toml(text)
@@ -138,11 +164,30 @@ fn check_config(text: &[u8], overrides: &[String]) -> Result<(), TestCaseError> 
 /// `section.field=value` assignments over real field names and arbitrary values.
 fn overrides() -> impl Strategy<Value = Vec<String>> {
     let fields = prop::sample::select(vec![
-        "seed", "name", "model.dim", "model.arch", "optim.lr", "optim.milestones", "train.epochs",
-        "train.batch_size", "train.views", "method.loss", "method.temperature",
-        "method.bank_precision", "merge.enabled", "merge.schedule.fraction_start", "eval.k",
-        "checkpoint.every_minutes", "checkpoint.every_steps", "data.dataset", "data.mean",
-        "data.image_size", "data.channels", "nonsense.field", "model", "optim.lr.x",
+        "seed",
+        "name",
+        "model.dim",
+        "model.arch",
+        "optim.lr",
+        "optim.milestones",
+        "train.epochs",
+        "train.batch_size",
+        "train.views",
+        "method.loss",
+        "method.temperature",
+        "method.bank_precision",
+        "merge.enabled",
+        "merge.schedule.fraction_start",
+        "eval.k",
+        "checkpoint.every_minutes",
+        "checkpoint.every_steps",
+        "data.dataset",
+        "data.mean",
+        "data.image_size",
+        "data.channels",
+        "nonsense.field",
+        "model",
+        "optim.lr.x",
     ]);
     let values = prop_oneof![
         "-?[0-9]{1,4}(\\.[0-9]{1,3})?(e-?[0-9]{1,3})?",

@@ -77,7 +77,10 @@ fn small_sigma_does_not_overflow_and_ranks_as_the_f64_reference() {
             similarities,
         };
         let acc = weighted_vote(&neighbours, &train_labels, &truths, 3, sigma);
-        assert_eq!(acc.top1, 1.0, "σ = {sigma}: every query predicts the reference's class");
+        assert_eq!(
+            acc.top1, 1.0,
+            "σ = {sigma}: every query predicts the reference's class"
+        );
     }
     // And the reference differs between the two σ on case 2 (so the test sees σ at all).
     assert_eq!(reference_top1(&[0.80, 0.79, 0.79], &[1, 0, 0], 3, 0.001), 1);

@@ -95,7 +95,11 @@ impl<B: Backend> burn::module::ModuleVisitor<B> for WeightStds {
         let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap();
         let n = v.len() as f64;
         let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-        let var = v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n;
+        let var = v
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n;
         self.0.push((D, [dims[0], dims[1]], var.sqrt()));
     }
 }

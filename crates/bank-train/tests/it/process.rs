@@ -101,11 +101,18 @@ impl Setup {
 
     fn train(&self, name: &str, resume: bool, extra: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(["train", "--runs"]).arg(&self.runs).args(["--name", name]);
+        cmd.args(["train", "--runs"])
+            .arg(&self.runs)
+            .args(["--name", name]);
         if resume {
             cmd.arg("--resume");
         }
-        for o in self.overrides.iter().map(String::as_str).chain(extra.iter().copied()) {
+        for o in self
+            .overrides
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+        {
             cmd.args(["--set", o]);
         }
         cmd.env("RUST_LOG", "info");
@@ -145,8 +152,7 @@ fn final_bank(dir: &Path) -> (Vec<u32>, Vec<bank_core::Attachment>) {
         .unwrap()
         .unwrap();
     let (bank, groups) =
-        MemoryBank::<Flex>::load_with(ckpt.join("bank.safetensors"), &Default::default())
-            .unwrap();
+        MemoryBank::<Flex>::load_with(ckpt.join("bank.safetensors"), &Default::default()).unwrap();
     let rows: Vec<f32> = bank.rows().into_data().to_vec().unwrap();
     (rows.iter().map(|x| x.to_bits()).collect(), groups)
 }
@@ -249,16 +255,26 @@ fn kill_repeatedly(setup: &Setup, name: &str, kills: usize, typical: Duration, s
 fn kill_test(kills: usize, epochs: usize, per_class: usize) {
     let setup = Setup::new(epochs, per_class);
     let started = Instant::now();
-    let out = ok(setup.train("straight", false, &[]).output().unwrap(), "reference run");
+    let out = ok(
+        setup.train("straight", false, &[]).output().unwrap(),
+        "reference run",
+    );
     let typical = started.elapsed();
     // Colour codes only on a terminal: here stdout and stderr are pipes.
     assert!(!out.stderr.is_empty(), "RUST_LOG=info logs something");
     for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
-        assert!(!bytes.contains(&0x1b), "ANSI escape in {what}: {}", String::from_utf8_lossy(bytes));
+        assert!(
+            !bytes.contains(&0x1b),
+            "ANSI escape in {what}: {}",
+            String::from_utf8_lossy(bytes)
+        );
     }
 
     let report = kill_repeatedly(&setup, "killed", kills, typical, 0x5eed ^ kills as u64);
-    ok(setup.train("killed", true, &[]).output().unwrap(), "final resume");
+    ok(
+        setup.train("killed", true, &[]).output().unwrap(),
+        "final resume",
+    );
     eprintln!(
         "kill test: {} kills landed of {} starts ({} during a checkpoint write); reference run {:.1} s, all {:.1} s",
         report.landed,
@@ -267,12 +283,21 @@ fn kill_test(kills: usize, epochs: usize, per_class: usize) {
         typical.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    eprintln!("newest checkpoint after each kill: {}", report.positions.join(", "));
+    eprintln!(
+        "newest checkpoint after each kill: {}",
+        report.positions.join(", ")
+    );
     assert!(report.landed >= kills.min(2), "{report:?}");
-    assert!(report.during_write >= 1, "no kill landed inside a checkpoint write: {report:?}");
+    assert!(
+        report.during_write >= 1,
+        "no kill landed inside a checkpoint write: {report:?}"
+    );
     let (a, b) = (setup.run_dir("straight"), setup.run_dir("killed"));
     assert_eq!(metrics(&b), metrics(&a), "metrics after {report:?}");
-    assert!(final_bank(&b) == final_bank(&a), "final bank after {report:?}");
+    assert!(
+        final_bank(&b) == final_bank(&a),
+        "final bank after {report:?}"
+    );
     assert_eq!(summary(&b), summary(&a));
 }
 
@@ -298,11 +323,24 @@ fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
     assert_eq!(fs::read(dir.join("config.toml")).unwrap(), config_before);
 
     // Images removed from the data folder after training: the bank has more rows than the data.
-    let removed = fs::read_dir(setup.images.join("train/cat")).unwrap().next().unwrap().unwrap();
+    let removed = fs::read_dir(setup.images.join("train/cat"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
     fs::remove_file(removed.path()).unwrap();
-    let out = Command::new(BIN).args(["eval", "--run"]).arg(&dir).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["eval", "--run"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains("bank.safetensors") && err.contains("20 rows") && err.contains("19 training images"), "{err}");
+    assert!(
+        err.contains("bank.safetensors")
+            && err.contains("20 rows")
+            && err.contains("19 training images"),
+        "{err}"
+    );
 }

@@ -55,8 +55,15 @@ fn recall_at_k_of_points_on_a_circle_excludes_the_query() {
 
 #[test]
 fn nmi_of_hand_made_labelings() {
-    assert_eq!(nmi(&[0, 0, 1, 1], &[5, 5, 7, 7]), 1.0, "same partition, other names");
-    assert!(nmi(&[0, 0, 1, 1], &[0, 1, 0, 1]).abs() < 1e-12, "independent");
+    assert_eq!(
+        nmi(&[0, 0, 1, 1], &[5, 5, 7, 7]),
+        1.0,
+        "same partition, other names"
+    );
+    assert!(
+        nmi(&[0, 0, 1, 1], &[0, 1, 0, 1]).abs() < 1e-12,
+        "independent"
+    );
     // a = 0 0 0 1, b = 0 0 1 1:
     // I = ½ ln(4/3) + ¼ ln(2/3) + ¼ ln 2 = 0.215762; H(a) = 0.562335; H(b) = ln 2 = 0.693147;
     // NMI = I / ((H(a) + H(b)) / 2) = 0.343712.
@@ -114,7 +121,10 @@ fn nmi_agrees_with_the_contingency_table() {
             })
             .collect();
         let (mine, table) = (nmi(&a, &b), nmi_from_table(&a, &b, ka, kb));
-        assert!((mine - table).abs() < 1e-9, "case {case}: {mine} vs {table}");
+        assert!(
+            (mine - table).abs() < 1e-9,
+            "case {case}: {mine} vs {table}"
+        );
     }
 }
 
@@ -133,15 +143,29 @@ fn blobs(centres: &[Vec<f32>], per: usize, noise: f32, seed: u64) -> (Vec<f32>, 
 
 #[test]
 fn kmeans_recovers_separated_blobs() {
-    let centres = vec![vec![5.0, 0.0, 0.0], vec![0.0, 5.0, 0.0], vec![0.0, 0.0, 5.0], vec![5.0, 5.0, 5.0]];
+    let centres = vec![
+        vec![5.0, 0.0, 0.0],
+        vec![0.0, 5.0, 0.0],
+        vec![0.0, 0.0, 5.0],
+        vec![5.0, 5.0, 5.0],
+    ];
     let (points, labels) = blobs(&centres, 60, 0.3, 1);
     let x = to_tensor::<NdArray>(&points, labels.len(), 3, &Default::default());
     let clusters = kmeans(x, 4, 3, 0).unwrap();
     assert_eq!(nmi(&clusters.assignments, &labels), 1.0);
     // The inertia is the within-blob scatter: about N · D · σ² = 240 · 3 · 0.09.
-    assert!((clusters.inertia / (240.0 * 3.0 * 0.09) - 1.0).abs() < 0.2, "{}", clusters.inertia);
+    assert!(
+        (clusters.inertia / (240.0 * 3.0 * 0.09) - 1.0).abs() < 0.2,
+        "{}",
+        clusters.inertia
+    );
     let x = to_tensor::<NdArray>(&points, labels.len(), 3, &Default::default());
-    assert!(kmeans(x, 4, 0, 0).unwrap_err().to_string().contains("eval.kmeans_restarts"));
+    assert!(
+        kmeans(x, 4, 0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("eval.kmeans_restarts")
+    );
 }
 
 fn probe(
@@ -152,8 +176,16 @@ fn probe(
 ) -> bank_train::protocols::ProbeAccuracy {
     let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     linear_probe::<Train>(
-        Labelled { features: train.0, dim, labels: train.1 },
-        Labelled { features: test.0, dim, labels: test.1 },
+        Labelled {
+            features: train.0,
+            dim,
+            labels: train.1,
+        },
+        Labelled {
+            features: test.0,
+            dim,
+            labels: test.1,
+        },
         classes,
         &LinearProbeConfig::default(),
         &Default::default(),
@@ -184,8 +216,16 @@ fn linear_probe_separates_separable_features_and_is_at_chance_on_shuffled_labels
 fn linear_probe_rejects_out_of_range_labels() {
     let x = [0f32; 4];
     let err = linear_probe::<Train>(
-        Labelled { features: &x, dim: 2, labels: &[0, 3] },
-        Labelled { features: &x, dim: 2, labels: &[0, 1] },
+        Labelled {
+            features: &x,
+            dim: 2,
+            labels: &[0, 3],
+        },
+        Labelled {
+            features: &x,
+            dim: 2,
+            labels: &[0, 1],
+        },
         2,
         &LinearProbeConfig::default(),
         &Default::default(),
@@ -197,15 +237,37 @@ fn linear_probe_rejects_out_of_range_labels() {
 /// An export with awkward values: signed zero, subnormals, extremes, and non-ASCII strings.
 fn awkward_export() -> Export {
     let embedding: Vec<f32> = vec![
-        0.0, -0.0, 1e-40, -1e-45, f32::MAX, f32::MIN_POSITIVE, 0.1, -0.3333333, 1.0, 2.5e-8, 7.0,
+        0.0,
+        -0.0,
+        1e-40,
+        -1e-45,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        0.1,
+        -0.3333333,
+        1.0,
+        2.5e-8,
+        7.0,
         -7.0,
     ];
     let pooled: Vec<f32> = (0..3 * 5).map(|i| (i as f32).sqrt() - 1.7).collect();
     Export {
         arrays: vec![
-            Named { name: "embedding".into(), shape: vec![3, 4], values: Array::F32(embedding) },
-            Named { name: "pooled_features".into(), shape: vec![3, 5], values: Array::F32(pooled) },
-            Named { name: "labels".into(), shape: vec![3], values: Array::I64(vec![2, -1, 0]) },
+            Named {
+                name: "embedding".into(),
+                shape: vec![3, 4],
+                values: Array::F32(embedding),
+            },
+            Named {
+                name: "pooled_features".into(),
+                shape: vec![3, 5],
+                values: Array::F32(pooled),
+            },
+            Named {
+                name: "labels".into(),
+                shape: vec![3],
+                values: Array::I64(vec![2, -1, 0]),
+            },
         ],
         class_names: vec!["cat".into(), "dög".into(), "éléphant de mer".into()],
         item_sources: vec![
@@ -255,15 +317,33 @@ fn export_reads_back_bit_for_bit_with_safetensors_and_npy_readers() {
     let names: Vec<String> = serde_json::from_str(&meta["class_names"]).unwrap();
     assert_eq!(names, expected.class_names);
     // npy, read by npyz.
-    let npy = |name: &str| npyz::NpyFile::new(std::fs::File::open(dir.path().join(format!("feats.{name}.npy"))).unwrap()).unwrap();
+    let npy = |name: &str| {
+        npyz::NpyFile::new(
+            std::fs::File::open(dir.path().join(format!("feats.{name}.npy"))).unwrap(),
+        )
+        .unwrap()
+    };
     let emb = npy("embedding");
     assert_eq!(emb.shape(), [3, 4]);
-    let got: Vec<u32> = emb.into_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
-    let Array::F32(want) = &expected.arrays[0].values else { unreachable!() };
+    let got: Vec<u32> = emb
+        .into_vec::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    let Array::F32(want) = &expected.arrays[0].values else {
+        unreachable!()
+    };
     assert_eq!(got, want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
     assert_eq!(npy("labels").into_vec::<i64>().unwrap(), [2, -1, 0]);
-    assert_eq!(npy("class_names").into_vec::<String>().unwrap(), expected.class_names);
-    assert_eq!(npy("item_sources").into_vec::<String>().unwrap(), expected.item_sources);
+    assert_eq!(
+        npy("class_names").into_vec::<String>().unwrap(),
+        expected.class_names
+    );
+    assert_eq!(
+        npy("item_sources").into_vec::<String>().unwrap(),
+        expected.item_sources
+    );
 }
 
 /// The Python interpreter with numpy and safetensors, when this machine has one.
@@ -355,7 +435,10 @@ mod in_a_run {
             eval.reference.class_names(),
             ["dog", "frog", "horse", "ship", "truck"]
         );
-        assert!(eval.bank_rows.is_none(), "unseen reference images are not bank rows");
+        assert!(
+            eval.bank_rows.is_none(),
+            "unseen reference images are not bank rows"
+        );
         assert_eq!(eval.reference.len(), 100);
         assert_eq!(eval.queries.class_names(), eval.reference.class_names());
         // 400 test images spread over a class-mixed test set: about half are of these classes.
@@ -364,7 +447,10 @@ mod in_a_run {
         assert!(q.iter().all(|&l| l < 5) && (0..5).all(|c| q.contains(&c)));
         let bad = TrainConfig::load(None, &strings(&[r#"data.test_classes=["zebra"]"#])).unwrap();
         let err = data_source::open(&bad.data, &shared_data()).err().unwrap();
-        assert!(err.to_string().contains("data.test_classes") && err.to_string().contains("zebra"), "{err}");
+        assert!(
+            err.to_string().contains("data.test_classes") && err.to_string().contains("zebra"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -387,8 +473,7 @@ mod in_a_run {
         )
         .unwrap();
         let (train_set, test_set) = crate::cifar_records(400, 300);
-        let data =
-            TrainData::from_sets(&config, Arc::new(train_set), Arc::new(test_set)).unwrap();
+        let data = TrainData::from_sets(&config, Arc::new(train_set), Arc::new(test_set)).unwrap();
         let mut notes = Vec::new();
         let five = |r: &str| Some(strings(&[r]));
         let (train_part, eval) = classes::select(
@@ -412,8 +497,14 @@ mod in_a_run {
         };
         {
             let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
-            train::<FastTrain>(&config, &data, &options, &Default::default(), &mut NoProgress)
-                .unwrap();
+            train::<FastTrain>(
+                &config,
+                &data,
+                &options,
+                &Default::default(),
+                &mut NoProgress,
+            )
+            .unwrap();
         }
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("protocols.json")).unwrap())
@@ -428,7 +519,10 @@ mod in_a_run {
             .map(|r| r["recall"].as_f64().unwrap())
             .collect();
         assert_eq!(recalls.len(), 4);
-        assert!(recalls.windows(2).all(|w| w[0] <= w[1]), "Recall@K grows with K");
+        assert!(
+            recalls.windows(2).all(|w| w[0] <= w[1]),
+            "Recall@K grows with K"
+        );
         let nmi = retrieval["nmi"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&nmi));
         for key in ["linear_embedding", "linear_pooled"] {
@@ -446,7 +540,13 @@ mod in_a_run {
         export_run(&run, &data, Split::Bank, &root.path().join("bank"), &device).unwrap();
         let bytes = std::fs::read(root.path().join("bank.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let rows: Vec<f32> = run.bank.rows().into_data().convert::<f32>().into_vec().unwrap();
+        let rows: Vec<f32> = run
+            .bank
+            .rows()
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap();
         let exported: Vec<f32> = st
             .tensor("embedding")
             .unwrap()
@@ -458,14 +558,23 @@ mod in_a_run {
             exported.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
             rows.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         );
-        assert_eq!(st.tensor("merge_groups").unwrap().shape(), [data.train.len()]);
+        assert_eq!(
+            st.tensor("merge_groups").unwrap().shape(),
+            [data.train.len()]
+        );
         export_run(&run, &data, Split::Test, &root.path().join("test"), &device).unwrap();
-        let labels = npyz::NpyFile::new(std::fs::File::open(root.path().join("test.labels.npy")).unwrap())
-            .unwrap()
-            .into_vec::<i64>()
-            .unwrap();
+        let labels =
+            npyz::NpyFile::new(std::fs::File::open(root.path().join("test.labels.npy")).unwrap())
+                .unwrap()
+                .into_vec::<i64>()
+                .unwrap();
         let queries = &data.eval.as_ref().unwrap().queries;
-        let truth: Vec<i64> = queries.labels().unwrap().iter().map(|&l| i64::from(l)).collect();
+        let truth: Vec<i64> = queries
+            .labels()
+            .unwrap()
+            .iter()
+            .map(|&l| i64::from(l))
+            .collect();
         assert_eq!(labels, truth);
         let pooled = npyz::NpyFile::new(
             std::fs::File::open(root.path().join("test.pooled_features.npy")).unwrap(),

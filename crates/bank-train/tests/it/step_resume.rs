@@ -83,8 +83,7 @@ fn final_bank_bits(dir: &Path) -> (Vec<u32>, Vec<bank_core::Attachment>) {
         .unwrap()
         .unwrap();
     let (bank, attachments) =
-        MemoryBank::<Flex>::load_with(ckpt.join("bank.safetensors"), &Default::default())
-            .unwrap();
+        MemoryBank::<Flex>::load_with(ckpt.join("bank.safetensors"), &Default::default()).unwrap();
     let rows: Vec<f32> = bank.rows().into_data().to_vec().unwrap();
     (rows.iter().map(|x| x.to_bits()).collect(), attachments)
 }
@@ -129,11 +128,22 @@ fn resumes_are_exact(config: &TrainConfig, points: &[&str]) {
     for point in points {
         let resumed = root.path().join(format!("from-{point}"));
         cut_after(&straight, &resumed, point);
-        let state = checkpoint::read_state(&checkpoint::latest(&resumed.join("checkpoints")).unwrap().unwrap()).unwrap();
-        assert_eq!(checkpoint::name(state.epochs_done, state.progress.batches), *point);
+        let state = checkpoint::read_state(
+            &checkpoint::latest(&resumed.join("checkpoints"))
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            checkpoint::name(state.epochs_done, state.progress.batches),
+            *point
+        );
         run(&resumed, true, config).unwrap();
         assert_eq!(metrics(&resumed), m0, "metrics after resuming from {point}");
-        assert!(final_bank_bits(&resumed) == b0, "final bank after resuming from {point}");
+        assert!(
+            final_bank_bits(&resumed) == b0,
+            "final bank after resuming from {point}"
+        );
     }
 }
 
@@ -142,7 +152,11 @@ fn mid_epoch_and_epoch_end_resumes_with_merging_are_bit_identical() {
     let config = config(MERGING);
     resumes_are_exact(
         &config,
-        &["epoch-0000-batch-000002", "epoch-0001", "epoch-0001-batch-000004"],
+        &[
+            "epoch-0000-batch-000002",
+            "epoch-0001",
+            "epoch-0001-batch-000004",
+        ],
     );
 }
 
@@ -151,7 +165,10 @@ fn mid_epoch_resumes_with_nce_noise_are_bit_identical() {
     // NCE draws its noise from the backend generator every step: without the per-step reseed
     // a mid-epoch resume would draw other noise rows.
     let config = config(NCE);
-    resumes_are_exact(&config, &["epoch-0000-batch-000004", "epoch-0001-batch-000002"]);
+    resumes_are_exact(
+        &config,
+        &["epoch-0000-batch-000004", "epoch-0001-batch-000002"],
+    );
 }
 
 #[test]
@@ -165,7 +182,11 @@ fn every_minutes_checkpoints_inside_the_epoch_and_off_means_epoch_ends_only() {
             .collect()
     };
     // A cadence far below a step's time: a checkpoint after every step but the epoch's last.
-    let timed = config(&["train.epochs=1", "checkpoint.every_steps=0", "checkpoint.every_minutes=1e-9"]);
+    let timed = config(&[
+        "train.epochs=1",
+        "checkpoint.every_steps=0",
+        "checkpoint.every_minutes=1e-9",
+    ]);
     run(&root.path().join("timed"), false, &timed).unwrap();
     let expected: Vec<String> = (1..6)
         .map(|b| checkpoint::name(0, b))
@@ -183,11 +204,21 @@ fn checkpoint_names_sort_in_training_order() {
     for &(e, b) in &order {
         assert_eq!(checkpoint::position(&checkpoint::name(e, b)), Some((e, b)));
     }
-    let mut names: Vec<String> = order.iter().rev().map(|&(e, b)| checkpoint::name(e, b)).collect();
+    let mut names: Vec<String> = order
+        .iter()
+        .rev()
+        .map(|&(e, b)| checkpoint::name(e, b))
+        .collect();
     names.sort();
     let sorted: Vec<String> = order.iter().map(|&(e, b)| checkpoint::name(e, b)).collect();
     assert_eq!(names, sorted);
-    for bad in ["epoch-", "epoch-x", "epoch-0001-batch-", ".epoch-0001.tmp", "epoch-1-batch-2-x"] {
+    for bad in [
+        "epoch-",
+        "epoch-x",
+        "epoch-0001-batch-",
+        ".epoch-0001.tmp",
+        "epoch-1-batch-2-x",
+    ] {
         assert_eq!(checkpoint::position(bad), None, "{bad}");
     }
 }
