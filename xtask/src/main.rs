@@ -81,7 +81,7 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         kills: usize,
         /// Epochs of the run.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 8)]
         epochs: usize,
         /// Training images per class (10 classes) of the small image folder it trains on.
         #[arg(long, default_value_t = 8)]

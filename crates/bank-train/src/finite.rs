@@ -22,7 +22,7 @@ impl<B: Backend> ZeroSum<B> {
         });
     }
 
-    fn is_finite(self) -> bool {
+    fn all_finite(self) -> bool {
         self.total
             .is_none_or(|t| t.into_scalar().elem::<f64>().is_finite())
     }
@@ -42,12 +42,12 @@ pub fn non_finite_part<B: Backend>(
 ) -> Option<&'static str> {
     let mut params = ZeroSum { total: None };
     model.visit(&mut params);
-    if !params.is_finite() {
+    if !params.all_finite() {
         return Some("model parameters");
     }
     let mut rows = ZeroSum { total: None };
     rows.add(bank.rows());
-    if !rows.is_finite() {
+    if !rows.all_finite() {
         return Some("bank rows");
     }
     None

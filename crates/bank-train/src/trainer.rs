@@ -189,7 +189,7 @@ pub fn train<B: AutodiffBackend>(
 /// Whether `epoch` (from 0) ends with an evaluation.
 fn should_evaluate(config: &TrainConfig, epoch: usize) -> bool {
     let every = config.eval.every_epochs;
-    every > 0 && ((epoch + 1) % every == 0 || epoch + 1 == config.train.epochs)
+    every > 0 && ((epoch + 1).is_multiple_of(every) || epoch + 1 == config.train.epochs)
 }
 
 /// One pass over the training set, from the batch `state.progress` says (0, or where a

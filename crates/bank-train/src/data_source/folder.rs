@@ -89,7 +89,7 @@ fn detect_layout(
         });
     }
     // An archive: try the layouts in turn (set `data.layout` to skip the extra passes).
-    if ImageIndex::scan_archive(path, "train", options).is_ok_and(|i| i.len() > 0) {
+    if ImageIndex::scan_archive(path, "train", options).is_ok_and(|i| !i.is_empty()) {
         return Ok(FolderLayoutKind::Split);
     }
     if ImageIndex::scan_archive(path, "", options).is_ok() {

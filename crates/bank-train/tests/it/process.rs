@@ -218,7 +218,9 @@ fn kill_repeatedly(setup: &Setup, name: &str, kills: usize, typical: Duration, s
             .unwrap();
         let started = Instant::now();
         let at_write = report.attempts % 2 == 0 || report.landed >= kills;
-        let delay = typical.mul_f64(0.15 + 1.7 * rng.unit() / kills as f64);
+        // Short delays: a kill before the first checkpoint is a kill too, and every run must leave
+        // room for all the kills to land before it ends.
+        let delay = typical.mul_f64(0.1 + rng.unit() / kills as f64);
         loop {
             if child.try_wait().unwrap().is_some() {
                 break;
