@@ -100,7 +100,8 @@ pub struct Summary {
     pub knn_recomputed: Option<KnnAccuracyRecord>,
     /// Mean training views per second.
     pub images_per_s: f64,
-    /// Training files left out as undecodable (`data.on_bad_image = "skip"`).
+    /// Files left out as undecodable (`data.on_bad_image = "skip"`), training and evaluation
+    /// sets together.
     #[serde(default)]
     pub skipped_images: usize,
 }

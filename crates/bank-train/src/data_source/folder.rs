@@ -130,12 +130,33 @@ fn split(
                 None => hold_out(train, config)?,
             }
         }
-        FolderLayoutKind::Classes => hold_out(index(path, "", &classes)?, config)?,
+        FolderLayoutKind::Classes => {
+            hold_out(one_class_check(index(path, "", &classes)?, path)?, config)?
+        }
         _ => (
             index(path, "", &scan(config, FolderLayout::Unlabelled))?,
             None,
         ),
     })
+}
+
+/// Class folders alone that hold a single class are almost always a dataset wrapped in one more
+/// folder (`birds/train/…` packed as `birds/`): refused with the fix, instead of training on one
+/// class whose kNN is trivially 100%.
+fn one_class_check(index: ImageIndex, path: &Path) -> Result<ImageIndex> {
+    match index.class_names() {
+        [only] => Err(Error::Config {
+            field: "data.path".into(),
+            reason: format!(
+                "{}: a single class folder `{only}` at the top: is the dataset wrapped in one \
+                 more folder? Point data.path at the folder that holds train/ (or the class \
+                 folders); pack an archive from inside it (`tar czf data.tar.gz -C {only} .`); \
+                 for unlabelled images set data.layout = \"unlabeled\"",
+                path.display()
+            ),
+        }),
+        _ => Ok(index),
+    }
 }
 
 /// A stratified, seeded `test_fraction` of every class as the test split.
@@ -153,7 +174,13 @@ fn materialise(
 ) -> Result<Arc<dyn Dataset>> {
     let streaming = match config.mode {
         LoadMode::Memory => false,
-        LoadMode::Streaming => true,
+        LoadMode::Streaming => {
+            notes.push(format!(
+                "{split}: {} images: streaming (data.mode)",
+                index.len()
+            ));
+            true
+        }
         LoadMode::Auto => {
             let bytes = index.estimated_bytes()?;
             let budget = config.memory_budget_gib * (1u64 << 30) as f64;

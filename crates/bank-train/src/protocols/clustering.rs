@@ -167,6 +167,9 @@ fn lloyd<B: Backend>(points: &Tensor<B, 2>, mut centres: Tensor<B, 2>) -> Cluste
 /// Normalised mutual information of two labelings, I(U; V) / ((H(U) + H(V)) / 2) (the
 /// arithmetic normalisation, scikit-learn's default), in f64 from the entropies of U, V and
 /// the joint. 1 when both are a single cluster.
+///
+/// # Panics
+/// When `a` and `b` differ in length (a caller's bug: both label the same points).
 pub fn nmi(a: &[u32], b: &[u32]) -> f64 {
     assert_eq!(a.len(), b.len(), "labelings of the same points");
     let entropy = |counts: &mut dyn Iterator<Item = usize>| -> f64 {

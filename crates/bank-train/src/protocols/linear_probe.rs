@@ -83,7 +83,7 @@ pub fn linear_probe<B: AutodiffBackend>(
     config: &LinearProbeConfig,
     device: &B::Device,
 ) -> Result<ProbeAccuracy> {
-    check(&train, &test, classes)?;
+    check(&train, &test, classes, config)?;
     let (mean, std) = standardisation(train.features, train.dim);
     let x = standardise::<B>(train.features, train.dim, &mean, &std, device);
     let n = train.labels.len();
@@ -123,13 +123,24 @@ pub fn linear_probe<B: AutodiffBackend>(
     Ok(top_k_accuracy(&logits, classes, test.labels))
 }
 
-fn check(train: &Labelled<'_>, test: &Labelled<'_>, classes: usize) -> Result<()> {
+fn check(
+    train: &Labelled<'_>,
+    test: &Labelled<'_>,
+    classes: usize,
+    config: &LinearProbeConfig,
+) -> Result<()> {
     let bad = |reason: String| {
         Err(Error::Config {
             field: "eval.linear".into(),
             reason,
         })
     };
+    if config.epochs == 0 || config.batch_size == 0 || !(config.lr > 0.0 && config.lr.is_finite()) {
+        return bad(format!(
+            "epochs {}, batch_size {}, lr {}: need epochs and batch_size >= 1 and a finite lr > 0",
+            config.epochs, config.batch_size, config.lr
+        ));
+    }
     if train.labels.is_empty() || test.labels.is_empty() || classes == 0 {
         return bad("the linear probe needs labelled training and test images".into());
     }

@@ -153,6 +153,9 @@ pub fn sample_groups(group_ids: &[u32], count: usize) -> Vec<Vec<usize>> {
         by_id.entry(g).or_default().push(row);
     }
     let mut groups: Vec<Vec<usize>> = by_id.into_values().filter(|m| m.len() > 1).collect();
+    if count == 0 {
+        return Vec::new();
+    }
     if groups.len() <= count {
         groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
         return groups;

@@ -339,3 +339,44 @@ fn mode_auto_streams_past_the_memory_budget_and_skipped_files_are_counted() {
         assert_eq!(a.view().pixels, b.view().pixels, "image {i}");
     }
 }
+
+#[test]
+fn a_dataset_wrapped_in_one_more_folder_is_refused_with_the_fix() {
+    // `tar czf set.tar.gz set` (or copying the folder into another) puts train/ and test/ under
+    // one top-level folder: detected as class folders, it would train on a single class.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("outer");
+    let (set, _) = cifar_records(20, 0);
+    for i in 0..8 {
+        let class = if i < 4 { "cat" } else { "dog" };
+        for split in ["train", "test"] {
+            let path = root
+                .join("set")
+                .join(split)
+                .join(class)
+                .join(format!("{i}.png"));
+            write_png(&set, i, &path, false, (32, 32));
+        }
+    }
+    let open = |path: &Path| {
+        let config = config_with(&[
+            "data.dataset=image_folder".into(),
+            format!("data.path=\"{}\"", path.display()),
+            "data.image_size=32".into(),
+            "data.cache=false".into(),
+        ]);
+        data_source::open(&config.data, dir.path())
+    };
+    let err = open(&root)
+        .err()
+        .expect("one top-level folder is refused")
+        .to_string();
+    assert!(
+        err.contains("single class folder `set`") && err.contains("data.path"),
+        "{err}"
+    );
+    // Pointing at the inner folder works: two classes, train/ and test/.
+    let data = open(&root.join("set")).unwrap();
+    assert_eq!(data.train.class_names(), ["cat", "dog"]);
+    assert_eq!(data.eval.as_ref().unwrap().queries.len(), 8);
+}

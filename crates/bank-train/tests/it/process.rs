@@ -220,7 +220,9 @@ fn kill_repeatedly(setup: &Setup, name: &str, kills: usize, typical: Duration, s
         let at_write = report.attempts % 2 == 0 || report.landed >= kills;
         // Short delays: a kill before the first checkpoint is a kill too, and every run must leave
         // room for all the kills to land before it ends.
-        let delay = typical.mul_f64(0.1 + rng.unit() / kills as f64);
+        // (Delays of 0.05–0.55/kills of a run: 20 kills then span about one run's worth of
+        // work, so the run does not finish before they land.)
+        let delay = typical.mul_f64(0.05 + 0.5 * rng.unit() / kills as f64);
         loop {
             if child.try_wait().unwrap().is_some() {
                 break;
