@@ -47,6 +47,12 @@ pub fn embed<B: Backend>(
     Ok(Tensor::cat(parts, 0))
 }
 
+/// Unit rows `[N, D]` as a bank (what the blocked kNN search runs against).
+fn rows_as_bank<B: Backend>(rows: Tensor<B, 2>) -> Result<MemoryBank<B>> {
+    let [n, d] = rows.dims();
+    Ok(MemoryBankConfig::new(n, d).init_from_features(rows)?)
+}
+
 /// Labelled reference and query sets and the kNN settings (k, σ = τ, batch size).
 pub struct KnnEvaluator {
     eval: EvalData,
@@ -139,10 +145,7 @@ impl KnnEvaluator {
         }
         let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
         let index = Tensor::from_data(TensorData::new(index, [rows.len()]), device);
-        let reference = bank.rows().select(0, index);
-        let [n, d] = reference.dims();
-        let reference = MemoryBankConfig::new(n, d).init_from_features(reference)?;
-        self.vote(&reference, queries)
+        self.vote(&rows_as_bank(bank.rows().select(0, index))?, queries)
     }
 
     /// Queries against reference features recomputed by `model` without augmentation.
@@ -161,8 +164,7 @@ impl KnnEvaluator {
             self.batch_size,
             device,
         )?;
-        let [n, d] = reference.dims();
-        let reference = MemoryBankConfig::new(n, d).init_from_features(reference)?;
+        let reference = rows_as_bank(reference)?;
         let queries = embed(
             model,
             &self.eval.queries,

@@ -76,3 +76,30 @@ pub fn halved(dataset: &ImageDataset) -> ImageDataset {
         dataset.source(),
     )
 }
+
+/// What must match bit for bit between two runs: every metrics field but the timings.
+pub fn metrics(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut m: bank_train::metrics::EpochMetrics = serde_json::from_str(l).unwrap();
+            (m.images_per_s, m.train_seconds) = (0.0, 0.0);
+            format!("{m:?} loss bits {:x}", m.loss.to_bits())
+        })
+        .collect()
+}
+
+/// The bits of the newest checkpoint's bank rows (flex) and its attachments (merge groups).
+pub fn final_bank(dir: &std::path::Path) -> (Vec<u32>, Vec<bank_core::Attachment>) {
+    let ckpt = bank_train::checkpoint::latest(&dir.join("checkpoints"))
+        .unwrap()
+        .unwrap();
+    let (bank, attachments) = bank_core::MemoryBank::<burn::backend::Flex>::load_with(
+        ckpt.join("bank.safetensors"),
+        &Default::default(),
+    )
+    .unwrap();
+    let rows: Vec<f32> = bank.rows().into_data().to_vec().unwrap();
+    (rows.iter().map(|x| x.to_bits()).collect(), attachments)
+}

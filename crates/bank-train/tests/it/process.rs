@@ -13,13 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bank_core::MemoryBank;
 use bank_data::Dataset;
 use bank_train::checkpoint;
-use bank_train::metrics::{EpochMetrics, Summary};
-use burn::backend::Flex;
+use bank_train::metrics::Summary;
 
-use crate::cifar_records;
+use crate::{cifar_records, final_bank, metrics};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bank-train");
 
@@ -132,29 +130,6 @@ fn ok(output: Output, what: &str) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
-}
-
-/// Everything of the metrics but the timings, bit for bit.
-fn metrics(dir: &Path) -> Vec<String> {
-    fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut m: EpochMetrics = serde_json::from_str(l).unwrap();
-            (m.images_per_s, m.train_seconds) = (0.0, 0.0);
-            format!("{m:?} loss bits {:x}", m.loss.to_bits())
-        })
-        .collect()
-}
-
-fn final_bank(dir: &Path) -> (Vec<u32>, Vec<bank_core::Attachment>) {
-    let ckpt = checkpoint::latest(&dir.join("checkpoints"))
-        .unwrap()
-        .unwrap();
-    let (bank, groups) =
-        MemoryBank::<Flex>::load_with(ckpt.join("bank.safetensors"), &Default::default()).unwrap();
-    let rows: Vec<f32> = bank.rows().into_data().to_vec().unwrap();
-    (rows.iter().map(|x| x.to_bits()).collect(), groups)
 }
 
 fn summary(dir: &Path) -> Summary {

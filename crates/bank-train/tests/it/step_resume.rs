@@ -6,12 +6,9 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use bank_core::MemoryBank;
-use bank_train::metrics::EpochMetrics;
 use bank_train::{NoProgress, RunOptions, TrainConfig, TrainData, checkpoint, train};
-use burn::backend::Flex;
 
-use crate::{BACKEND_RNG, FastTrain, cifar_records, halved};
+use crate::{BACKEND_RNG, FastTrain, cifar_records, final_bank, halved, metrics};
 
 fn config(extra: &[&str]) -> TrainConfig {
     let mut o: Vec<String> = [
@@ -65,29 +62,6 @@ pub(crate) fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train:
     .map(|_| ())
 }
 
-/// What must match bit for bit: every metrics field but the timings.
-fn metrics(dir: &Path) -> Vec<String> {
-    fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut m: EpochMetrics = serde_json::from_str(l).unwrap();
-            (m.images_per_s, m.train_seconds) = (0.0, 0.0);
-            format!("{m:?} loss bits {:x}", m.loss.to_bits())
-        })
-        .collect()
-}
-
-fn final_bank_bits(dir: &Path) -> (Vec<u32>, Vec<bank_core::Attachment>) {
-    let ckpt = checkpoint::latest(&dir.join("checkpoints"))
-        .unwrap()
-        .unwrap();
-    let (bank, attachments) =
-        MemoryBank::<Flex>::load_with(ckpt.join("bank.safetensors"), &Default::default()).unwrap();
-    let rows: Vec<f32> = bank.rows().into_data().to_vec().unwrap();
-    (rows.iter().map(|x| x.to_bits()).collect(), attachments)
-}
-
 /// A copy of the run folder `from` as a kill right after checkpoint `keep` would leave it:
 /// its config and metrics as they are, only the checkpoints up to `keep`.
 fn cut_after(from: &Path, to: &Path, keep: &str) {
@@ -124,7 +98,7 @@ fn resumes_are_exact(config: &TrainConfig, points: &[&str]) {
     for p in points {
         assert!(names.iter().any(|n| n == p), "{p} written; have {names:?}");
     }
-    let (m0, b0) = (metrics(&straight), final_bank_bits(&straight));
+    let (m0, b0) = (metrics(&straight), final_bank(&straight));
     for point in points {
         let resumed = root.path().join(format!("from-{point}"));
         cut_after(&straight, &resumed, point);
@@ -141,7 +115,7 @@ fn resumes_are_exact(config: &TrainConfig, points: &[&str]) {
         run(&resumed, true, config).unwrap();
         assert_eq!(metrics(&resumed), m0, "metrics after resuming from {point}");
         assert!(
-            final_bank_bits(&resumed) == b0,
+            final_bank(&resumed) == b0,
             "final bank after resuming from {point}"
         );
     }
