@@ -133,13 +133,7 @@ impl KnnEvaluator {
                 ),
             });
         }
-        let queries = embed(
-            model,
-            &self.eval.queries,
-            &self.view,
-            self.batch_size,
-            device,
-        )?;
+        let queries = self.embed(model, &self.eval.queries, device)?;
         if rows.len() == bank.num_rows() && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return self.vote(bank, queries);
         }
@@ -157,22 +151,20 @@ impl KnnEvaluator {
         model: &EmbeddingNet<B>,
         device: &B::Device,
     ) -> Result<KnnAccuracy> {
-        let reference = embed(
-            model,
-            &self.eval.reference,
-            &self.view,
-            self.batch_size,
-            device,
-        )?;
+        let reference = self.embed(model, &self.eval.reference, device)?;
         let reference = rows_as_bank(reference)?;
-        let queries = embed(
-            model,
-            &self.eval.queries,
-            &self.view,
-            self.batch_size,
-            device,
-        )?;
+        let queries = self.embed(model, &self.eval.queries, device)?;
         self.vote(&reference, queries)
+    }
+
+    /// `set` under the evaluation view, in the evaluator's batch size.
+    fn embed<B: Backend>(
+        &self,
+        model: &EmbeddingNet<B>,
+        set: &Arc<dyn Dataset>,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        embed(model, set, &self.view, self.batch_size, device)
     }
 
     fn vote<B: Backend>(&self, rows: &MemoryBank<B>, queries: Tensor<B, 2>) -> Result<KnnAccuracy> {
