@@ -274,20 +274,11 @@ impl ImageDataset {
     /// The first `per_class` items of every class, in dataset order (all items of a class that has
     /// fewer). Unlabelled data: the first `per_class` items.
     pub fn first_per_class(&self, per_class: usize) -> Self {
-        let indices: Vec<usize> = match &self.labels {
-            None => (0..self.len().min(per_class)).collect(),
-            Some(labels) => {
-                let mut taken = vec![0usize; self.class_names.len()];
-                (0..labels.len())
-                    .filter(|&i| {
-                        let t = &mut taken[labels[i] as usize];
-                        *t += 1;
-                        *t <= per_class
-                    })
-                    .collect()
-            }
-        };
-        self.select(&indices)
+        self.select(&first_per_class(
+            self.labels.as_deref(),
+            self.len(),
+            per_class,
+        ))
     }
 
     /// Relabels to `classes` (the training split's names) by name, as
@@ -412,5 +403,25 @@ impl Dataset for ImageDataset {
 
     fn skipped(&self) -> &[SkippedFile] {
         &self.skipped
+    }
+}
+
+/// Indices of the first `per_class` items of every class, in order (all items of a class that has
+/// fewer); unlabelled data (`labels` is `None`): the first `per_class` of the `len` items. Works
+/// on any labelled collection (an [`ImageDataset`], an index), so subsets are chosen one way.
+pub fn first_per_class(labels: Option<&[u32]>, len: usize, per_class: usize) -> Vec<usize> {
+    match labels {
+        None => (0..len.min(per_class)).collect(),
+        Some(labels) => {
+            let classes = labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
+            let mut taken = vec![0usize; classes];
+            (0..labels.len())
+                .filter(|&i| {
+                    let t = &mut taken[labels[i] as usize];
+                    *t += 1;
+                    *t <= per_class
+                })
+                .collect()
+        }
     }
 }

@@ -49,7 +49,7 @@ pub use archive::read_image_archive;
 pub use augment::{AugmentConfig, EvalConfig, Transform, view_seed};
 pub use cache::{DatasetCache, files_fingerprint, load as load_cache, save as save_cache};
 pub use cifar::{CIFAR10_CLASSES, Cifar100Label, CifarKind, cifar_split_files, read_cifar};
-pub use dataset::{Dataset, ImageDataset, LoadedImage, OwnedImage, SkippedFile};
+pub use dataset::{Dataset, ImageDataset, LoadedImage, OwnedImage, SkippedFile, first_per_class};
 pub use decode::{
     DEFAULT_MEMORY_LIMIT, DecodeOptions, DecodedImage, FolderLayout, OnError, decode_image,
     is_image_name,

@@ -1,25 +1,12 @@
 //! Which items a run uses: the first few per class, or an even spread of the test set.
 
-/// Indices of the first `per_class` items of every class, in order (all items of a class that
-/// has fewer); unlabelled data: the first `per_class` items. `per_class = 0` keeps everything.
+/// Indices of the first `per_class` items of every class; `per_class = 0` keeps everything
+/// (bank-data's [`bank_data::first_per_class`] otherwise).
 pub fn first_per_class(labels: Option<&[u32]>, len: usize, per_class: usize) -> Vec<usize> {
     if per_class == 0 {
         return (0..len).collect();
     }
-    match labels {
-        None => (0..len.min(per_class)).collect(),
-        Some(labels) => {
-            let classes = labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
-            let mut taken = vec![0usize; classes];
-            (0..labels.len())
-                .filter(|&i| {
-                    let t = &mut taken[labels[i] as usize];
-                    *t += 1;
-                    *t <= per_class
-                })
-                .collect()
-        }
-    }
+    bank_data::first_per_class(labels, len, per_class)
 }
 
 /// `limit` indices spread evenly over `0..len` (so a class-sorted set keeps every class);
