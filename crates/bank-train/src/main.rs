@@ -105,11 +105,12 @@ struct Bars {
 }
 
 impl Progress for Bars {
-    fn epoch_start(&mut self, epoch: usize, steps: usize) {
+    fn epoch_start(&mut self, epoch: usize, steps: usize, done: usize) {
         if !std::io::stderr().is_terminal() {
             return; // Bars only on a terminal; a log file gets the plain epoch lines.
         }
-        let bar = ProgressBar::new(steps as u64);
+        // A resume from a mid-epoch checkpoint starts the bar where that checkpoint was.
+        let bar = ProgressBar::new(steps as u64).with_position(done as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
                 .expect("valid template")

@@ -42,8 +42,9 @@ pub struct RunOptions {
 
 /// Receives progress; the binary draws progress bars, tests use [`NoProgress`].
 pub trait Progress {
-    /// An epoch of `steps` steps begins.
-    fn epoch_start(&mut self, _epoch: usize, _steps: usize) {}
+    /// An epoch of `steps` steps begins (0-based `epoch`) with `done` of them already taken: 0,
+    /// or where the mid-epoch checkpoint a resume starts from left it.
+    fn epoch_start(&mut self, _epoch: usize, _steps: usize, _done: usize) {}
     /// A step finished with this loss; `views_per_s` is the epoch's running rate.
     fn step(&mut self, _loss: f64, _views_per_s: f64) {}
     /// An epoch ended (evaluation included).
@@ -205,8 +206,8 @@ fn run_epoch<B: AutodiffBackend>(
     progress: &mut dyn Progress,
 ) -> Result<(TrainState<B>, EpochMetrics)> {
     let steps = loader.batches_per_epoch();
-    progress.epoch_start(epoch, steps);
     let start = state.progress.clone();
+    progress.epoch_start(epoch, steps, start.batches);
     let started = Instant::now();
     for (i, host) in (start.batches..).zip(loader.epoch_from(epoch as u64, start.batches)) {
         B::seed(device, step_seed(config.seed, epoch, i));

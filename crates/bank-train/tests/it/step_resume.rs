@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use bank_train::{NoProgress, RunOptions, TrainConfig, TrainData, checkpoint, train};
+use bank_train::{Progress, RunOptions, TrainConfig, TrainData, checkpoint, train};
 
 use crate::{BACKEND_RNG, FastTrain, cifar_records, final_bank, halved, metrics};
 
@@ -46,7 +46,26 @@ fn data(config: &TrainConfig) -> TrainData {
     TrainData::from_sets(config, Arc::new(train_set), Arc::new(test_set)).unwrap()
 }
 
+/// What a run told its progress: per epoch, (epoch, steps, done at the start, steps taken).
+#[derive(Default)]
+pub(crate) struct Recorder(Vec<(usize, usize, usize, usize)>);
+
+impl Progress for Recorder {
+    fn epoch_start(&mut self, epoch: usize, steps: usize, done: usize) {
+        self.0.push((epoch, steps, done, 0));
+    }
+    fn step(&mut self, _loss: f64, _views_per_s: f64) {
+        self.0.last_mut().expect("a step inside an epoch").3 += 1;
+    }
+}
+
 pub(crate) fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<()> {
+    run_recorded(dir, resume, config).map(|_| ())
+}
+
+/// [`run`], returning what the progress was told.
+fn run_recorded(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<Recorder> {
+    let mut recorder = Recorder::default();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let options = RunOptions {
         run_dir: dir.to_path_buf(),
@@ -57,9 +76,9 @@ pub(crate) fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train:
         &data(config),
         &options,
         &Default::default(),
-        &mut NoProgress,
+        &mut recorder,
     )
-    .map(|_| ())
+    .map(|_| recorder)
 }
 
 /// A copy of the run folder `from` as a kill right after checkpoint `keep` would leave it:
@@ -112,7 +131,12 @@ fn resumes_are_exact(config: &TrainConfig, points: &[&str]) {
             checkpoint::name(state.epochs_done, state.progress.batches),
             *point
         );
-        run(&resumed, true, config).unwrap();
+        let told = run_recorded(&resumed, true, config).unwrap();
+        // The progress bar starts where the checkpoint left the epoch, and the steps it then
+        // counts complete it.
+        let (epoch, steps, done, taken) = told.0[0];
+        assert_eq!((epoch, done), (state.epochs_done, state.progress.batches));
+        assert_eq!(done + taken, steps, "steps after resuming from {point}");
         assert_eq!(metrics(&resumed), m0, "metrics after resuming from {point}");
         assert!(
             final_bank(&resumed) == b0,
