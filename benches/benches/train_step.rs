@@ -1,10 +1,12 @@
 //! One training step against the bank (similarities, full-softmax instance loss, backward to the
-//! features, bank update) at N = 50,000, D = 128, B·K = 512, next to a bare matmul of the same shape.
+//! features, bank update) at N = 50,000, D = 128, B·K = 512: through autodiff over the
+//! log-softmax (`step_autodiff_…`), and with the closed-form gradient the trainer uses
+//! (`step_closed_form_…`), next to a bare matmul of the same shape (the step needs two).
 
 // criterion_group! generates undocumented items.
 #![allow(missing_docs)]
 use bank_core::ViewLayout;
-use bank_losses::{BankLogProbs, instance_loss};
+use bank_losses::{BankLogProbs, Positives, SoftmaxObjective, instance_loss};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -23,7 +25,7 @@ fn train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("train_step/{name}"));
     group.sample_size(10);
 
-    group.bench_function("step_n50000_d128_bk512", |b| {
+    group.bench_function("step_autodiff_n50000_d128_bk512", |b| {
         b.iter(|| {
             let f = inputs.features.clone().require_grad();
             let lp = BankLogProbs::from_features(&inputs.bank, f.clone(), TAU).unwrap();
@@ -35,6 +37,32 @@ fn train_step(c: &mut Criterion) {
                 .update(inputs.indices.clone(), f.detach(), layout.views)
                 .unwrap();
             // Force the work to finish (GPU backends are asynchronous).
+            let _ = <Bench as Backend>::sync(&device);
+            g
+        })
+    });
+
+    let objective = SoftmaxObjective::new(TAU).unwrap();
+    group.bench_function("step_closed_form_n50000_d128_bk512", |b| {
+        b.iter(|| {
+            let f = inputs.features.clone().require_grad();
+            let out = objective
+                .eval(
+                    &inputs.bank.inner(),
+                    f.clone().inner(),
+                    inputs.indices.clone().inner(),
+                    &Positives::Own,
+                    layout,
+                )
+                .unwrap();
+            // The trainer's surrogate: its backward hands ∂L/∂f to the model.
+            let surrogate = (f.clone() * Tensor::from_inner(out.features_grad)).sum();
+            let grads = surrogate.backward();
+            let g = f.grad(&grads).unwrap();
+            inputs
+                .bank
+                .update(inputs.indices.clone(), f.detach(), layout.views)
+                .unwrap();
             let _ = <Bench as Backend>::sync(&device);
             g
         })

@@ -14,8 +14,13 @@
 //! | merged positives | `−log Σ_{j∈G(i)} p(j|x)` | [`merged_positive_loss`] |
 //! | NCE (NPID's approximation) | binary noise-contrastive estimation, Z as a moving average | [`NceLoss`] |
 //!
+//! [`SoftmaxObjective`] computes the softmax losses (instance, merged, + consistency) with their
+//! gradient with respect to the features in closed form, for the training step; the autodiff
+//! losses above are its reference.
+//!
 //! Invariant: this crate knows nothing of data or models; it sees similarities, indices and groups.
 
+mod closed_form;
 mod consistency;
 mod error;
 mod instance;
@@ -24,6 +29,7 @@ mod merged;
 mod multi_view;
 mod nce;
 
+pub use closed_form::{LossAndGrad, Positives, SoftmaxObjective};
 pub use consistency::ConsistencyLoss;
 pub use error::{Error, Result};
 pub use instance::instance_loss;

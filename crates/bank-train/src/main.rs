@@ -120,9 +120,9 @@ impl Progress for Bars {
         self.bar = Some(bar);
     }
 
-    fn step(&mut self, loss: f64, images_per_s: f64) {
+    fn step(&mut self, loss: f64, views_per_s: f64) {
         if let Some(bar) = &self.bar {
-            bar.set_message(format!("loss {loss:.4}  {images_per_s:.0} img/s"));
+            bar.set_message(format!("loss {loss:.4}  {views_per_s:.0} views/s"));
             bar.inc(1);
         }
     }
@@ -149,8 +149,8 @@ impl Progress for Bars {
             )
         });
         println!(
-            "epoch {:>3}/{}  loss {:.4}  lr {:.5}  {:.0} img/s ({:.0} s){knn}{merge}",
-            m.epoch, self.epochs, m.loss, m.lr, m.images_per_s, m.train_seconds
+            "epoch {:>3}/{}  loss {:.4}  lr {:.5}  {:.0} img/s, {:.0} views/s ({:.0} s){knn}{merge}",
+            m.epoch, self.epochs, m.loss, m.lr, m.images_per_s, m.views_per_s, m.train_seconds
         );
     }
 

@@ -22,6 +22,10 @@ pub struct EpochMetrics {
     /// Learning rate at the end of the epoch.
     pub lr: f64,
     /// Training views through the network per second (B·K per step).
+    #[serde(default)]
+    pub views_per_s: f64,
+    /// Training images (samples) per second: `views_per_s / K`. Runs written before
+    /// `views_per_s` existed hold views per second here.
     pub images_per_s: f64,
     /// Seconds of training in the epoch (evaluation excluded).
     pub train_seconds: f64,
@@ -98,7 +102,10 @@ pub struct Summary {
     pub knn_bank: Option<KnnAccuracyRecord>,
     /// kNN against train features recomputed without augmentation at the end.
     pub knn_recomputed: Option<KnnAccuracyRecord>,
-    /// Mean training views per second.
+    /// Mean training views per second (B·K per step).
+    #[serde(default)]
+    pub views_per_s: f64,
+    /// Mean training images (samples) per second: `views_per_s / K`.
     pub images_per_s: f64,
     /// Files left out as undecodable (`data.on_bad_image = "skip"`), training and evaluation
     /// sets together.

@@ -1,7 +1,8 @@
 //! One training step: forward, the method's loss against the bank, backward, SGD, bank update.
 
+use bank_core::MemoryBank;
 use bank_data::Batch;
-use bank_losses::{BankLogProbs, merged_positive_loss, multi_view_loss, nce_similarities};
+use bank_losses::{NceLoss, Positives, SoftmaxObjective, nce_similarities};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -9,32 +10,50 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::Result;
 use crate::state::TrainState;
 
-/// The loss of `batch`: NCE, or the full softmax over the bank with merged positives (once
-/// merging is on) or the multi-view instance loss, plus λ·consistency.
-///
-/// # Shapes
-/// - `features`: `[B·K, D]`, unit rows; output: scalar
-fn loss<B: AutodiffBackend>(
-    state: &mut TrainState<B>,
+/// The gradients of the step's loss and its value (on the inner backend).
+type LossGrads<B> = (
+    <B as AutodiffBackend>::Gradients,
+    Tensor<<B as AutodiffBackend>::InnerBackend, 1>,
+);
+
+/// NCE: autodiff through the noise and positive similarities (`K + 1` columns, not `N`).
+fn nce_grads<B: AutodiffBackend>(
+    nce: &mut NceLoss<B>,
+    bank: &MemoryBank<B>,
+    batch: &Batch<B>,
+    features: Tensor<B, 2>,
+    device: &B::Device,
+) -> Result<LossGrads<B>> {
+    let noise = nce.sample_noise(batch.layout.rows(), device);
+    let (pos, neg) = nce_similarities(bank, features, batch.indices.clone(), noise)?;
+    let loss = nce.forward(pos, neg)?;
+    Ok((loss.backward(), loss.inner()))
+}
+
+/// The full softmax over the bank with merged positives (once merging is on) or the multi-view
+/// instance loss, plus λ·consistency: value and `∂L/∂features` in closed form on the inner
+/// backend ([`SoftmaxObjective`]), then one backward pass from the features into the model
+/// through the surrogate `Σ features ⊙ ∂L/∂features`, whose gradient is exactly that.
+fn softmax_grads<B: AutodiffBackend>(
+    state: &TrainState<B>,
     batch: &Batch<B>,
     features: Tensor<B, 2>,
     tau: f64,
-    device: &B::Device,
-) -> Result<Tensor<B, 1>> {
-    if let Some(nce) = state.nce.as_mut() {
-        let noise = nce.sample_noise(batch.layout.rows(), device);
-        let (pos, neg) = nce_similarities(&state.bank, features, batch.indices.clone(), noise)?;
-        return Ok(nce.forward(pos, neg)?);
-    }
-    let lp = BankLogProbs::from_features(&state.bank, features, tau)?;
-    let mut loss = match &state.groups {
-        Some(g) => merged_positive_loss(&lp, batch.indices.clone(), g.clone())?,
-        None => multi_view_loss(&lp, batch.indices.clone(), batch.layout)?,
+) -> Result<LossGrads<B>> {
+    let objective = SoftmaxObjective::new(tau)?.with_consistency(state.consistency);
+    let positives = match &state.groups {
+        Some(g) => Positives::Groups(g.clone().inner()),
+        None => Positives::Own,
     };
-    if let Some(c) = &state.consistency {
-        loss = loss + c.forward(&lp, batch.layout)?;
-    }
-    Ok(loss)
+    let out = objective.eval(
+        &state.bank.inner(),
+        features.clone().inner(),
+        batch.indices.clone().inner(),
+        &positives,
+        batch.layout,
+    )?;
+    let surrogate = (features * Tensor::from_inner(out.features_grad)).sum();
+    Ok((surrogate.backward(), out.loss))
 }
 
 /// Trains on `batch` at learning rate `lr`; returns the new state and the loss (the one
@@ -52,8 +71,11 @@ pub fn train_step<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(TrainState<B>, f64)> {
     let features = state.model.forward(batch.images.clone());
-    let loss = loss(&mut state, &batch, features.clone(), tau, device)?;
-    let grads = GradientsParams::from_grads(loss.backward(), &state.model);
+    let (grads, loss) = match state.nce.as_mut() {
+        Some(nce) => nce_grads(nce, &state.bank, &batch, features.clone(), device)?,
+        None => softmax_grads(&state, &batch, features.clone(), tau)?,
+    };
+    let grads = GradientsParams::from_grads(grads, &state.model);
     let model = state.model;
     state.model = state.optim.step(lr, model, grads);
     state
@@ -61,4 +83,94 @@ pub fn train_step<B: AutodiffBackend>(
         .update(batch.indices, features.detach(), batch.layout.views)?;
     state.step += 1;
     Ok((state, loss.into_scalar().elem::<f64>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use bank_core::ViewLayout;
+    use bank_losses::{BankLogProbs, merged_positive_loss, multi_view_loss};
+    use burn::module::{Module, ModuleVisitor, Param};
+
+    use super::*;
+    use crate::TrainConfig;
+
+    type A = burn::backend::Autodiff<burn::backend::NdArray>;
+
+    /// Every float parameter's gradient, flattened, in visiting order.
+    struct Grads<'a>(&'a <A as AutodiffBackend>::Gradients, Vec<f32>);
+
+    impl ModuleVisitor<A> for Grads<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+            if let Some(g) = param.val().grad(self.0) {
+                self.1
+                    .extend(g.into_data().convert::<f32>().to_vec::<f32>().unwrap());
+            }
+        }
+    }
+
+    /// The closed-form step's model gradients and loss against autodiff through the reference
+    /// losses of bank-losses (a second implementation), with and without merged groups.
+    #[test]
+    fn closed_form_gradients_equal_autodiff_through_the_reference_losses() {
+        let device = Default::default();
+        let config = TrainConfig::load(
+            None,
+            &["train.views=2".into(), "method.consistency=0.5".into()],
+        )
+        .unwrap();
+        let n = 40;
+        let layout = ViewLayout::new(3, 2);
+        let images = Tensor::<A, 4>::random(
+            [6, 3, 16, 16],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let indices = Tensor::<A, 1, Int>::from_ints([0, 0, 5, 5, 39, 39], &device);
+        let batch = Batch {
+            images,
+            indices: indices.clone(),
+            labels: None,
+            samples: vec![0, 5, 39],
+            layout,
+        };
+        let tau = config.method.temperature;
+        for merged in [false, true] {
+            let mut state = TrainState::<A>::new(&config, n, &device).unwrap();
+            let groups: Vec<i64> = (0..n as i64).map(|j| j / 4).collect();
+            let groups = Tensor::<A, 1, Int>::from_ints(groups.as_slice(), &device);
+            state.groups = merged.then(|| groups.clone());
+
+            let features = state.model.forward(batch.images.clone());
+            let (grads, loss) = softmax_grads(&state, &batch, features, tau).unwrap();
+            let mut got = Grads(&grads, Vec::new());
+            state.model.visit(&mut got);
+
+            let features = state.model.forward(batch.images.clone());
+            let lp = BankLogProbs::from_features(&state.bank, features, tau).unwrap();
+            let main = if merged {
+                merged_positive_loss(&lp, indices.clone(), groups).unwrap()
+            } else {
+                multi_view_loss(&lp, indices.clone(), layout).unwrap()
+            };
+            let want_loss = main + state.consistency.unwrap().forward(&lp, layout).unwrap();
+            let want_value = want_loss.clone().into_scalar();
+            let reference = want_loss.backward();
+            let mut want = Grads(&reference, Vec::new());
+            state.model.visit(&mut want);
+
+            let loss = loss.into_scalar();
+            assert!(
+                (loss - want_value).abs() < 1e-5,
+                "loss {loss} vs {want_value}"
+            );
+            assert_eq!(got.1.len(), want.1.len());
+            let scale = want.1.iter().fold(1e-6f32, |a, b| a.max(b.abs()));
+            for (i, (g, w)) in got.1.iter().zip(&want.1).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-3 * scale,
+                    "merged {merged}: parameter value {i}: closed form {g}, autodiff {w}"
+                );
+            }
+        }
+    }
 }

@@ -146,7 +146,7 @@ pub fn train<B: AutodiffBackend>(
             progress,
         )?;
         state = next;
-        rates.push(m.images_per_s);
+        rates.push(m.views_per_s);
         m.merge = merge_round(&mut state, config, epoch, train_labels.as_deref(), device)?;
         if m.merge.is_some() {
             in_training::merges_picture(folder.dir(), &*data.train, state.merger.as_mut());
@@ -243,7 +243,8 @@ fn run_epoch<B: AutodiffBackend>(
         step: state.step,
         loss: p.loss_sum / steps.max(1) as f64,
         lr: p.lr,
-        images_per_s: p.views as f64 / p.seconds,
+        views_per_s: p.views as f64 / p.seconds,
+        images_per_s: p.views as f64 / p.seconds / config.train.views as f64,
         train_seconds: p.seconds,
         knn_bank: None,
         merge: None,
@@ -271,6 +272,15 @@ fn merge_round<B: AutodiffBackend>(
     Ok(Some(MergeRecord::from(&report)))
 }
 
+/// The mean of `values`, 0 when there are none.
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
 /// The run's summary from its history.
 fn summarise<B: AutodiffBackend>(
     config: &TrainConfig,
@@ -289,11 +299,8 @@ fn summarise<B: AutodiffBackend>(
         final_loss: history.last().map_or(f64::NAN, |m| m.loss),
         knn_bank: history.iter().rev().find_map(|m| m.knn_bank),
         knn_recomputed,
-        images_per_s: if rates.is_empty() {
-            0.0
-        } else {
-            rates.iter().sum::<f64>() / rates.len() as f64
-        },
+        views_per_s: mean(rates),
+        images_per_s: mean(rates) / config.train.views as f64,
         skipped_images: skipped_images(data),
     }
 }

@@ -3,6 +3,7 @@
 #[path = "../../../bank-core/tests/it/common.rs"]
 #[macro_use]
 mod common;
+mod closed_form;
 mod losses;
 mod nce_bank;
 mod reference;

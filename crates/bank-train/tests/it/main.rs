@@ -84,7 +84,7 @@ pub fn metrics(dir: &std::path::Path) -> Vec<String> {
         .lines()
         .map(|l| {
             let mut m: bank_train::metrics::EpochMetrics = serde_json::from_str(l).unwrap();
-            (m.images_per_s, m.train_seconds) = (0.0, 0.0);
+            (m.images_per_s, m.views_per_s, m.train_seconds) = (0.0, 0.0, 0.0);
             format!("{m:?} loss bits {:x}", m.loss.to_bits())
         })
         .collect()

@@ -135,7 +135,7 @@ fn ok(output: Output, what: &str) -> Output {
 fn summary(dir: &Path) -> Summary {
     let mut s: Summary =
         serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap();
-    (s.images_per_s, s.name) = (0.0, String::new());
+    (s.images_per_s, s.views_per_s, s.name) = (0.0, 0.0, String::new());
     s
 }
 
