@@ -87,6 +87,34 @@ enum Task {
         #[arg(long, default_value_t = 8)]
         per_class: usize,
     },
+    /// membank and its PyTorch peer (`benches/peer/npid.py`) trained with the same recipe on the
+    /// same image folder (`train/<class>/`, `test/<class>/`; `benches/peer/make_datasets.py` makes
+    /// three): training loss and kNN top-1 against the bank per epoch side by side, and kNN
+    /// against recomputed features, written to `RUNS/NAME-parity.md`. Exits 3 when an epoch
+    /// differs by more than `--tolerance` points. Finished runs are reused.
+    Parity {
+        /// The image folder both train on.
+        #[arg(long)]
+        data: PathBuf,
+        /// membank's recipe (the peer gets the same values from the run's resolved config).
+        #[arg(long, default_value = "configs/cifar10_small_cpu.toml")]
+        config: PathBuf,
+        /// Side of the views (the folder's image size, e.g. 32 for CIFAR, 28 for MNIST-like sets).
+        #[arg(long, default_value_t = 32)]
+        image_size: usize,
+        /// Folder of the runs and reports.
+        #[arg(long, default_value = "runs/parity")]
+        runs: PathBuf,
+        /// Name of this comparison (default: the data folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// kNN top-1 points allowed between the two at any epoch.
+        #[arg(long, default_value_t = 2.0)]
+        tolerance: f64,
+        /// More membank overrides `section.field=value` (e.g. `train.epochs=30`, `seed=1`).
+        #[arg(last = true)]
+        overrides: Vec<String>,
+    },
     /// Property-based fuzzing (proptest) of every reader of outside bytes: bank files, CIFAR and
     /// STL-10 binaries, tar / tar.gz, image decoding, checkpoints, checksum lists, configs. Each
     /// target runs for `--minutes`, one after the other.
@@ -217,6 +245,36 @@ fn main() -> Result<()> {
                 .env("MEMBANK_SOAK_PER_CLASS", per_class.to_string());
             run(cmd)
         }
+        Task::Parity {
+            data,
+            config,
+            image_size,
+            runs,
+            name,
+            tolerance,
+            overrides,
+        } => {
+            let data = absolute(&data)?;
+            let name = match name {
+                Some(n) => n,
+                None => data
+                    .file_name()
+                    .context("--data names no folder")?
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            let runs = std::env::current_dir()?.join(runs);
+            let spec = peer::ParitySpec {
+                data,
+                config: absolute(&config)?,
+                image_size,
+                runs,
+                name,
+                tolerance,
+                overrides,
+            };
+            peer::parity(&spec)
+        }
         Task::Fuzz { minutes } => {
             if !(minutes > 0.0 && minutes.is_finite()) {
                 bail!("--minutes must be > 0, not {minutes}");
@@ -269,7 +327,7 @@ fn compare(args: &[String]) -> Result<()> {
 }
 
 /// `cargo run --release -p bank-train` with one backend feature, arguments to follow.
-fn bank_train(backend: Backend) -> Command {
+pub(crate) fn bank_train(backend: Backend) -> Command {
     let mut cmd = cargo(&[
         "run",
         "--release",

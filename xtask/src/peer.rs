@@ -157,3 +157,68 @@ pub fn compare_loader(data: &Path, repeats: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// What `cargo xtask parity` compares.
+pub struct ParitySpec {
+    /// The image folder (`train/`, `test/`).
+    pub data: PathBuf,
+    /// membank's config.
+    pub config: PathBuf,
+    /// View side in pixels.
+    pub image_size: usize,
+    /// Folder of the runs and reports.
+    pub runs: PathBuf,
+    /// Name of the comparison.
+    pub name: String,
+    /// kNN points allowed per epoch.
+    pub tolerance: f64,
+    /// More membank overrides.
+    pub overrides: Vec<String>,
+}
+
+/// Trains membank on the folder (unless its run is complete), then `benches/peer/parity.py`
+/// trains the peer with the run's resolved recipe and writes the side-by-side report.
+pub fn parity(spec: &ParitySpec) -> Result<()> {
+    let python = python()?;
+    let run_name = format!("{}-membank", spec.name);
+    let run_dir = spec.runs.join(&run_name);
+    if !run_dir.join("summary.json").is_file() {
+        let resume = run_dir.join("config.toml").is_file();
+        let mut cmd = crate::bank_train(crate::Backend::Flex);
+        cmd.arg("train").arg("--config").arg(&spec.config);
+        cmd.arg("--runs")
+            .arg(&spec.runs)
+            .args(["--name", &run_name]);
+        if resume {
+            cmd.arg("--resume");
+        }
+        // The peer reads the folder as RGB with CIFAR-10's normalisation: membank does the same.
+        cmd.args([
+            "data.dataset=image_folder".to_string(),
+            format!("data.path={:?}", spec.data.display().to_string()),
+            format!("data.image_size={}", spec.image_size),
+            "data.channels=3".into(),
+            "data.mean=[0.4914, 0.4822, 0.4465]".into(),
+            "data.std=[0.247, 0.2435, 0.2616]".into(),
+            "data.train_per_class=0".into(),
+        ]);
+        cmd.args(&spec.overrides);
+        run(cmd)?;
+    }
+    let mut cmd = Command::new(python);
+    cmd.arg(workspace_root().join("benches/peer/parity.py"))
+        .arg("--run")
+        .arg(&run_dir)
+        .arg("--data")
+        .arg(&spec.data)
+        .arg("--out")
+        .arg(spec.runs.join(&spec.name))
+        .args(["--tolerance", &spec.tolerance.to_string()]);
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().context("cannot start parity.py")?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(3) => bail!("parity: not within {} points", spec.tolerance),
+        _ => bail!("parity.py failed with {status}"),
+    }
+}

@@ -31,7 +31,8 @@ pub enum Error {
     },
     /// The loss became NaN or infinite.
     #[error(
-        "loss is {value} at epoch {epoch}, step {step}; stopped (the last good checkpoint is kept)"
+        "loss is {value} at epoch {epoch}, step {step}; stopped (checkpoints already written are \
+         kept: resume from the newest with a lower optim.lr, or start anew if there is none)"
     )]
     NonFiniteLoss {
         /// Epoch (from 1, as every message and `metrics.jsonl` count).
@@ -44,7 +45,8 @@ pub enum Error {
     /// A parameter, running statistic or bank value became NaN or infinite; nothing was saved.
     #[error(
         "NaN or infinite values in the {part} at epoch {epoch}, step {step}; stopped without \
-         saving (the last good checkpoint is kept; resume from it with a lower optim.lr)"
+         saving (checkpoints already written are kept: resume from the newest with a lower \
+         optim.lr, or start anew if there is none)"
     )]
     NonFiniteState {
         /// Epoch (from 1).

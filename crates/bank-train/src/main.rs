@@ -109,8 +109,12 @@ impl Progress for Bars {
         if !std::io::stderr().is_terminal() {
             return; // Bars only on a terminal; a log file gets the plain epoch lines.
         }
-        // A resume from a mid-epoch checkpoint starts the bar where that checkpoint was.
-        let bar = ProgressBar::new(steps as u64).with_position(done as u64);
+        // A resume from a mid-epoch checkpoint starts the bar where that checkpoint was, and
+        // its ETA counts from there (not from the jump to `done`).
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_position(done as u64);
+        bar.tick();
+        bar.reset_eta();
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
                 .expect("valid template")
@@ -155,7 +159,11 @@ impl Progress for Bars {
     }
 
     fn note(&mut self, line: &str) {
-        println!("{line}");
+        match &self.bar {
+            // Above the bar, not appended to its line.
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
     }
 }
 
@@ -258,10 +266,20 @@ fn train(
         &mut bars,
     )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    println!(
-        "written: {}/{{metrics.jsonl,training.png,summary.json,checkpoints/}}",
-        run_dir.display()
-    );
+    // The files this run folder holds, the optional ones (protocols, pictures) when written.
+    let files: Vec<&str> = [
+        "metrics.jsonl",
+        "training.png",
+        "summary.json",
+        "protocols.json",
+        "retrieval.png",
+        "merges.png",
+        "checkpoints/",
+    ]
+    .into_iter()
+    .filter(|f| run_dir.join(f).exists())
+    .collect();
+    println!("written: {}/{{{}}}", run_dir.display(), files.join(","));
     Ok(())
 }
 
@@ -321,7 +339,8 @@ fn eval(
         config: &config,
         out_dir: run,
     };
-    let report = runner::run(protocols, &inputs, &device, &mut |line| println!("{line}"))?;
+    let mut report = runner::run(protocols, &inputs, &device, &mut |line| println!("{line}"))?;
+    report.checkpoint = Some(ckpt.display().to_string());
     for line in runner::lines(&report, &config) {
         println!("{line}");
     }
@@ -340,6 +359,13 @@ fn export(
     let device = Default::default();
     let loaded = commands::load_run::<Train>(run, chosen, &device)?;
     let data = data_source::open(&loaded.config.data, &data_source::data_root(data))?;
+    // Every split, not only the bank: features of another data set would be exported silently.
+    bank_train::feasibility::check_bank_against_data(
+        &loaded.checkpoint.join("bank.safetensors"),
+        (loaded.bank.num_rows(), loaded.bank.dim()),
+        &loaded.config,
+        &data,
+    )?;
     println!("checkpoint {}", loaded.checkpoint.display());
     for file in commands::export_run(&loaded, &data, split, out, &device)? {
         println!("written: {}", file.display());

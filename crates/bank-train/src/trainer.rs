@@ -181,7 +181,9 @@ pub fn train<B: AutodiffBackend>(
         }
         _ => None,
     };
-    in_training::end_of_run(config, data, &state, folder.dir(), device, progress)?;
+    let knn_bank = history.iter().rev().find_map(|m| m.knn_bank);
+    let knn = (knn_bank, knn_recomputed);
+    in_training::end_of_run(config, data, &state, (folder.dir(), knn), device, progress)?;
     let summary = summarise::<B>(config, data, &history, &rates, knn_recomputed, device);
     metrics::write_summary(&folder.summary(), &summary)?;
     Ok(summary)

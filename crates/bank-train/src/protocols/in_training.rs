@@ -13,6 +13,8 @@ use super::{Protocol, pictures};
 use crate::Result;
 use crate::config::TrainConfig;
 use crate::data_source::TrainData;
+use crate::knn::KnnAccuracy;
+use crate::metrics::KnnAccuracyRecord;
 use crate::state::TrainState;
 use crate::trainer::Progress;
 
@@ -33,9 +35,13 @@ pub fn merges_picture(run_dir: &Path, train: &dyn Dataset, merger: Option<&mut M
     }
 }
 
-/// Runs the end-of-run protocols other than kNN (which the loop reports itself) and writes
-/// `<run>/protocols.json`; nothing when `[eval] protocols` is `["knn"]` or the data has no
-/// labelled evaluation sets.
+/// kNN top-1/top-5 as the training loop recorded them: against the bank, against recomputed
+/// reference features.
+pub type KnnPair = (Option<KnnAccuracyRecord>, Option<KnnAccuracyRecord>);
+
+/// Runs the end-of-run protocols other than kNN (which the loop measured: `knn`, against the bank
+/// and recomputed) and writes `<run>/protocols.json` with all of them; nothing when
+/// `[eval] protocols` is `["knn"]` or the data has no labelled evaluation sets.
 ///
 /// # Errors
 /// As [`run`].
@@ -43,7 +49,7 @@ pub fn end_of_run<B: AutodiffBackend>(
     config: &TrainConfig,
     data: &TrainData,
     state: &TrainState<B>,
-    run_dir: &Path,
+    (run_dir, knn): (&Path, KnnPair),
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<()> {
@@ -66,9 +72,15 @@ pub fn end_of_run<B: AutodiffBackend>(
         config,
         out_dir: run_dir,
     };
-    let report = run(&wanted, &inputs, device, &mut |line| progress.note(line))?;
+    let mut report = run(&wanted, &inputs, device, &mut |line| progress.note(line))?;
     for line in lines(&report, config) {
         progress.note(&line);
     }
+    let accuracy = |k: KnnAccuracyRecord| KnnAccuracy {
+        top1: k.top1,
+        top5: k.top5,
+    };
+    report.knn_bank = knn.0.map(accuracy);
+    report.knn_recomputed = knn.1.map(accuracy);
     write_report(&run_dir.join("protocols.json"), &report)
 }

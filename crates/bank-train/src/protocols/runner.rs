@@ -40,6 +40,10 @@ pub struct RetrievalReport {
 /// What the protocols measured; absent entries were not asked for.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct ProtocolReport {
+    /// The checkpoint folder evaluated (`bank-train eval`; absent at the end of training, which
+    /// evaluates the final state).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
     /// kNN against the bank rows (when the reference images are training images).
     pub knn_bank: Option<KnnAccuracy>,
     /// kNN against reference features recomputed without augmentation.

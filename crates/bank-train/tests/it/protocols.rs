@@ -510,6 +510,14 @@ mod in_a_run {
             serde_json::from_str(&std::fs::read_to_string(dir.join("protocols.json")).unwrap())
                 .unwrap();
         eprintln!("{report:#}");
+        // kNN is in protocols.json too, as the loop measured it (summary.json's numbers).
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        for knn in ["knn_bank", "knn_recomputed"] {
+            assert!(report[knn]["top1"].is_number(), "{knn} in protocols.json");
+            assert_eq!(report[knn], summary[knn], "{knn}");
+        }
         let retrieval = &report["retrieval"];
         assert_eq!(retrieval["classes"], 5);
         let recalls: Vec<f64> = retrieval["recall"]
