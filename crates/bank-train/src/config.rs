@@ -548,12 +548,12 @@ impl TrainConfig {
                 "consistency and merging need the full softmax",
             );
         }
-        if self.merge.enabled {
-            self.merge.schedule.validate().map_err(|e| Error::Config {
-                field: "merge".into(),
-                reason: e.to_string(),
-            })?;
-        }
+        // Checked even with merging off: a NaN or out-of-range schedule is refused when written,
+        // not at the resume that turns merging on (found by `cargo xtask fuzz`).
+        self.merge.schedule.validate().map_err(|e| Error::Config {
+            field: "merge.schedule".into(),
+            reason: e.to_string(),
+        })?;
         Ok(())
     }
 }

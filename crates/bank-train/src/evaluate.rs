@@ -134,6 +134,12 @@ impl KnnEvaluator {
             });
         }
         let queries = self.embed(model, &self.eval.queries, device)?;
+        if collapsed(&queries) {
+            tracing::warn!(
+                "the network's embeddings of the test images are (near) zero: it has collapsed \
+                 (dead ReLUs after too high an optim.lr?); its checkpoints are finite but useless"
+            );
+        }
         if rows.len() == bank.num_rows() && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return self.vote(bank, queries);
         }
@@ -177,5 +183,47 @@ impl KnnEvaluator {
             self.k,
             self.sigma,
         )
+    }
+}
+
+/// Whether unit-norm embeddings have collapsed to (near) zero vectors: mean row norm below ½.
+/// A network whose ReLUs all died outputs zeros, which L2 normalisation keeps at zero; its state
+/// is finite, so the finite-state check lets it through.
+///
+/// # Shapes
+/// - `features`: `[M, D]`
+pub fn collapsed<B: Backend>(features: &Tensor<B, 2>) -> bool {
+    if features.dims()[0] == 0 {
+        return false;
+    }
+    let mean_norm = features
+        .clone()
+        .powi_scalar(2)
+        .sum_dim(1)
+        .sqrt()
+        .mean()
+        .into_scalar()
+        .elem::<f64>();
+    mean_norm < 0.5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn::backend::NdArray;
+
+    #[test]
+    fn zero_embeddings_are_collapsed_unit_ones_are_not() {
+        let device = Default::default();
+        assert!(collapsed(&Tensor::<B, 2>::zeros([4, 8], &device)));
+        // One unit row among three zero rows: mean norm ¼.
+        let mut rows = vec![0.0f32; 32];
+        rows[0] = 1.0;
+        let one = Tensor::<B, 2>::from_data(TensorData::new(rows, [4, 8]), &device);
+        assert!(collapsed(&one));
+        // Rows of nine entries 1/3: norm 1.
+        assert!(!collapsed(&(Tensor::<B, 2>::ones([4, 9], &device) / 3.0)));
+        assert!(!collapsed(&Tensor::<B, 2>::zeros([0, 8], &device)));
     }
 }

@@ -18,15 +18,16 @@ use crate::{Error, Result};
 /// The JPEG image-folder archive of CIFAR-10 (as in ../shared/data).
 const JPEG_ARCHIVE: &str = "cifar10-jpeg.tar.gz";
 
-/// The data folder: `--data`, else `MEMBANK_DATA`, else `~/.cache/membank/data`.
+/// The data folder: `--data`, else `MEMBANK_DATA`, else `~/.cache/membank/data`; absolute (links
+/// resolved) when it exists.
 pub fn data_root(flag: Option<&Path>) -> PathBuf {
-    if let Some(p) = flag {
-        return p.to_path_buf();
-    }
-    if let Some(p) = std::env::var_os("MEMBANK_DATA") {
-        return PathBuf::from(p);
-    }
-    cache_home().join("data")
+    let root = match (flag, std::env::var_os("MEMBANK_DATA")) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => cache_home().join("data"),
+    };
+    // Absolute, so that item sources (exports, the dataset cache) name files from anywhere.
+    std::fs::canonicalize(&root).unwrap_or(root)
 }
 
 /// `$XDG_CACHE_HOME/membank`, else `~/.cache/membank`.
@@ -57,7 +58,9 @@ pub(super) fn cached(
     if !config.cache {
         return Ok(build()?);
     }
-    let key = format!("{fingerprint};{:?}", decode_options(config));
+    // "items=absolute": cached item sources are absolute paths (see `data_root`); caches written
+    // before, whose sources are the relative path of whoever built them, are not reused.
+    let key = format!("{fingerprint};{:?};items=absolute", decode_options(config));
     Ok(DatasetCache::new(cache_home().join("decoded")).load_or_build(name, &key, build)?)
 }
 

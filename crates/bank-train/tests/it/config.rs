@@ -55,4 +55,16 @@ fn invalid_values_and_unknown_fields_are_named() {
     let e = err(&["model.arch=resnet99"]);
     assert!(e.contains("resnet99"), "{e}");
     assert!(err(&["nonsense"]).contains("section.field=value"));
+    // The merge schedule is checked with merging off too (a case `cargo xtask fuzz` found: NaN
+    // was accepted, and only a later resume with merging on would have refused it).
+    for bad in ["nan", "-0.5", "inf"] {
+        let e = err(&[
+            "merge.enabled=false",
+            &format!("merge.schedule.fraction_start={bad}"),
+        ]);
+        assert!(
+            e.contains("merge.schedule") && e.contains("fraction_start"),
+            "{e}"
+        );
+    }
 }
