@@ -9,15 +9,35 @@ use bank_core::ViewLayout;
 use bank_losses::{BankLogProbs, Positives, SoftmaxObjective, instance_loss};
 use burn::backend::Autodiff;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use criterion::{Criterion, criterion_group, criterion_main};
-use membank_benches::{Bench, step_inputs};
+use membank_benches::{Bench, StepInputs, step_inputs};
 
 const N: usize = 50_000;
 const D: usize = 128;
 const TAU: f64 = 0.1;
 
+type A = Autodiff<Bench>;
+
+/// The step's tail, the same for both variants: ∂L/∂f read, the bank updated once per sample,
+/// the device synchronised (GPU backends are asynchronous).
+fn finish<B: Backend>(
+    inputs: &mut StepInputs<Autodiff<B>>,
+    f: Tensor<Autodiff<B>, 2>,
+    grads: &<Autodiff<B> as AutodiffBackend>::Gradients,
+    layout: ViewLayout,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let g = f.grad(grads).unwrap();
+    inputs
+        .bank
+        .update(inputs.indices.clone(), f.detach(), layout.views)
+        .unwrap();
+    let _ = B::sync(device);
+    g
+}
+
 fn train_step(c: &mut Criterion) {
-    type A = Autodiff<Bench>;
     let device = Default::default();
     let layout = ViewLayout::new(256, 2);
     let mut inputs = step_inputs::<A>(N, D, layout, &device);
@@ -30,15 +50,7 @@ fn train_step(c: &mut Criterion) {
             let f = inputs.features.clone().require_grad();
             let lp = BankLogProbs::from_features(&inputs.bank, f.clone(), TAU).unwrap();
             let loss = instance_loss(&lp, inputs.indices.clone()).unwrap();
-            let grads = loss.backward();
-            let g = f.grad(&grads).unwrap();
-            inputs
-                .bank
-                .update(inputs.indices.clone(), f.detach(), layout.views)
-                .unwrap();
-            // Force the work to finish (GPU backends are asynchronous).
-            let _ = <Bench as Backend>::sync(&device);
-            g
+            finish(&mut inputs, f, &loss.backward(), layout, &device)
         })
     });
 
@@ -57,14 +69,7 @@ fn train_step(c: &mut Criterion) {
                 .unwrap();
             // The trainer's surrogate: its backward hands ∂L/∂f to the model.
             let surrogate = (f.clone() * Tensor::from_inner(out.features_grad)).sum();
-            let grads = surrogate.backward();
-            let g = f.grad(&grads).unwrap();
-            inputs
-                .bank
-                .update(inputs.indices.clone(), f.detach(), layout.views)
-                .unwrap();
-            let _ = <Bench as Backend>::sync(&device);
-            g
+            finish(&mut inputs, f, &surrogate.backward(), layout, &device)
         })
     });
 

@@ -106,9 +106,13 @@ impl TrainData {
 /// between the splits, invalid settings: each names the file, class or field.
 pub fn open(config: &DataConfig, root: &Path) -> Result<TrainData> {
     config.validate()?;
+    // Absolute paths (links resolved) where they exist: item sources (exports, the dataset
+    // cache shared by every run) then name files from anywhere, whoever built the cache.
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let root = &absolute(root);
     let (train, eval, mut notes) = match config.dataset {
         DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Stl10 => {
-            official::open(config, config.path.as_deref().unwrap_or(root))?
+            official::open(config, &absolute(config.path.as_deref().unwrap_or(root)))?
         }
         DatasetKind::ImageFolder => folder::open(&with_paths_under(config, root))?,
     };
@@ -136,15 +140,17 @@ pub fn open(config: &DataConfig, root: &Path) -> Result<TrainData> {
 }
 
 /// `data.path` and `data.eval_path` when relative and not found from the working folder are
-/// taken relative to the data folder (`--data`), so `data.path = "birds"` finds `<data>/birds`.
+/// taken relative to the data folder (`--data`), so `data.path = "birds"` finds `<data>/birds`;
+/// paths that exist are made absolute (links resolved).
 fn with_paths_under(config: &DataConfig, root: &Path) -> DataConfig {
     let under = |p: &Option<PathBuf>| {
         p.as_ref().map(|p| {
-            if p.is_relative() && !p.exists() && root.join(p).exists() {
+            let found = if p.is_relative() && !p.exists() && root.join(p).exists() {
                 root.join(p)
             } else {
                 p.clone()
-            }
+            };
+            std::fs::canonicalize(&found).unwrap_or(found)
         })
     };
     DataConfig {

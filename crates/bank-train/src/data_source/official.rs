@@ -58,9 +58,12 @@ pub(super) fn cached(
     if !config.cache {
         return Ok(build()?);
     }
-    // "items=absolute": cached item sources are absolute paths (see `data_root`); caches written
-    // before, whose sources are the relative path of whoever built them, are not reused.
-    let key = format!("{fingerprint};{:?};items=absolute", decode_options(config));
+    // "sources=canonical": cached item sources are canonical paths (`data_source::open`); caches
+    // written before, whose sources are the path of whoever built them, are not reused.
+    let key = format!(
+        "{fingerprint};{:?};sources=canonical",
+        decode_options(config)
+    );
     Ok(DatasetCache::new(cache_home().join("decoded")).load_or_build(name, &key, build)?)
 }
 

@@ -40,6 +40,15 @@ fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
     ]);
     let data = data_source::open(&config.data, &shared_data()).unwrap();
     assert_eq!(data.train.len(), 300);
+    // `shared_data()` is `<crate>/../../../shared/data`: item sources (exports) are canonical,
+    // so they name the files from anywhere.
+    let source = data.train.item_source(0);
+    let file = source.split('!').next().unwrap();
+    assert!(
+        !source.contains("/../") && std::path::Path::new(file).is_absolute(),
+        "{source}"
+    );
+    assert_eq!(std::fs::canonicalize(file).unwrap().to_str().unwrap(), file);
     assert_eq!(data.eval.as_ref().unwrap().queries.len(), 500);
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("e2e");
