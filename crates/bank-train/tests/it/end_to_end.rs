@@ -45,7 +45,7 @@ fn a_short_run_on_real_images_lowers_the_loss_and_beats_chance() {
     let source = data.train.item_source(0);
     let file = source.split('!').next().unwrap();
     assert!(
-        !source.contains("/../") && std::path::Path::new(file).is_absolute(),
+        !source.contains("/../") && Path::new(file).is_absolute(),
         "{source}"
     );
     assert_eq!(std::fs::canonicalize(file).unwrap().to_str().unwrap(), file);
