@@ -109,18 +109,18 @@ impl Progress for Bars {
         if !std::io::stderr().is_terminal() {
             return; // Bars only on a terminal; a log file gets the plain epoch lines.
         }
-        // A resume from a mid-epoch checkpoint starts the bar where that checkpoint was, and
-        // its ETA counts from there (not from the jump to `done`).
-        let bar = ProgressBar::new(steps as u64);
-        bar.set_position(done as u64);
-        bar.tick();
-        bar.reset_eta();
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+        // Styled before anything is drawn (no default-style bar flashes first). A resume from a
+        // mid-epoch checkpoint starts the bar where that checkpoint was, and its ETA counts from
+        // there (not from the jump to `done`).
+        let bar = ProgressBar::new(steps as u64).with_style(
+            ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} {msg} ETA {eta}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
+        bar.set_position(done as u64);
+        bar.tick();
+        bar.reset_eta();
         self.bar = Some(bar);
     }
 
