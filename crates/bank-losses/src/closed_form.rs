@@ -206,7 +206,7 @@ impl<B: Backend> Softmax<B> {
         let centred = log_p - mean_log_p; // ℓ − m
         let s = (p.clone() * centred.clone()).sum_dim(2); // [B, K, 1]
         let scale = weight / (b * (k - 1)) as f64;
-        let loss = s.clone().sum().reshape([1]) * scale;
+        let loss = s.clone().sum() * scale;
         let p_sum = p.clone().sum_dim(1) / k as f64; // P/K, [B, 1, N]
         let dz = (p * (centred + 1.0 - s)) - p_sum;
         Ok((loss, (dz * scale).reshape([m, n])))

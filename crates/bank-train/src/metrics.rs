@@ -44,6 +44,15 @@ pub struct KnnAccuracyRecord {
     pub top5: f64,
 }
 
+impl From<KnnAccuracyRecord> for KnnAccuracy {
+    fn from(k: KnnAccuracyRecord) -> Self {
+        Self {
+            top1: k.top1,
+            top5: k.top5,
+        }
+    }
+}
+
 impl From<KnnAccuracy> for KnnAccuracyRecord {
     fn from(k: KnnAccuracy) -> Self {
         Self {

@@ -18,16 +18,16 @@ use crate::{Error, Result};
 /// The JPEG image-folder archive of CIFAR-10 (as in ../shared/data).
 const JPEG_ARCHIVE: &str = "cifar10-jpeg.tar.gz";
 
-/// The data folder: `--data`, else `MEMBANK_DATA`, else `~/.cache/membank/data`; absolute (links
-/// resolved) when it exists.
+/// The data folder: `--data`, else `MEMBANK_DATA`, else `~/.cache/membank/data`
+/// ([`super::open`] makes it absolute).
 pub fn data_root(flag: Option<&Path>) -> PathBuf {
-    let root = match (flag, std::env::var_os("MEMBANK_DATA")) {
-        (Some(p), _) => p.to_path_buf(),
-        (None, Some(p)) => PathBuf::from(p),
-        (None, None) => cache_home().join("data"),
-    };
-    // Absolute, so that item sources (exports, the dataset cache) name files from anywhere.
-    std::fs::canonicalize(&root).unwrap_or(root)
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("MEMBANK_DATA") {
+        return PathBuf::from(p);
+    }
+    cache_home().join("data")
 }
 
 /// `$XDG_CACHE_HOME/membank`, else `~/.cache/membank`.

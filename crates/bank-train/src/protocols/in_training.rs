@@ -13,7 +13,6 @@ use super::{Protocol, pictures};
 use crate::Result;
 use crate::config::TrainConfig;
 use crate::data_source::TrainData;
-use crate::knn::KnnAccuracy;
 use crate::metrics::KnnAccuracyRecord;
 use crate::state::TrainState;
 use crate::trainer::Progress;
@@ -76,11 +75,7 @@ pub fn end_of_run<B: AutodiffBackend>(
     for line in lines(&report, config) {
         progress.note(&line);
     }
-    let accuracy = |k: KnnAccuracyRecord| KnnAccuracy {
-        top1: k.top1,
-        top5: k.top5,
-    };
-    report.knn_bank = knn.0.map(accuracy);
-    report.knn_recomputed = knn.1.map(accuracy);
+    report.knn_bank = knn.0.map(Into::into);
+    report.knn_recomputed = knn.1.map(Into::into);
     write_report(&run_dir.join("protocols.json"), &report)
 }
