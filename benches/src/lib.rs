@@ -5,19 +5,25 @@ use bank_core::{MemoryBank, MemoryBankConfig, ViewLayout};
 use burn::prelude::*;
 
 /// The backend the benchmarks run on: the most capable one among the enabled features
-/// (cuda > wgpu > flex > ndarray).
+/// (cuda > tch > wgpu > flex > ndarray).
 #[cfg(feature = "cuda")]
 pub type Bench = burn::backend::Cuda;
 /// The backend the benchmarks run on.
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+#[cfg(all(feature = "tch", not(feature = "cuda")))]
+pub type Bench = burn::backend::LibTorch;
+/// The backend the benchmarks run on.
+#[cfg(all(feature = "wgpu", not(any(feature = "tch", feature = "cuda"))))]
 pub type Bench = burn::backend::Wgpu;
 /// The backend the benchmarks run on.
-#[cfg(all(feature = "flex", not(any(feature = "wgpu", feature = "cuda"))))]
+#[cfg(all(
+    feature = "flex",
+    not(any(feature = "wgpu", feature = "tch", feature = "cuda"))
+))]
 pub type Bench = burn::backend::Flex;
 /// The backend the benchmarks run on.
 #[cfg(all(
     feature = "ndarray",
-    not(any(feature = "flex", feature = "wgpu", feature = "cuda"))
+    not(any(feature = "flex", feature = "wgpu", feature = "tch", feature = "cuda"))
 ))]
 pub type Bench = burn::backend::NdArray;
 

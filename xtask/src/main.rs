@@ -7,7 +7,11 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod compare_search;
+mod compare_step;
+mod libtorch;
 mod peer;
+mod result_line;
 
 #[derive(Parser)]
 #[command(about = "membank project tasks")]
@@ -43,6 +47,35 @@ enum Task {
         #[arg(last = true)]
         overrides: Vec<String>,
     },
+    /// The method's ablation: vanilla NPID, K views, + consistency, + merging (the full method),
+    /// each over `--seeds` seeds as ordinary runs under `RUNS/<recipe>-ablation/` (finished runs
+    /// skipped, interrupted ones resumed), then `ablation.md` and `ablation.png` there.
+    Ablation {
+        /// Backend to build with.
+        #[arg(long, value_enum, default_value_t = Backend::Flex)]
+        backend: Backend,
+        /// TOML recipe.
+        #[arg(long, default_value = "configs/cifar10_small_cpu_long.toml")]
+        config: PathBuf,
+        /// Data folder.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Folder of the ablation folder (default: `runs/` in the workspace).
+        #[arg(long)]
+        runs: Option<PathBuf>,
+        /// Seeds per variant.
+        #[arg(long, default_value_t = 3)]
+        seeds: usize,
+        /// Variants, comma-separated: vanilla, k2, k2-consistency, full.
+        #[arg(long, default_value = "vanilla,k2,k2-consistency,full")]
+        variants: String,
+        /// Only write the report from the finished runs.
+        #[arg(long)]
+        report_only: bool,
+        /// Config overrides `section.field=value` for every run.
+        #[arg(last = true)]
+        overrides: Vec<String>,
+    },
     /// Evaluate a run's newest checkpoint (`--protocol knn|linear|retrieval|all`, default knn).
     Eval {
         /// Backend to build with.
@@ -67,11 +100,16 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run every test: the workspace on the CPU backends, then the tensor crates' tests on wgpu.
+    /// Run every test: the workspace on the CPU backends, then the tensor crates' tests on wgpu,
+    /// then on LibTorch's CPU device when the Python environment with torch exists
+    /// (`~/.cache/membank/pyenv`; this command does not create it).
     Test {
         /// Skip the wgpu run (which needs a Vulkan driver: Debian's mesa-vulkan-drivers).
         #[arg(long)]
         cpu_only: bool,
+        /// Skip the LibTorch run even when the Python environment exists.
+        #[arg(long)]
+        no_tch: bool,
     },
     /// SIGKILL `bank-train` at random moments and inside checkpoint writes, resume it each time,
     /// and compare its metrics and final bank with an uninterrupted run (the suite's kill test,
@@ -124,8 +162,9 @@ enum Task {
         minutes: f64,
     },
     /// Run the criterion benchmarks with one backend; reports land in target/criterion.
-    /// `cargo xtask bench compare loader [--data DIR]` instead runs membank and its Python peer
-    /// side by side (the peers' environment is created on first use).
+    /// `cargo xtask bench compare loader|step|search ...` instead runs membank (step and search
+    /// with this backend) and its Python peer side by side (the peers' environment is created
+    /// on first use).
     Bench {
         /// Backend to build with.
         #[arg(long, value_enum, default_value_t = Backend::Flex)]
@@ -143,6 +182,9 @@ enum Backend {
     Flex,
     Wgpu,
     Cuda,
+    /// LibTorch on its CPU device (burn's default device), linked against the torch of the
+    /// peers' Python environment.
+    Tch,
 }
 
 impl Backend {
@@ -152,6 +194,16 @@ impl Backend {
             Self::Flex => "flex",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
+            Self::Tch => "tch",
+        }
+    }
+
+    /// Sets up what a cargo command building with this backend needs (for tch:
+    /// [`libtorch::setup`], which creates the Python environment when missing).
+    fn prepare(self, cmd: &mut Command) -> Result<()> {
+        match self {
+            Self::Tch => libtorch::setup(cmd),
+            Self::Ndarray | Self::Flex | Self::Wgpu | Self::Cuda => Ok(()),
         }
     }
 }
@@ -167,7 +219,7 @@ fn main() -> Result<()> {
             resume,
             overrides,
         } => {
-            let mut cmd = bank_train(backend);
+            let mut cmd = bank_train(backend)?;
             cmd.arg("train").arg("--config").arg(absolute(&config)?);
             if let Some(data) = data {
                 cmd.arg("--data").arg(absolute(&data)?);
@@ -184,13 +236,38 @@ fn main() -> Result<()> {
             cmd.args(overrides);
             run(cmd)
         }
+        Task::Ablation {
+            backend,
+            config,
+            data,
+            runs,
+            seeds,
+            variants,
+            report_only,
+            overrides,
+        } => {
+            let mut cmd = bank_train(backend)?;
+            cmd.arg("ablation").arg("--config").arg(absolute(&config)?);
+            if let Some(data) = data {
+                cmd.arg("--data").arg(absolute(&data)?);
+            }
+            if let Some(runs) = runs {
+                cmd.arg("--runs").arg(std::env::current_dir()?.join(runs));
+            }
+            cmd.args(["--seeds", &seeds.to_string(), "--variants", &variants]);
+            if report_only {
+                cmd.arg("--report-only");
+            }
+            cmd.args(overrides);
+            run(cmd)
+        }
         Task::Eval {
             backend,
             run: dir,
             data,
             protocol,
         } => {
-            let mut cmd = bank_train(backend);
+            let mut cmd = bank_train(backend)?;
             cmd.arg("eval").arg("--run").arg(absolute(&dir)?);
             cmd.arg("--protocol").arg(protocol);
             if let Some(data) = data {
@@ -200,6 +277,7 @@ fn main() -> Result<()> {
         }
         Task::Demo { backend, args } => {
             let mut cmd = cargo(&["run", "--release", "-p", "bank-losses", "--example", "demo"]);
+            backend.prepare(&mut cmd)?;
             cmd.args([
                 "--no-default-features",
                 "--features",
@@ -209,29 +287,32 @@ fn main() -> Result<()> {
             .args(args);
             run(cmd)
         }
-        Task::Test { cpu_only } => {
+        Task::Test { cpu_only, no_tch } => {
             run(cargo(&["test", "--workspace"]))?;
             if cpu_only {
                 eprintln!("xtask: skipping the wgpu tests (--cpu-only)");
+            } else {
+                ensure_vulkan_driver()?;
+                run(tensor_crate_tests(Backend::Wgpu))?;
+            }
+            if no_tch {
+                eprintln!("xtask: skipping the LibTorch (tch) tests (--no-tch)");
                 return Ok(());
             }
-            ensure_vulkan_driver()?;
-            let mut cmd = cargo(&[
-                "test",
-                "-p",
-                "bank-core",
-                "-p",
-                "bank-losses",
-                "-p",
-                "bank-mining",
-            ]);
-            // Library and integration tests only: the CPU run already built the examples.
-            cmd.args(["--lib", "--tests", "--features"]);
-            cmd.arg("bank-core/wgpu,bank-losses/wgpu,bank-mining/wgpu");
+            let Some(python) = libtorch::existing_python() else {
+                eprintln!(
+                    "xtask: skipping the LibTorch (tch) tests: no Python environment with torch \
+                     in {} (any `--backend tch` command creates it: a ~4 GB download)",
+                    peer::env_dir().display()
+                );
+                return Ok(());
+            };
+            let mut cmd = tensor_crate_tests(Backend::Tch);
+            libtorch::configure(&mut cmd, &python)?;
             run(cmd)
         }
-        Task::Bench { args, .. } if args.first().is_some_and(|a| a == "compare") => {
-            compare(&args[1..])
+        Task::Bench { backend, args } if args.first().is_some_and(|a| a == "compare") => {
+            compare(backend, &args[1..])
         }
         Task::Soak {
             kills,
@@ -301,14 +382,21 @@ fn main() -> Result<()> {
         }
         Task::Bench { backend, args } => {
             let mut cmd = cargo(&["bench", "-p", "membank-benches", "--no-default-features"]);
+            backend.prepare(&mut cmd)?;
             cmd.args(["--features", backend.feature(), "--"]).args(args);
             run(cmd)
         }
     }
 }
 
-/// `cargo xtask bench compare WHAT [--data DIR] [--repeats N]`.
-fn compare(args: &[String]) -> Result<()> {
+/// `cargo xtask bench compare WHAT [--data DIR] [--repeats N]`; `step` and `search` parse their
+/// own options (`cargo xtask bench compare step --help`).
+fn compare(backend: Backend, args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("step") => return compare_step::compare_step(backend, &args[1..]),
+        Some("search") => return compare_search::compare_search(backend, &args[1..]),
+        _ => {}
+    }
     let mut data = workspace_root().join("../shared/data");
     let mut repeats = 3;
     let mut what = None;
@@ -322,12 +410,13 @@ fn compare(args: &[String]) -> Result<()> {
     }
     match what.as_deref() {
         Some("loader") => peer::compare_loader(&data, repeats),
-        other => bail!("compare what? {other:?} (available: loader)"),
+        other => bail!("compare what? {other:?} (available: loader, step, search)"),
     }
 }
 
-/// `cargo run --release -p bank-train` with one backend feature, arguments to follow.
-pub(crate) fn bank_train(backend: Backend) -> Command {
+/// `cargo run --release -p bank-train` with one backend feature (and what it needs:
+/// [`Backend::prepare`]), arguments to follow.
+pub(crate) fn bank_train(backend: Backend) -> Result<Command> {
     let mut cmd = cargo(&[
         "run",
         "--release",
@@ -335,7 +424,26 @@ pub(crate) fn bank_train(backend: Backend) -> Command {
         "bank-train",
         "--no-default-features",
     ]);
+    backend.prepare(&mut cmd)?;
     cmd.args(["--features", backend.feature(), "--"]);
+    Ok(cmd)
+}
+
+/// `cargo test` of the tensor crates (bank-core, bank-losses, bank-mining) with `backend`'s
+/// feature on each: their generic tests then run on that backend alone
+/// (`bank-core/tests/it/common.rs`). Library and integration tests only: the CPU run already
+/// built the examples.
+fn tensor_crate_tests(backend: Backend) -> Command {
+    let crates = ["bank-core", "bank-losses", "bank-mining"];
+    let mut cmd = cargo(&["test"]);
+    for c in crates {
+        cmd.args(["-p", c]);
+    }
+    let features: Vec<String> = crates
+        .iter()
+        .map(|c| format!("{c}/{}", backend.feature()))
+        .collect();
+    cmd.args(["--lib", "--tests", "--features", &features.join(",")]);
     cmd
 }
 

@@ -9,8 +9,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, run, workspace_root};
 
-/// `~/.cache/membank/pyenv`: the peers' Python environment.
-fn env_dir() -> PathBuf {
+/// `~/.cache/membank/pyenv` (or `MEMBANK_PYENV`): the peers' Python environment, also LibTorch's
+/// (`crate::libtorch`).
+pub(crate) fn env_dir() -> PathBuf {
     std::env::var_os("MEMBANK_PYENV").map_or_else(
         || {
             let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
@@ -83,7 +84,8 @@ fn measure(mut cmd: Command) -> Result<f64> {
     views_per_s(&out.stdout)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the mean of the middle two for an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {
@@ -184,7 +186,7 @@ pub fn parity(spec: &ParitySpec) -> Result<()> {
     let run_dir = spec.runs.join(&run_name);
     if !run_dir.join("summary.json").is_file() {
         let resume = run_dir.join("config.toml").is_file();
-        let mut cmd = crate::bank_train(crate::Backend::Flex);
+        let mut cmd = crate::bank_train(crate::Backend::Flex)?;
         cmd.arg("train").arg("--config").arg(&spec.config);
         cmd.arg("--runs")
             .arg(&spec.runs)

@@ -23,15 +23,21 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+// The inner backend, chosen by Cargo feature (cuda > tch > wgpu > flex > ndarray).
 #[cfg(feature = "cuda")]
 type Inner = burn::backend::Cuda;
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+#[cfg(all(feature = "tch", not(feature = "cuda")))]
+type Inner = burn::backend::LibTorch;
+#[cfg(all(feature = "wgpu", not(any(feature = "tch", feature = "cuda"))))]
 type Inner = burn::backend::Wgpu;
-#[cfg(all(feature = "flex", not(any(feature = "wgpu", feature = "cuda"))))]
+#[cfg(all(
+    feature = "flex",
+    not(any(feature = "wgpu", feature = "tch", feature = "cuda"))
+))]
 type Inner = burn::backend::Flex;
 #[cfg(all(
     feature = "ndarray",
-    not(any(feature = "flex", feature = "wgpu", feature = "cuda"))
+    not(any(feature = "flex", feature = "wgpu", feature = "tch", feature = "cuda"))
 ))]
 type Inner = burn::backend::NdArray;
 type Train = Autodiff<Inner>;

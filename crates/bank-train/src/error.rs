@@ -75,6 +75,14 @@ pub enum Error {
         /// The run folder.
         path: PathBuf,
     },
+    /// A report or picture (`ablation.png`, ...) could not be drawn.
+    #[error("{}: {reason}", path.display())]
+    Report {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// From bank-core.
     #[error(transparent)]
     Core(#[from] bank_core::Error),

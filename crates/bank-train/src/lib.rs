@@ -13,6 +13,7 @@
 //!
 //! Everything that holds tensors is generic over the burn backend.
 
+pub mod ablation;
 pub mod checkpoint;
 pub mod config;
 pub mod data_source;

@@ -7,22 +7,27 @@ use anyhow::{Context, Result, bail};
 use bank_train::metrics::EpochMetrics;
 use bank_train::protocols::commands::{self, Split};
 use bank_train::protocols::{Protocol, runner};
-use bank_train::{Progress, RunOptions, TrainConfig, checkpoint, data_source};
+use bank_train::{Progress, RunOptions, TrainConfig, ablation, checkpoint, data_source};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// The inner backend, chosen by Cargo feature (cuda > wgpu > flex > ndarray).
+/// The inner backend, chosen by Cargo feature (cuda > tch > wgpu > flex > ndarray).
 #[cfg(feature = "cuda")]
 type Inner = burn::backend::Cuda;
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+#[cfg(all(feature = "tch", not(feature = "cuda")))]
+type Inner = burn::backend::LibTorch;
+#[cfg(all(feature = "wgpu", not(any(feature = "tch", feature = "cuda"))))]
 type Inner = burn::backend::Wgpu;
-#[cfg(all(feature = "flex", not(any(feature = "wgpu", feature = "cuda"))))]
+#[cfg(all(
+    feature = "flex",
+    not(any(feature = "wgpu", feature = "tch", feature = "cuda"))
+))]
 type Inner = burn::backend::Flex;
 #[cfg(all(
     feature = "ndarray",
-    not(any(feature = "flex", feature = "wgpu", feature = "cuda"))
+    not(any(feature = "flex", feature = "wgpu", feature = "tch", feature = "cuda"))
 ))]
 type Inner = burn::backend::NdArray;
 type Train = Autodiff<Inner>;
@@ -60,6 +65,31 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
         /// More overrides, `section.field=value`.
+        #[arg(value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Ablation: every variant × seed as an ordinary run under `RUNS/<recipe>-ablation/`
+    /// (finished runs skipped, interrupted ones resumed), then `ablation.md` and `ablation.png`.
+    Ablation {
+        /// TOML recipe (defaults: the small CPU recipe).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data folder, as for `train`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Folder that holds the ablation folder.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Seeds per variant, counted from the recipe's `seed`.
+        #[arg(long, default_value_t = 3)]
+        seeds: usize,
+        /// Variants, comma-separated: vanilla, k2, k2-consistency, full.
+        #[arg(long, default_value = "vanilla,k2,k2-consistency,full")]
+        variants: String,
+        /// Only write the report from the runs that have finished; train nothing.
+        #[arg(long)]
+        report_only: bool,
+        /// Overrides `section.field=value` for every run.
         #[arg(value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
@@ -193,6 +223,20 @@ fn main() -> Result<()> {
             }
             train(config.as_deref(), data.as_deref(), &runs, resume, &set)
         }
+        Command::Ablation {
+            config,
+            data,
+            runs,
+            seeds,
+            variants,
+            report_only,
+            overrides,
+        } => {
+            let variants = ablation::Variant::parse_list(&variants)?;
+            let plan =
+                ablation::AblationPlan::new(config.as_deref(), &overrides, variants, seeds, &runs)?;
+            run_ablation(&plan, data.as_deref(), report_only)
+        }
         Command::Eval {
             run,
             data,
@@ -280,6 +324,52 @@ fn train(
     .filter(|f| run_dir.join(f).exists())
     .collect();
     println!("written: {}/{{{}}}", run_dir.display(), files.join(","));
+    Ok(())
+}
+
+fn run_ablation(
+    plan: &ablation::AblationPlan,
+    data: Option<&Path>,
+    report_only: bool,
+) -> Result<()> {
+    let runs = plan.runs()?;
+    if !report_only {
+        let root = data_source::data_root(data);
+        let data = data_source::open(&plan.recipe().data, &root)?;
+        let device = Default::default();
+        for (i, run) in runs.iter().enumerate() {
+            println!(
+                "ablation run {}/{}: {} (K {}, λ {}, merging {})",
+                i + 1,
+                runs.len(),
+                run.dir.display(),
+                run.config.train.views,
+                run.config.method.consistency,
+                if run.config.merge.enabled {
+                    "on"
+                } else {
+                    "off"
+                }
+            );
+            let mut bars = Bars {
+                bar: None,
+                epochs: run.config.train.epochs,
+            };
+            let outcome = run
+                .execute::<Train>(&data, &device, &mut bars)
+                .with_context(|| format!("ablation run {}", run.dir.display()))?;
+            if outcome == ablation::Outcome::Skipped {
+                println!("  finished before: skipped");
+            }
+        }
+    }
+    let report = ablation::AblationReport::collect(&plan.recipe().name, &runs)?;
+    std::fs::create_dir_all(plan.root()).with_context(|| plan.root().display().to_string())?;
+    let written = ablation::write(&report, plan.root())?;
+    print!("{}", report.markdown());
+    for file in written {
+        println!("written: {}", file.display());
+    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ const FONT_FILES: [&str; 3] = [
     "/System/Library/Fonts/Supplemental/Arial.ttf",
 ];
 
-fn has_font() -> bool {
+pub(crate) fn has_font() -> bool {
     static FONT: OnceLock<bool> = OnceLock::new();
     *FONT.get_or_init(|| {
         FONT_FILES.iter().any(|f| {

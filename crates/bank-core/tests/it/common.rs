@@ -4,18 +4,19 @@
 use burn::prelude::*;
 
 /// Instantiates a generic test `fn name<B: Backend>(device: &B::Device)` once per backend:
-/// ndarray and flex, or wgpu alone with `--features wgpu` (the CPU run already covers the CPU
-/// backends, and each instantiation costs minutes of compile time).
+/// ndarray and flex, or wgpu alone with `--features wgpu`, or LibTorch (CPU device) alone with
+/// `--features tch` (the CPU run already covers the CPU backends, and each instantiation costs
+/// minutes of compile time).
 macro_rules! on_backends {
     ($($test:ident),* $(,)?) => {
         $(
             mod $test {
-                #[cfg(not(feature = "wgpu"))]
+                #[cfg(not(any(feature = "wgpu", feature = "tch")))]
                 #[test]
                 fn ndarray() {
                     super::$test::<burn::backend::NdArray>(&Default::default());
                 }
-                #[cfg(not(feature = "wgpu"))]
+                #[cfg(not(any(feature = "wgpu", feature = "tch")))]
                 #[test]
                 fn flex() {
                     super::$test::<burn::backend::Flex>(&Default::default());
@@ -25,13 +26,18 @@ macro_rules! on_backends {
                 fn wgpu() {
                     super::$test::<burn::backend::Wgpu>(&Default::default());
                 }
+                #[cfg(feature = "tch")]
+                #[test]
+                fn tch() {
+                    super::$test::<burn::backend::LibTorch>(&Default::default());
+                }
             }
         )*
     };
 }
 
 /// Like [`on_backends!`] for `fn name<B: AutodiffBackend>(device: &B::Device)`: ndarray and flex,
-/// or wgpu alone with `--features wgpu`.
+/// or wgpu alone with `--features wgpu`, or LibTorch alone with `--features tch`.
 ///
 /// Not `NdArray<f64>`: burn keeps the default float dtype per device, and ndarray's f32 and f64
 /// backends share one device, so mixing them in one test binary makes f32 tensors come out f64.
@@ -39,12 +45,12 @@ macro_rules! on_autodiff_backends {
     ($($test:ident),* $(,)?) => {
         $(
             mod $test {
-                #[cfg(not(feature = "wgpu"))]
+                #[cfg(not(any(feature = "wgpu", feature = "tch")))]
                 #[test]
                 fn ndarray() {
                     super::$test::<burn::backend::Autodiff<burn::backend::NdArray>>(&Default::default());
                 }
-                #[cfg(not(feature = "wgpu"))]
+                #[cfg(not(any(feature = "wgpu", feature = "tch")))]
                 #[test]
                 fn flex() {
                     super::$test::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default());
@@ -53,6 +59,11 @@ macro_rules! on_autodiff_backends {
                 #[test]
                 fn wgpu() {
                     super::$test::<burn::backend::Autodiff<burn::backend::Wgpu>>(&Default::default());
+                }
+                #[cfg(feature = "tch")]
+                #[test]
+                fn tch() {
+                    super::$test::<burn::backend::Autodiff<burn::backend::LibTorch>>(&Default::default());
                 }
             }
         )*

@@ -65,6 +65,12 @@ fn f16_round_trip_wgpu_when_supported() {
     }
 }
 
+#[cfg(feature = "tch")]
+#[test]
+fn f16_round_trip_tch() {
+    round_trip_is_bit_exact::<burn::backend::LibTorch>(&Default::default(), Precision::F16);
+}
+
 type B = burn::backend::NdArray;
 
 fn saved_file(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {

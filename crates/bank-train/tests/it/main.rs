@@ -1,5 +1,6 @@
 //! bank-train integration tests (ndarray backend): one binary, one module per concern.
 
+mod ablation;
 mod config;
 mod end_to_end;
 mod failing_cases;

@@ -1,0 +1,385 @@
+//! `ablation.md`: each variant's final accuracies over the seeds (mean ± sample standard
+//! deviation), each improvement's own share, and the merge rounds of the full method.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{PlannedRun, Variant};
+use crate::metrics::{EpochMetrics, MergeRecord, Summary};
+use crate::{Error, Result};
+
+/// Mean, sample standard deviation (n − 1; 0 for one value), min and max of some values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// Number of values.
+    pub n: usize,
+    /// Arithmetic mean.
+    pub mean: f64,
+    /// Sample standard deviation.
+    pub sd: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values`; `None` when there are none.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let n = values.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let sd = if n > 1 {
+            let ss: f64 = values.iter().map(|v| (v - mean).powi(2)).sum();
+            (ss / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(Self {
+            n,
+            mean,
+            sd,
+            min,
+            max,
+        })
+    }
+}
+
+/// One finished run as read back from its folder.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    /// The variant.
+    pub variant: Variant,
+    /// The seed.
+    pub seed: u64,
+    /// `metrics.jsonl`, epoch by epoch.
+    pub epochs: Vec<EpochMetrics>,
+    /// `summary.json`.
+    pub summary: Summary,
+    /// Linear-probe top-1 on the embedding from `protocols.json`, when the run had one.
+    pub linear_top1: Option<f64>,
+}
+
+impl RunRecord {
+    /// Reads a finished run's folder; `None` when it has not finished (no `summary.json`).
+    ///
+    /// # Errors
+    /// Unreadable or malformed `summary.json`, `metrics.jsonl` or `protocols.json`, naming the
+    /// file.
+    pub fn read(run: &PlannedRun) -> Result<Option<Self>> {
+        let summary_path = run.dir.join("summary.json");
+        if !summary_path.is_file() {
+            return Ok(None);
+        }
+        let summary: Summary = parse_json(&summary_path)?;
+        let metrics = run.dir.join("metrics.jsonl");
+        let text = std::fs::read_to_string(&metrics).map_err(|e| Error::io(&metrics, e))?;
+        let epochs = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| malformed(&metrics, &e)))
+            .collect::<Result<Vec<EpochMetrics>>>()?;
+        let protocols = run.dir.join("protocols.json");
+        let linear_top1 = if protocols.is_file() {
+            let v: serde_json::Value = parse_json(&protocols)?;
+            v["linear_embedding"]["top1"].as_f64()
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            variant: run.variant,
+            seed: run.seed,
+            epochs,
+            summary,
+            linear_top1,
+        }))
+    }
+
+    fn knn_at(&self, epoch: usize) -> Option<f64> {
+        self.epochs
+            .iter()
+            .find(|m| m.epoch == epoch)
+            .and_then(|m| m.knn_bank)
+            .map(|k| 100.0 * k.top1)
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| malformed(path, &e))
+}
+
+fn malformed(path: &Path, e: &serde_json::Error) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: format!("malformed: {e}"),
+    }
+}
+
+/// One variant over its seeds. Accuracies in percent.
+#[derive(Debug, Clone)]
+pub struct VariantStats {
+    /// The variant.
+    pub variant: Variant,
+    /// Its finished runs.
+    pub runs: Vec<RunRecord>,
+    /// Final kNN top-1 against the bank.
+    pub knn_bank: Option<Spread>,
+    /// Each run's mean kNN top-1 against the bank over its last five evaluated epochs.
+    pub knn_bank_last5: Option<Spread>,
+    /// kNN top-1 against train features recomputed at the end.
+    pub knn_recomputed: Option<Spread>,
+    /// Linear-probe top-1 on the embedding.
+    pub linear: Option<Spread>,
+    /// Minutes of training per run (evaluation excluded).
+    pub train_minutes: Option<Spread>,
+}
+
+impl VariantStats {
+    fn new(variant: Variant, runs: Vec<RunRecord>) -> Self {
+        let pick = |f: &dyn Fn(&RunRecord) -> Option<f64>| -> Option<Spread> {
+            Spread::of(&runs.iter().filter_map(f).collect::<Vec<_>>())
+        };
+        Self {
+            variant,
+            knn_bank: pick(&|r| r.summary.knn_bank.map(|k| 100.0 * k.top1)),
+            knn_bank_last5: pick(&|r| {
+                let last: Vec<f64> = (r.epochs.iter().rev())
+                    .filter_map(|m| m.knn_bank)
+                    .take(5)
+                    .map(|k| 100.0 * k.top1)
+                    .collect();
+                Spread::of(&last).map(|s| s.mean)
+            }),
+            knn_recomputed: pick(&|r| r.summary.knn_recomputed.map(|k| 100.0 * k.top1)),
+            linear: pick(&|r| r.linear_top1.map(|t| 100.0 * t)),
+            train_minutes: pick(&|r| {
+                Some(r.epochs.iter().map(|m| m.train_seconds).sum::<f64>() / 60.0)
+            }),
+            runs,
+        }
+    }
+
+    /// kNN top-1 against the bank per epoch over the seeds: `(epoch, spread)`, for the epochs
+    /// every run evaluated.
+    pub fn curve(&self) -> Vec<(usize, Spread)> {
+        let Some(first) = self.runs.first() else {
+            return Vec::new();
+        };
+        first
+            .epochs
+            .iter()
+            .filter_map(|m| {
+                let at: Vec<f64> = self.runs.iter().filter_map(|r| r.knn_at(m.epoch)).collect();
+                (at.len() == self.runs.len())
+                    .then(|| Spread::of(&at).map(|s| (m.epoch, s)))
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// The merge rounds of every run, as `(epoch, round record)` per run.
+    fn merge_rounds(&self) -> Vec<(usize, Vec<&MergeRecord>)> {
+        let mut rounds: Vec<(usize, Vec<&MergeRecord>)> = Vec::new();
+        for run in &self.runs {
+            for m in &run.epochs {
+                if let Some(r) = &m.merge {
+                    match rounds.iter_mut().find(|(e, _)| *e == m.epoch) {
+                        Some((_, v)) => v.push(r),
+                        None => rounds.push((m.epoch, vec![r])),
+                    }
+                }
+            }
+        }
+        rounds.sort_by_key(|(e, _)| *e);
+        rounds
+    }
+}
+
+/// The ablation's results: every variant's statistics and the runs still missing.
+#[derive(Debug, Clone)]
+pub struct AblationReport {
+    /// The recipe's name.
+    pub recipe: String,
+    /// One entry per variant, in the plan's order.
+    pub variants: Vec<VariantStats>,
+    /// Run folders of the plan that have not finished.
+    pub missing: Vec<String>,
+}
+
+impl AblationReport {
+    /// Reads every planned run's folder.
+    ///
+    /// # Errors
+    /// As [`RunRecord::read`].
+    pub fn collect(recipe: &str, plan: &[PlannedRun]) -> Result<Self> {
+        let mut variants: Vec<VariantStats> = Vec::new();
+        let mut missing = Vec::new();
+        let mut order: Vec<Variant> = plan.iter().map(|r| r.variant).collect();
+        order.dedup();
+        for variant in order {
+            let mut runs = Vec::new();
+            for run in plan.iter().filter(|r| r.variant == variant) {
+                match RunRecord::read(run)? {
+                    Some(record) => runs.push(record),
+                    None => missing.push(run.dir.display().to_string()),
+                }
+            }
+            variants.push(VariantStats::new(variant, runs));
+        }
+        Ok(Self {
+            recipe: recipe.to_string(),
+            variants,
+            missing,
+        })
+    }
+
+    /// The variant's statistics, when it is in the report.
+    pub fn get(&self, variant: Variant) -> Option<&VariantStats> {
+        self.variants.iter().find(|v| v.variant == variant)
+    }
+
+    /// The gain in final kNN top-1 against the bank from `from` to `to`: difference of the
+    /// means, its standard error `√(sd₁²/n₁ + sd₂²/n₂)`, and whether every run of `to` beats
+    /// every run of `from` (the seeds' ranges do not overlap).
+    pub fn gain(&self, from: Variant, to: Variant) -> Option<Gain> {
+        let a = self.get(from)?.knn_bank?;
+        let b = self.get(to)?.knn_bank?;
+        Some(Gain {
+            points: b.mean - a.mean,
+            standard_error: (a.sd.powi(2) / a.n as f64 + b.sd.powi(2) / b.n as f64).sqrt(),
+            separated: b.min > a.max,
+        })
+    }
+
+    /// The report as Markdown (`ablation.md`).
+    pub fn markdown(&self) -> String {
+        let mut md = format!("# Ablation: {}\n\n", self.recipe);
+        md.push_str(
+            "kNN top-1 (%) of the test images, mean ± sample standard deviation over the seeds \
+             [min–max]; `last 5`: each run's mean over its last five evaluated epochs.\n\n\
+             | variant | runs | kNN vs bank, final | kNN vs bank, last 5 | kNN vs recomputed | \
+             linear probe | training min/run |\n|---|---|---|---|---|---|---|\n",
+        );
+        for v in &self.variants {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                v.variant,
+                v.runs.len(),
+                cell(v.knn_bank, true),
+                cell(v.knn_bank_last5, true),
+                cell(v.knn_recomputed, true),
+                cell(v.linear, true),
+                cell(v.train_minutes, false),
+            );
+        }
+        self.shares(&mut md);
+        self.merges(&mut md);
+        if !self.missing.is_empty() {
+            let _ = write!(
+                md,
+                "\n## Not finished\n\n{}\n",
+                self.missing
+                    .iter()
+                    .map(|m| format!("- {m}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        md
+    }
+
+    fn shares(&self, md: &mut String) {
+        let steps = [
+            ("(a) K views", Variant::Vanilla, Variant::K2),
+            ("(b) consistency", Variant::K2, Variant::K2Consistency),
+            ("(c) merging", Variant::K2Consistency, Variant::Full),
+            ("full method", Variant::Vanilla, Variant::Full),
+        ];
+        let rows: Vec<String> = steps
+            .iter()
+            .filter_map(|&(what, from, to)| {
+                self.gain(from, to).map(|g| {
+                    format!(
+                        "| {what} | {to} − {from} | {:+.2} | {:.2} | {} |",
+                        g.points,
+                        g.standard_error,
+                        if g.separated { "yes" } else { "no" }
+                    )
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        md.push_str(
+            "\n## Each improvement's share (final kNN vs bank)\n\n`separated`: every seed of the \
+             later variant above every seed of the earlier one.\n\n\
+             | improvement | variants | gain (points) | standard error | separated |\n\
+             |---|---|---|---|---|\n",
+        );
+        md.push_str(&rows.join("\n"));
+        md.push('\n');
+    }
+
+    fn merges(&self, md: &mut String) {
+        for v in &self.variants {
+            let rounds = v.merge_rounds();
+            if rounds.is_empty() {
+                continue;
+            }
+            let _ = write!(
+                md,
+                "\n## Merge rounds ({}), over the seeds\n\npurity: the share of a round's merged \
+                 pairs that join two images of one class (chance is about 1 / classes).\n\n\
+                 | epoch | pairs merged | groups | largest group | purity (%) |\n\
+                 |---|---|---|---|---|\n",
+                v.variant
+            );
+            for (epoch, records) in rounds {
+                let f = |g: &dyn Fn(&MergeRecord) -> f64| {
+                    Spread::of(&records.iter().map(|r| g(r)).collect::<Vec<_>>())
+                };
+                let purity = Spread::of(
+                    &records
+                        .iter()
+                        .filter_map(|r| r.purity.map(|p| 100.0 * p))
+                        .collect::<Vec<_>>(),
+                );
+                let _ = writeln!(
+                    md,
+                    "| {epoch} | {} | {} | {} | {} |",
+                    cell(f(&|r| r.pairs_merged as f64), false),
+                    cell(f(&|r| r.groups as f64), false),
+                    cell(f(&|r| r.largest_group as f64), false),
+                    cell(purity, true),
+                );
+            }
+        }
+    }
+}
+
+/// A difference between two variants' final kNN top-1 (points).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gain {
+    /// Difference of the means.
+    pub points: f64,
+    /// Standard error of that difference.
+    pub standard_error: f64,
+    /// Every run of the later variant above every run of the earlier one.
+    pub separated: bool,
+}
+
+fn cell(s: Option<Spread>, range: bool) -> String {
+    match s {
+        None => "–".into(),
+        Some(s) if s.n == 1 => format!("{:.2}", s.mean),
+        Some(s) if range => format!("{:.2} ± {:.2} [{:.2}–{:.2}]", s.mean, s.sd, s.min, s.max),
+        Some(s) => format!("{:.1} ± {:.1}", s.mean, s.sd),
+    }
+}

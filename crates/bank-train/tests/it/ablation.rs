@@ -1,0 +1,240 @@
+//! The ablation runner: statistics against hand-computed values, and runs that are skipped when
+//! finished, resumed when interrupted, and refused when the recipe changed.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use bank_train::ablation::{AblationPlan, AblationReport, Outcome, Spread, Variant};
+use bank_train::metrics::{EpochMetrics, KnnAccuracyRecord, MergeRecord, Summary};
+use bank_train::{NoProgress, TrainData};
+
+use crate::{BACKEND_RNG, Train, cifar_records, halved};
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn knn(top1: f64) -> Option<KnnAccuracyRecord> {
+    Some(KnnAccuracyRecord { top1, top5: 0.9 })
+}
+
+/// Writes a finished run folder with the given kNN per epoch (fractions) and recomputed kNN.
+fn fake_run(dir: &Path, knn_per_epoch: &[f64], recomputed: f64, purity: Option<f64>) {
+    fs::create_dir_all(dir).unwrap();
+    let mut lines = String::new();
+    for (i, &k) in knn_per_epoch.iter().enumerate() {
+        let m = EpochMetrics {
+            epoch: i + 1,
+            step: 10 * (i + 1),
+            loss: 5.0,
+            lr: 0.03,
+            views_per_s: 100.0,
+            images_per_s: 100.0,
+            train_seconds: 30.0,
+            knn_bank: knn(k),
+            merge: purity
+                .filter(|_| i + 1 == knn_per_epoch.len())
+                .map(|p| MergeRecord {
+                    round: 0,
+                    candidates: 40,
+                    pairs_merged: 4,
+                    groups: 96,
+                    largest_group: 2,
+                    purity: Some(p),
+                }),
+        };
+        lines.push_str(&serde_json::to_string(&m).unwrap());
+        lines.push('\n');
+    }
+    fs::write(dir.join("metrics.jsonl"), lines).unwrap();
+    let summary = Summary {
+        name: "x".into(),
+        backend: "test".into(),
+        epochs: knn_per_epoch.len(),
+        train_images: 100,
+        test_images: 100,
+        final_loss: 5.0,
+        knn_bank: knn(*knn_per_epoch.last().unwrap()),
+        knn_recomputed: knn(recomputed),
+        views_per_s: 100.0,
+        images_per_s: 100.0,
+        skipped_images: 0,
+    };
+    fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string(&summary).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Two variants × two seeds written by hand: means, sample standard deviations, the gain, its
+/// standard error and the separation are the values computed by hand.
+#[test]
+fn report_statistics_match_hand_computed_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = AblationPlan::new(
+        None,
+        &strings(&["name=\"toy\""]),
+        vec![Variant::Vanilla, Variant::Full],
+        2,
+        tmp.path(),
+    )
+    .unwrap();
+    let runs = plan.runs().unwrap();
+    assert_eq!(runs.len(), 4);
+    assert_eq!(runs[0].dir, tmp.path().join("toy-ablation/vanilla-seed0"));
+    assert_eq!(runs[3].dir, tmp.path().join("toy-ablation/full-seed1"));
+    // vanilla: finals 0.30, 0.34; full: 0.36, 0.40. Six epochs so that "last 5" drops one.
+    fake_run(
+        &runs[0].dir,
+        &[0.0, 0.28, 0.29, 0.30, 0.31, 0.30],
+        0.50,
+        None,
+    );
+    fake_run(
+        &runs[1].dir,
+        &[0.0, 0.30, 0.31, 0.32, 0.33, 0.34],
+        0.52,
+        None,
+    );
+    fake_run(
+        &runs[2].dir,
+        &[0.0, 0.30, 0.32, 0.34, 0.35, 0.36],
+        0.55,
+        Some(0.5),
+    );
+    fake_run(
+        &runs[3].dir,
+        &[0.0, 0.33, 0.35, 0.37, 0.39, 0.40],
+        0.57,
+        Some(0.7),
+    );
+
+    let report = AblationReport::collect("toy", &runs).unwrap();
+    assert!(report.missing.is_empty());
+    let vanilla = report.get(Variant::Vanilla).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    let s = vanilla.knn_bank.unwrap();
+    // mean 32, sample sd sqrt(((30-32)^2 + (34-32)^2) / 1) = sqrt(8).
+    assert!(close(s.mean, 32.0) && close(s.sd, 8f64.sqrt()), "{s:?}");
+    assert!(close(s.min, 30.0) && close(s.max, 34.0));
+    // Last five epochs: seed 0 mean(28..30 series) = 29.6, seed 1 = 32.0.
+    let l5 = vanilla.knn_bank_last5.unwrap();
+    assert!(close(l5.mean, (29.6 + 32.0) / 2.0), "{l5:?}");
+    let r = vanilla.knn_recomputed.unwrap();
+    assert!(close(r.mean, 51.0));
+    // 6 epochs × 30 s = 3 minutes per run.
+    assert!(close(vanilla.train_minutes.unwrap().mean, 3.0));
+
+    let gain = report.gain(Variant::Vanilla, Variant::Full).unwrap();
+    assert!(close(gain.points, 6.0), "{gain:?}");
+    // sd of both is sqrt(8): se = sqrt(8/2 + 8/2) = sqrt(8).
+    assert!(close(gain.standard_error, 8f64.sqrt()));
+    assert!(gain.separated, "36 > 34");
+    assert!(report.gain(Variant::Vanilla, Variant::K2).is_none());
+
+    let curve = vanilla.curve();
+    assert_eq!(curve.len(), 6);
+    assert!(close(curve[3].1.mean, 31.0) && curve[3].0 == 4);
+
+    let md = report.markdown();
+    assert!(
+        md.contains("| vanilla | 2 | 32.00 ± 2.83 [30.00–34.00]"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| full method | full − vanilla | +6.00 | 2.83 | yes |"),
+        "{md}"
+    );
+    // The merge round at epoch 6: purity 50 and 70 → 60 ± 14.14.
+    assert!(
+        md.contains("| 6 | 4.0 ± 0.0 | 96.0 ± 0.0 | 2.0 ± 0.0 | 60.00 ± 14.14"),
+        "{md}"
+    );
+
+    let written = bank_train::ablation::write(&report, plan.root()).unwrap();
+    assert_eq!(fs::read_to_string(&written[0]).unwrap(), md);
+    let png = image::open(&written[1]).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (900, 520));
+    // The full method's red line is drawn.
+    assert!(png.pixels().any(|p| p.0 == [214, 39, 40]));
+}
+
+#[test]
+fn spread_of_one_value_has_no_deviation() {
+    let s = Spread::of(&[7.0]).unwrap();
+    assert_eq!((s.n, s.mean, s.sd, s.min, s.max), (1, 7.0, 0.0, 7.0, 7.0));
+    assert!(Spread::of(&[]).is_none());
+}
+
+fn tiny_plan(root: &Path, extra: &[&str]) -> AblationPlan {
+    let mut o = strings(&[
+        "name=\"tiny\"",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "train.threads=1",
+        "merge.schedule.start_epoch=0",
+        "merge.schedule.min_similarity=0.0",
+        "data.image_size=16",
+        "eval.k=10",
+        "eval.recompute_at_end=false",
+    ]);
+    o.extend(strings(extra));
+    AblationPlan::new(None, &o, vec![Variant::Vanilla, Variant::Full], 1, root).unwrap()
+}
+
+/// Real (tiny) runs: trained once, skipped when run again, resumed after an interruption with
+/// the same metrics, and refused once the recipe changed.
+#[test]
+fn runs_are_skipped_resumed_and_checked() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = tiny_plan(tmp.path(), &[]);
+    let (train_set, test_set) = cifar_records(48, 32);
+    let (train_set, test_set) = (halved(&train_set), halved(&test_set));
+    let data =
+        TrainData::from_sets(plan.recipe(), Arc::new(train_set), Arc::new(test_set)).unwrap();
+    let device = Default::default();
+    let runs = plan.runs().unwrap();
+    let execute = |i: usize| {
+        runs[i]
+            .execute::<Train>(&data, &device, &mut NoProgress)
+            .unwrap()
+    };
+    assert_eq!(execute(0), Outcome::Trained);
+    assert_eq!(execute(1), Outcome::Trained);
+    let full = &runs[1];
+    assert_eq!(full.config.train.views, 2);
+    assert!(full.config.merge.enabled);
+    let before = crate::metrics(&full.dir);
+    let stamp = fs::metadata(full.dir.join("summary.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    assert_eq!(execute(1), Outcome::Skipped);
+    let after = fs::metadata(full.dir.join("summary.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(stamp, after, "a finished run is not trained again");
+
+    // Interrupted after its last checkpoint, before the summary: resumed, same metrics.
+    fs::remove_file(full.dir.join("summary.json")).unwrap();
+    assert_eq!(execute(1), Outcome::Resumed);
+    assert_eq!(crate::metrics(&full.dir), before);
+
+    let report = AblationReport::collect("tiny", &runs).unwrap();
+    assert_eq!(report.variants.len(), 2);
+    assert!(report.markdown().contains("## Merge rounds (full)"));
+
+    // The recipe changed: the finished runs are not mixed into the new ablation.
+    let changed = tiny_plan(tmp.path(), &["optim.lr=0.1"]);
+    let e = changed.runs().unwrap()[0].finished(&data).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("vanilla-seed0") && text.contains("another configuration"),
+        "{text}"
+    );
+}
