@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use clap::Parser;
 
 use crate::result_line::{number, run_for_json};
-use crate::{Backend, cargo, peer, run, workspace_root};
+use crate::{Backend, peer, run, workspace_root};
 
 #[derive(Parser)]
 #[command(
@@ -45,18 +45,7 @@ pub(crate) fn compare_search(backend: Backend, args: &[String]) -> Result<()> {
         bail!("--repeats, --threads and --k must be > 0, and every --rows above --k");
     }
     let python = peer::python()?;
-    let mut build = cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "membank-benches",
-        "--example",
-        "search_topk",
-    ]);
-    backend.prepare(&mut build)?;
-    build.args(["--no-default-features", "--features", backend.feature()]);
-    run(build)?;
-    let ours = workspace_root().join("target/release/examples/search_topk");
+    let ours = peer::bench_example(backend, "search_topk")?;
     let script = workspace_root().join("benches/peer/search_faiss.py");
     let folder = workspace_root().join("target/compare/search");
     std::fs::create_dir_all(&folder)?;

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 
 use crate::result_line::{number, run_for_json};
-use crate::{Backend, cargo, peer, run, workspace_root};
+use crate::{Backend, peer, workspace_root};
 
 /// Embedding dimension and temperature of both sides (membank's defaults).
 const DIM: usize = 128;
@@ -152,18 +152,7 @@ pub(crate) fn compare_step(backend: Backend, args: &[String]) -> Result<()> {
         );
     }
     let python = peer::python()?;
-    let mut build = cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "membank-benches",
-        "--example",
-        "step_views",
-    ]);
-    backend.prepare(&mut build)?;
-    build.args(["--no-default-features", "--features", backend.feature()]);
-    run(build)?;
-    let ours = workspace_root().join("target/release/examples/step_views");
+    let ours = peer::bench_example(backend, "step_views")?;
     let peer_script = workspace_root().join("benches/peer/step_torch.py");
     let (expected, tolerance) = expected_first_loss(a.bank, DIM, TAU, a.batch);
     eprintln!(

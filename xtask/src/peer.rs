@@ -56,6 +56,23 @@ pub fn python() -> Result<PathBuf> {
     Ok(python)
 }
 
+/// Builds the benchmark example `name` (`benches/examples/`) in release mode with `backend`;
+/// returns the binary's path.
+pub(crate) fn bench_example(backend: crate::Backend, name: &str) -> Result<PathBuf> {
+    let mut build = cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "membank-benches",
+        "--example",
+        name,
+    ]);
+    backend.prepare(&mut build)?;
+    build.args(["--no-default-features", "--features", backend.feature()]);
+    run(build)?;
+    Ok(workspace_root().join("target/release/examples").join(name))
+}
+
 /// One JSON line's `views_per_s`.
 fn views_per_s(output: &[u8]) -> Result<f64> {
     let text = String::from_utf8_lossy(output);
