@@ -71,9 +71,9 @@ def parse():
 
 
 class SmallCnn(nn.Module):
-    def __init__(self, dim, conv_bias, bn_momentum):
+    def __init__(self, dim, conv_bias, bn_momentum, channels=3):
         super().__init__()
-        chans = [(3, 32), (32, 64), (64, 128)]
+        chans = [(channels, 32), (32, 64), (64, 128)]
         self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, padding=1, bias=conv_bias) for i, o in chans)
         self.bns = nn.ModuleList(nn.BatchNorm2d(o, momentum=bn_momentum) for _, o in chans)
         self.head = nn.Linear(128, dim)
@@ -98,6 +98,27 @@ def init_model(model, how, scale):
         # "pytorch": keep nn.Conv2d's default kaiming_uniform_(a=sqrt(5)), std 1/sqrt(3 fan_in)
         with torch.no_grad():
             c.weight.mul_(scale)
+
+
+def bank_loss(f, bank, idx, views, tau, consistency):
+    """The method's loss: the full softmax over the bank (f [B*K, D] sample-major, idx [B] the
+    samples' bank rows), mean over the B*K rows, plus consistency * the mean over samples and
+    ordered pairs of views of KL(p_k || p_j) when K > 1."""
+    logp = F.log_softmax(f @ bank.t() / tau, dim=1)
+    loss = F.nll_loss(logp, idx.repeat_interleave(views))
+    if consistency > 0 and views > 1:
+        lp = logp.view(len(idx), views, -1)
+        p = lp.exp()
+        kl = (p * (lp - lp.mean(dim=1, keepdim=True))).sum() * views
+        loss = loss + consistency * kl / (len(idx) * views * (views - 1))
+    return loss
+
+
+@torch.no_grad()
+def bank_update(bank, idx, f, views, m):
+    """In place: each sample's row <- normalise(m * row + (1 - m) * mean of its K views)."""
+    mean_f = f.detach().view(len(idx), views, -1).mean(dim=1)
+    bank[idx] = F.normalize(m * bank[idx] + (1 - m) * mean_f, dim=1)
 
 
 class Folder:
@@ -233,21 +254,11 @@ def main():
                 g["lr"] = lr
             x = torch.stack([augment(train.images[j]) for j in idx for _ in range(a.views)])
             f = model(x)  # [B*K, D], sample-major
-            logp = F.log_softmax(f @ bank.t() / a.tau, dim=1)
-            targets = idx.repeat_interleave(a.views)
-            loss = F.nll_loss(logp, targets)
-            if a.consistency > 0 and a.views > 1:
-                lp = logp.view(len(idx), a.views, -1)
-                p = lp.exp()
-                # mean over samples and ordered pairs of KL(p_k || p_j)
-                kl = (p * (lp - lp.mean(dim=1, keepdim=True))).sum() * a.views
-                loss = loss + a.consistency * kl / (len(idx) * a.views * (a.views - 1))
+            loss = bank_loss(f, bank, idx, a.views, a.tau, a.consistency)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                mean_f = f.detach().view(len(idx), a.views, -1).mean(dim=1)
-                bank[idx] = F.normalize(a.bank_m * bank[idx] + (1 - a.bank_m) * mean_f, dim=1)
+            bank_update(bank, idx, f, a.views, a.bank_m)
             loss_sum += loss.item()
             step += 1
         train_s = time.time() - t0

@@ -43,6 +43,9 @@ enum Task {
         /// Continue the run from its newest checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Data-parallel devices, comma-separated (`cpu,cpu`, `cuda:0,cuda:1`).
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
         /// Config overrides `section.field=value`.
         #[arg(last = true)]
         overrides: Vec<String>,
@@ -130,10 +133,24 @@ enum Task {
     /// three): training loss and kNN top-1 against the bank per epoch side by side, and kNN
     /// against recomputed features, written to `RUNS/NAME-parity.md`. Exits 3 when an epoch
     /// differs by more than `--tolerance` points. Finished runs are reused.
+    ///
+    /// `--step`: the deterministic step check instead. membank's real training steps (its
+    /// config, model, SGD, bank and the first `--steps` batches of its own loader) are written
+    /// out (`benches/examples/step_parity.rs`), then `benches/peer/step_parity.py` replays each
+    /// step in PyTorch (float32 and float64) from the same state and batches and compares every
+    /// parameter, BatchNorm running statistic, the bank, the loss, the learning rate and the
+    /// test embeddings; it prints the tables and exits 3 beyond float32 noise. `--data` is the
+    /// data root (default `../shared/data`, CIFAR-10) or an image folder (`train/`, `test/`).
     Parity {
-        /// The image folder both train on.
+        /// The image folder both train on (with `--step`: a data root or an image folder).
         #[arg(long)]
-        data: PathBuf,
+        data: Option<PathBuf>,
+        /// The deterministic step-parity check instead of whole training runs.
+        #[arg(long)]
+        step: bool,
+        /// Steps of the step check.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
         /// membank's recipe (the peer gets the same values from the run's resolved config).
         #[arg(long, default_value = "configs/cifar10_small_cpu.toml")]
         config: PathBuf,
@@ -217,6 +234,7 @@ fn main() -> Result<()> {
             name,
             runs,
             resume,
+            devices,
             overrides,
         } => {
             let mut cmd = bank_train(backend)?;
@@ -232,6 +250,9 @@ fn main() -> Result<()> {
             }
             if resume {
                 cmd.arg("--resume");
+            }
+            if !devices.is_empty() {
+                cmd.arg("--devices").arg(devices.join(","));
             }
             cmd.args(overrides);
             run(cmd)
@@ -328,6 +349,8 @@ fn main() -> Result<()> {
         }
         Task::Parity {
             data,
+            step,
+            steps,
             config,
             image_size,
             runs,
@@ -335,7 +358,19 @@ fn main() -> Result<()> {
             tolerance,
             overrides,
         } => {
-            let data = absolute(&data)?;
+            if step {
+                let data = absolute(&data.unwrap_or_else(|| "../shared/data".into()))?;
+                let runs = std::env::current_dir()?.join(runs);
+                return peer::step_parity(&peer::StepParitySpec {
+                    data,
+                    config: absolute(&config)?,
+                    image_size,
+                    steps,
+                    out: runs.join(format!("{}-step", name.as_deref().unwrap_or("step"))),
+                    overrides,
+                });
+            }
+            let data = absolute(&data.context("--data is required (the image folder)")?)?;
             let name = match name {
                 Some(n) => n,
                 None => data

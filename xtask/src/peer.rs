@@ -241,3 +241,65 @@ pub fn parity(spec: &ParitySpec) -> Result<()> {
         _ => bail!("parity.py failed with {status}"),
     }
 }
+
+/// What `cargo xtask parity --step` compares.
+pub struct StepParitySpec {
+    /// The data root (CIFAR-10 as the config says) or an image folder (`train/`, `test/`).
+    pub data: PathBuf,
+    /// membank's config.
+    pub config: PathBuf,
+    /// View side in pixels, for an image folder.
+    pub image_size: usize,
+    /// Training steps written out and replayed.
+    pub steps: usize,
+    /// Output folder of membank's steps (replaced when it holds an earlier check's output).
+    pub out: PathBuf,
+    /// More membank overrides.
+    pub overrides: Vec<String>,
+}
+
+/// membank's first `steps` training steps written out by `benches/examples/step_parity.rs`,
+/// then replayed and compared tensor by tensor by `benches/peer/step_parity.py`.
+pub fn step_parity(spec: &StepParitySpec) -> Result<()> {
+    let python = python()?;
+    if spec.out.join("meta.json").is_file() {
+        std::fs::remove_dir_all(&spec.out).with_context(|| spec.out.display().to_string())?;
+    }
+    let mut cmd = cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "membank-benches",
+        "--example",
+        "step_parity",
+        "--",
+    ]);
+    cmd.arg("--config").arg(&spec.config);
+    cmd.arg("--data")
+        .arg(&spec.data)
+        .arg("--out")
+        .arg(&spec.out);
+    cmd.args(["--steps", &spec.steps.to_string()]);
+    cmd.arg("--");
+    if spec.data.join("train").is_dir() && spec.data.join("test").is_dir() {
+        // An image folder: all of its training images, views of its size.
+        cmd.args([
+            "data.dataset=image_folder".to_string(),
+            format!("data.path={:?}", spec.data.display().to_string()),
+            format!("data.image_size={}", spec.image_size),
+            "data.train_per_class=0".into(),
+        ]);
+    }
+    cmd.args(&spec.overrides);
+    run(cmd)?;
+    let mut cmd = Command::new(python);
+    cmd.arg(workspace_root().join("benches/peer/step_parity.py"))
+        .arg(&spec.out);
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().context("cannot start step_parity.py")?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(3) => bail!("step parity: differences beyond float32 noise (see the tables above)"),
+        _ => bail!("step_parity.py failed with {status}"),
+    }
+}

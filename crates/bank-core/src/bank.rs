@@ -67,6 +67,15 @@ impl<B: Backend> MemoryBank<B> {
         self.rows.device()
     }
 
+    /// The same bank on `device` (a copy of the rows; a data-parallel replica's bank).
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        Self {
+            rows: self.rows.clone().to_device(device),
+            momentum: self.momentum,
+            precision: self.precision,
+        }
+    }
+
     /// All rows in the backend's float type (f32 on every shipped backend).
     ///
     /// # Shapes

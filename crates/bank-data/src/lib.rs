@@ -37,6 +37,7 @@ mod loader;
 mod render;
 mod scan_archive;
 mod scan_folder;
+mod shard;
 mod sniff;
 mod stats;
 mod stl10;

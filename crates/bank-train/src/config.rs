@@ -212,6 +212,10 @@ pub struct TrainSection {
     pub views: usize,
     /// Loader threads (0: all cores).
     pub threads: usize,
+    /// Devices of data-parallel training (`["cpu", "cpu"]`, `["cuda:0", "cuda:1"]`): one replica
+    /// per entry, each training on its shard of every batch
+    /// ([`parallel`](crate::parallel)). Empty: the one device the backend picks.
+    pub devices: Vec<String>,
 }
 
 /// The instance loss.
@@ -363,6 +367,7 @@ impl Default for TrainSection {
             batch_size: 128,
             views: 1,
             threads: 0,
+            devices: Vec::new(),
         }
     }
 }
@@ -534,6 +539,13 @@ impl TrainConfig {
                 "method.consistency",
                 self.method.consistency.to_string(),
                 "consistency needs train.views >= 2",
+            );
+        }
+        if self.method.loss == LossKind::Nce && self.train.devices.len() > 1 {
+            return bad(
+                "train.devices",
+                format!("{:?}", self.train.devices),
+                "data-parallel training needs method.loss = \"softmax\"",
             );
         }
         if self.method.loss == LossKind::Nce && self.method.nce_noise == 0 {

@@ -83,6 +83,24 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A collective operation between data-parallel replicas failed (burn-collective).
+    #[error("data-parallel {op} (replica {rank}): {reason}")]
+    Collective {
+        /// The operation: register, all-reduce, finish.
+        op: &'static str,
+        /// The replica's rank.
+        rank: usize,
+        /// burn-collective's error.
+        reason: String,
+    },
+    /// A data-parallel replica stopped (its thread ended or panicked).
+    #[error("data-parallel replica {rank} stopped: {reason}")]
+    Replica {
+        /// The replica's rank.
+        rank: usize,
+        /// What is known of why.
+        reason: String,
+    },
     /// From bank-core.
     #[error(transparent)]
     Core(#[from] bank_core::Error),

@@ -61,6 +61,10 @@ enum Command {
         /// Continue the run from its newest checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Data-parallel devices, comma-separated (`cpu,cpu` or `cuda:0,cuda:1`): sets
+        /// `train.devices`.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
         /// A config override `section.field=value` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -214,10 +218,14 @@ fn main() -> Result<()> {
             runs,
             name,
             resume,
+            devices,
             mut set,
             overrides,
         } => {
             set.extend(overrides);
+            if !devices.is_empty() {
+                set.push(format!("train.devices={devices:?}"));
+            }
             if let Some(name) = name {
                 set.push(format!("name=\"{name}\""));
             }

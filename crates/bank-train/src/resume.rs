@@ -15,6 +15,7 @@ pub const CHANGEABLE_ON_RESUME: &[&str] = &[
     "name",
     "train.epochs",
     "train.threads",
+    "train.devices",
     "optim.lr",
     "eval.every_epochs",
     "eval.k",

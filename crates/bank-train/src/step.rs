@@ -2,7 +2,7 @@
 
 use bank_core::MemoryBank;
 use bank_data::Batch;
-use bank_losses::{NceLoss, Positives, SoftmaxObjective, nce_similarities};
+use bank_losses::{ConsistencyLoss, NceLoss, Positives, SoftmaxObjective, nce_similarities};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -11,7 +11,7 @@ use crate::Result;
 use crate::state::TrainState;
 
 /// The gradients of the step's loss and its value (on the inner backend).
-type LossGrads<B> = (
+pub(crate) type LossGrads<B> = (
     <B as AutodiffBackend>::Gradients,
     Tensor<<B as AutodiffBackend>::InnerBackend, 1>,
 );
@@ -34,26 +34,60 @@ fn nce_grads<B: AutodiffBackend>(
 /// instance loss, plus λ·consistency: value and `∂L/∂features` in closed form on the inner
 /// backend ([`SoftmaxObjective`]), then one backward pass from the features into the model
 /// through the surrogate `Σ features ⊙ ∂L/∂features`, whose gradient is exactly that.
-fn softmax_grads<B: AutodiffBackend>(
-    state: &TrainState<B>,
+///
+/// The gradient is multiplied by `share` (1 on one device; a replica's fraction of the batch's
+/// samples in data-parallel training, so that the replicas' summed gradients are the gradient
+/// of the whole batch's mean loss). The returned loss is not scaled.
+pub(crate) fn softmax_grads<B: AutodiffBackend>(
+    target: SoftmaxTarget<'_, B>,
     batch: &Batch<B>,
     features: Tensor<B, 2>,
     tau: f64,
+    share: f64,
 ) -> Result<LossGrads<B>> {
-    let objective = SoftmaxObjective::new(tau)?.with_consistency(state.consistency);
-    let positives = match &state.groups {
+    let objective = SoftmaxObjective::new(tau)?.with_consistency(target.consistency);
+    let positives = match target.groups {
         Some(g) => Positives::Groups(g.clone().inner()),
         None => Positives::Own,
     };
     let out = objective.eval(
-        &state.bank.inner(),
+        &target.bank.inner(),
         features.clone().inner(),
         batch.indices.clone().inner(),
         &positives,
         batch.layout,
     )?;
-    let surrogate = (features * Tensor::from_inner(out.features_grad)).sum();
+    let grad = Tensor::from_inner(out.features_grad);
+    let grad = if share == 1.0 {
+        grad
+    } else {
+        grad.mul_scalar(share)
+    };
+    let surrogate = (features * grad).sum();
     Ok((surrogate.backward(), out.loss))
+}
+
+/// What the softmax objective of a step is computed against: the bank, the merge groups and
+/// the consistency term.
+#[derive(Clone, Copy)]
+pub(crate) struct SoftmaxTarget<'a, B: AutodiffBackend> {
+    /// The bank (a constant of the step).
+    pub bank: &'a MemoryBank<B>,
+    /// The group id of every bank row, once merging is on.
+    pub groups: Option<&'a Tensor<B, 1, Int>>,
+    /// λ·consistency, when on.
+    pub consistency: Option<ConsistencyLoss>,
+}
+
+impl<'a, B: AutodiffBackend> SoftmaxTarget<'a, B> {
+    /// The target of `state`.
+    pub(crate) fn of(state: &'a TrainState<B>) -> Self {
+        Self {
+            bank: &state.bank,
+            groups: state.groups.as_ref(),
+            consistency: state.consistency,
+        }
+    }
 }
 
 /// Trains on `batch` at learning rate `lr`; returns the new state and the loss (the one
@@ -73,7 +107,13 @@ pub fn train_step<B: AutodiffBackend>(
     let features = state.model.forward(batch.images.clone());
     let (grads, loss) = match state.nce.as_mut() {
         Some(nce) => nce_grads(nce, &state.bank, &batch, features.clone(), device)?,
-        None => softmax_grads(&state, &batch, features.clone(), tau)?,
+        None => softmax_grads(
+            SoftmaxTarget::of(&state),
+            &batch,
+            features.clone(),
+            tau,
+            1.0,
+        )?,
     };
     let grads = GradientsParams::from_grads(grads, &state.model);
     let model = state.model;
@@ -141,7 +181,8 @@ mod tests {
             state.groups = merged.then(|| groups.clone());
 
             let features = state.model.forward(batch.images.clone());
-            let (grads, loss) = softmax_grads(&state, &batch, features, tau).unwrap();
+            let (grads, loss) =
+                softmax_grads(SoftmaxTarget::of(&state), &batch, features, tau, 1.0).unwrap();
             let mut got = Grads(&grads, Vec::new());
             state.model.visit(&mut got);
 

@@ -22,6 +22,7 @@ use crate::data_source::{TrainData, ViewSpec};
 use crate::evaluate::KnnEvaluator;
 use crate::feasibility::check_against_data;
 use crate::metrics::{self, EpochMetrics, KnnAccuracyRecord, MergeRecord, Summary};
+use crate::parallel::{DataParallel, parse_devices};
 use crate::protocols::in_training;
 use crate::resume::check_resume;
 use crate::run_folder::RunFolder;
@@ -79,6 +80,24 @@ fn augment(view: &ViewSpec) -> Transform {
     )
 }
 
+/// The loader of the training views of a run: `config`'s batch size, K, seed and threads, the
+/// NPID augmentation at `data`'s view size.
+///
+/// # Errors
+/// Invalid loader settings.
+pub fn training_loader(
+    config: &TrainConfig,
+    data: &TrainData,
+) -> Result<MultiViewLoader<dyn Dataset>> {
+    Ok(MultiViewLoader::new(
+        Arc::clone(&data.train),
+        LoaderConfig::new(config.train.batch_size, config.train.views)
+            .with_seed(config.seed)
+            .with_threads(config.train.threads),
+        augment(&data.view),
+    )?)
+}
+
 /// Trains `config` on `data`; writes the run folder and returns the summary. Generic over the
 /// backend: the same loop runs on ndarray, flex, wgpu and cuda.
 ///
@@ -95,6 +114,8 @@ pub fn train<B: AutodiffBackend>(
     let config = &data.resolve(config);
     config.validate()?;
     check_against_data(config, data)?;
+    let devices = parse_devices::<B>(&config.train.devices, device)?;
+    let device = &devices[0];
     let (folder, resume_from) = RunFolder::open(&options.run_dir, options.resume)?;
     if let Some(ckpt) = &resume_from {
         let run_config = checkpoint::read_state(ckpt)?.config;
@@ -121,17 +142,22 @@ pub fn train<B: AutodiffBackend>(
         progress.note("no checkpoint to resume from; starting from scratch");
     }
     folder.create(config)?;
+    let mut parallel = if devices.len() > 1 {
+        let p = DataParallel::start(&state, &devices)?;
+        progress.note(&format!(
+            "data-parallel: {} replicas ({:?})",
+            p.world(),
+            config.train.devices
+        ));
+        Some(p)
+    } else {
+        None
+    };
     for line in &data.notes {
         progress.note(line);
     }
     let mut history = metrics::read_and_truncate(&folder.metrics(), state.epochs_done)?;
-    let loader = MultiViewLoader::new(
-        Arc::clone(&data.train),
-        LoaderConfig::new(config.train.batch_size, config.train.views)
-            .with_seed(config.seed)
-            .with_threads(config.train.threads),
-        augment(&data.view),
-    )?;
+    let loader = training_loader(config, data)?;
     let train_labels = data.train.labels();
     let mut rates = Vec::new();
     let mut step_checkpoints = StepCheckpoints::new(&config.checkpoint);
@@ -142,13 +168,16 @@ pub fn train<B: AutodiffBackend>(
             &loader,
             epoch,
             (&folder, &mut step_checkpoints),
-            device,
+            (device, parallel.as_mut()),
             progress,
         )?;
         state = next;
         rates.push(m.views_per_s);
         m.merge = merge_round(&mut state, config, epoch, train_labels.as_deref(), device)?;
         if m.merge.is_some() {
+            if let Some(p) = &parallel {
+                p.share_groups(&state)?;
+            }
             in_training::merges_picture(folder.dir(), &*data.train, state.merger.as_mut());
         }
         if should_evaluate(config, epoch)
@@ -197,14 +226,15 @@ fn should_evaluate(config: &TrainConfig, epoch: usize) -> bool {
 
 /// One pass over the training set, from the batch `state.progress` says (0, or where a
 /// mid-epoch checkpoint left it), with checkpoints inside the epoch when they are due; the
-/// metrics come back without evaluation or merging.
+/// metrics come back without evaluation or merging. Steps run on `device`, or on every replica
+/// of `parallel` when training is data-parallel.
 fn run_epoch<B: AutodiffBackend>(
     mut state: TrainState<B>,
     config: &TrainConfig,
     loader: &MultiViewLoader<dyn Dataset>,
     epoch: usize,
     (folder, step_checkpoints): (&RunFolder, &mut StepCheckpoints),
-    device: &B::Device,
+    (device, mut parallel): (&B::Device, Option<&mut DataParallel<B>>),
     progress: &mut dyn Progress,
 ) -> Result<(TrainState<B>, EpochMetrics)> {
     let steps = loader.batches_per_epoch();
@@ -215,10 +245,14 @@ fn run_epoch<B: AutodiffBackend>(
         B::seed(device, step_seed(config.seed, epoch, i));
         let position = epoch as f64 + i as f64 / steps as f64;
         let lr = learning_rate(&config.optim, config.train.epochs, position);
-        let batch = host?.into_device::<B>(device);
-        let rows = batch.layout.rows();
+        let host = host?;
+        let rows = host.layout.rows();
+        let tau = config.method.temperature;
         let value;
-        (state, value) = train_step(state, batch, lr, config.method.temperature, device)?;
+        (state, value) = match parallel.as_deref_mut() {
+            Some(p) => p.step(state, &host, lr, tau)?,
+            None => train_step(state, host.into_device::<B>(device), lr, tau, device)?,
+        };
         if !value.is_finite() {
             return Err(Error::NonFiniteLoss {
                 epoch: epoch + 1,

@@ -8,6 +8,7 @@ mod folders;
 mod fuzz;
 mod knn;
 mod models;
+mod parallel;
 mod process;
 mod protocols;
 mod resume;

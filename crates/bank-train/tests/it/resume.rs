@@ -12,7 +12,8 @@ use burn::backend::NdArray;
 
 use crate::{BACKEND_RNG, Train, cifar_records, halved};
 
-fn config() -> TrainConfig {
+/// Two epochs of K = 2 with consistency and merging from epoch 1, on 16×16 images.
+pub fn config() -> TrainConfig {
     let o: Vec<String> = [
         "train.epochs=2",
         "train.batch_size=16",

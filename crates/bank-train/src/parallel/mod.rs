@@ -1,0 +1,35 @@
+//! Data-parallel training on several devices of one process, on burn's collective operations
+//! (`burn-collective`).
+//!
+//! - [`devices`]: the `train.devices` names (`"cpu"`, `"cuda:1"`) as backend devices.
+//! - [`Replica`]: one device's model, optimiser and bank, and its part of a step: its shard of
+//!   the batch ([`HostBatch::shard`](bank_data::HostBatch::shard), rank-strided), the closed-form
+//!   loss gradient scaled by its share of the samples, the gradients summed over the replicas
+//!   with an all-reduce, the optimiser step, then the bank update gathered from every replica
+//!   ([`gather`]) and applied by each, so the banks stay bit-identical.
+//! - [`DataParallel`]: one thread per device beyond the first; the caller's thread is replica 0
+//!   and keeps the run's [`TrainState`](crate::state::TrainState), from which checkpoints,
+//!   evaluation and merge rounds work as on one device (the groups are then sent to the others).
+//!
+//!
+//! Deliberately absent: several machines. burn-collective 0.21's global mode fails on the second
+//! all-reduce of a session (its transfer ids are fixed per strategy; tracel-ai/burn#4549), and a
+//! step needs one per parameter.
+//!
+//! BatchNorm statistics stay per device, as in PyTorch's DistributedDataParallel without
+//! SyncBatchNorm: each replica normalises its shard with its own batch statistics, and the
+//! running statistics saved in checkpoints are replica 0's.
+
+pub mod devices;
+mod gather;
+mod replica;
+mod sync;
+mod workers;
+
+pub use devices::parse_devices;
+pub use gather::gather_updates;
+pub use replica::{Replica, ShardStep};
+pub use workers::DataParallel;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,127 @@
+//! One device's share of data-parallel training.
+
+use bank_core::MemoryBank;
+use bank_data::HostBatch;
+use bank_losses::ConsistencyLoss;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use super::gather_updates;
+use super::sync::{sum, sum_gradients};
+use crate::Result;
+use crate::model::EmbeddingNet;
+use crate::state::Sgd;
+use crate::step::{SoftmaxTarget, softmax_grads};
+
+/// A replica: the model, optimiser and bank of one device. Every replica starts from the same
+/// state and applies the same summed gradients and the same gathered bank update, so models,
+/// optimiser states and banks stay identical (BatchNorm running statistics excepted: they
+/// follow each replica's own shards).
+pub struct Replica<B: AutodiffBackend> {
+    /// Rank (0 = the thread that owns the run state); the collective peer id.
+    pub rank: usize,
+    /// The replica's device.
+    pub device: B::Device,
+    /// The network.
+    pub model: EmbeddingNet<B>,
+    /// Its optimiser.
+    pub optim: Sgd<B>,
+    /// The bank.
+    pub bank: MemoryBank<B>,
+    /// Merge groups of the bank rows, once merging is on.
+    pub groups: Option<Tensor<B, 1, Int>>,
+    /// λ·consistency, when on.
+    pub consistency: Option<ConsistencyLoss>,
+}
+
+/// One replica's part of a step.
+#[derive(Debug, Clone)]
+pub struct ShardStep {
+    /// Its samples of the batch, all views of each ([`HostBatch::shard`]).
+    pub shard: HostBatch,
+    /// Its share of the batch's samples, `B_r / B`: the gradient weight.
+    pub share: f64,
+    /// Its first row in the gathered bank update (rows of lower ranks before it).
+    pub offset: usize,
+    /// Rows of the whole batch, `B·K`.
+    pub rows: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Temperature τ.
+    pub tau: f64,
+}
+
+impl<B: AutodiffBackend> Replica<B> {
+    /// Trains on the shard: closed-form softmax gradient (scaled by the share), gradients
+    /// summed over the replicas, SGD, then the bank update of the whole batch. Returns the
+    /// whole batch's mean loss (the shards' losses weighted by their shares, summed over the
+    /// replicas).
+    ///
+    /// Every replica must call this for the same batch: the all-reduces wait for all of them.
+    ///
+    /// # Errors
+    /// Loss and bank errors; [`Error::Collective`] when an all-reduce fails.
+    pub fn step(mut self, job: &ShardStep) -> Result<(Self, f64)> {
+        let views = job.shard.layout.views;
+        let (grads, loss, local) = if job.shard.layout.samples == 0 {
+            (zero_grads(&self.model), 0.0, None)
+        } else {
+            let batch = job.shard.to_device::<B>(&self.device);
+            let features = self.model.forward(batch.images.clone());
+            let target = SoftmaxTarget {
+                bank: &self.bank,
+                groups: self.groups.as_ref(),
+                consistency: self.consistency,
+            };
+            let (grads, loss) =
+                softmax_grads(target, &batch, features.clone(), job.tau, job.share)?;
+            let grads = GradientsParams::from_grads(grads, &self.model);
+            let local = (batch.indices.inner(), features.detach().inner());
+            (grads, loss.into_scalar().elem::<f64>(), Some(local))
+        };
+        let grads = sum_gradients(grads, &self.model, self.rank)?;
+        self.model = self.optim.step(job.lr, self.model, grads);
+        let dim = self.bank.dim();
+        let (indices, features) = gather_updates::<B::InnerBackend>(
+            self.rank,
+            local,
+            (job.offset, job.rows, dim),
+            &self.device,
+        )?;
+        self.bank.update(
+            Tensor::from_inner(indices),
+            Tensor::from_inner(features),
+            views,
+        )?;
+        let loss = self.sum_over_replicas(job.share * loss)?;
+        Ok((self, loss))
+    }
+
+    /// Σ over the replicas of `value`.
+    fn sum_over_replicas(&self, value: f64) -> Result<f64> {
+        let t = Tensor::<B::InnerBackend, 1>::from_floats([value as f32], &self.device);
+        let total = sum(self.rank, t, "all-reduce of the loss")?;
+        Ok(total.into_scalar().elem::<f64>())
+    }
+}
+
+/// Zero gradients for every float parameter of `model`: an empty shard's contribution, so that
+/// its replica still takes part in the all-reduce with the same parameters as the others.
+fn zero_grads<B: AutodiffBackend>(model: &EmbeddingNet<B>) -> GradientsParams {
+    struct Zeros(GradientsParams);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Zeros {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            // Running statistics are visited too, as parameters without gradients.
+            if !param.is_require_grad() {
+                return;
+            }
+            let zeros = param.val().inner().zeros_like();
+            self.0.register::<B::InnerBackend, D>(param.id, zeros);
+        }
+    }
+    let mut zeros = Zeros(GradientsParams::new());
+    model.visit(&mut zeros);
+    zeros.0
+}

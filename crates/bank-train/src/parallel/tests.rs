@@ -1,0 +1,245 @@
+//! Data-parallel steps against a second implementation on one device: the same batch, each
+//! shard forwarded separately (BatchNorm's batch statistics are per shard in both), the scaled
+//! gradients accumulated, one SGD step, one bank update with every shard's rows.
+
+use std::sync::Mutex;
+
+use bank_core::ViewLayout;
+use bank_data::HostBatch;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::DataParallel;
+use crate::TrainConfig;
+use crate::state::TrainState;
+use crate::step::{SoftmaxTarget, softmax_grads};
+
+type A = burn::backend::Autodiff<burn::backend::NdArray>;
+
+/// burn-collective has one session per backend per process: one data-parallel test at a time.
+static COLLECTIVE: Mutex<()> = Mutex::new(());
+
+/// A batch of random views of `samples` distinct bank rows (random pixels, 16×16 RGB).
+fn batch(rng: &mut StdRng, n: usize, samples: usize, views: usize) -> HostBatch {
+    let mut rows: Vec<usize> = (0..n).collect();
+    for i in 0..samples {
+        let j = rng.random_range(i..n);
+        rows.swap(i, j);
+    }
+    let size = 16;
+    let images = (0..samples * views * 3 * size * size)
+        .map(|_| rng.random_range(-2.0f32..2.0))
+        .collect();
+    HostBatch {
+        images,
+        size,
+        channels: 3,
+        samples: rows[..samples].to_vec(),
+        labels: None,
+        layout: ViewLayout::new(samples, views),
+    }
+}
+
+/// The data-parallel step done on one device: every shard of `world` forwarded on its own.
+fn accumulated_step(state: &mut TrainState<A>, host: &HostBatch, world: usize, lr: f64) -> f64 {
+    let device = Default::default();
+    let tau = 0.1;
+    let mut sum = GradientsAccumulator::new();
+    let (mut loss, mut indices, mut features) = (0.0, Vec::new(), Vec::new());
+    for rank in 0..world {
+        let shard = host.shard(rank, world);
+        if shard.layout.samples == 0 {
+            continue;
+        }
+        let share = shard.layout.samples as f64 / host.layout.samples as f64;
+        let batch = shard.to_device::<A>(&device);
+        let f = state.model.forward(batch.images.clone());
+        let (grads, l) =
+            softmax_grads(SoftmaxTarget::of(state), &batch, f.clone(), tau, share).unwrap();
+        sum.accumulate(
+            &state.model,
+            GradientsParams::from_grads(grads, &state.model),
+        );
+        loss += share * l.into_scalar().elem::<f64>();
+        indices.push(batch.indices);
+        features.push(f.detach());
+    }
+    let model = state.model.clone();
+    state.model = state.optim.step(lr, model, sum.grads());
+    let views = host.layout.views;
+    state
+        .bank
+        .update(Tensor::cat(indices, 0), Tensor::cat(features, 0), views)
+        .unwrap();
+    loss
+}
+
+/// Every trained parameter, flattened, in visiting order.
+fn params(model: &impl Module<A>) -> Vec<f32> {
+    struct All(Vec<f32>);
+    impl ModuleVisitor<A> for All {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+            // Trained parameters only: running statistics are per replica.
+            if !param.is_require_grad() {
+                return;
+            }
+            let v = param.val().into_data().convert::<f32>();
+            self.0.extend(v.to_vec::<f32>().unwrap());
+        }
+    }
+    let mut all = All(Vec::new());
+    model.visit(&mut all);
+    all.0
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn rows(state: &TrainState<A>) -> Vec<f32> {
+    state.bank.rows().into_data().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn two_replicas_match_one_device_and_keep_identical_banks() {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let config = TrainConfig::load(
+        None,
+        &["train.views=2".into(), "method.consistency=0.5".into()],
+    )
+    .unwrap();
+    let n = 48;
+    let start = TrainState::<A>::new(&config, n, &device).unwrap();
+    let world = 2;
+    let mut parallel = DataParallel::start(&start, &[device, device]).unwrap();
+    // A copy of replica 0's starting point (its parameters are drawn by now).
+    let mut single = TrainState::<A>::new(&config, n, &device).unwrap();
+    single.model = start.model.clone();
+    single.bank = start.bank.clone();
+    let mut state = start;
+    let mut rng = StdRng::seed_from_u64(7);
+    // Even and odd shards, then a batch of one sample: replica 1 gets nothing to train on.
+    for (step, samples) in [6, 5, 7, 1].into_iter().enumerate() {
+        let host = batch(&mut rng, n, samples, 2);
+        let lr = 0.05 / (step + 1) as f64;
+        let want = accumulated_step(&mut single, &host, world, lr);
+        let got;
+        (state, got) = parallel.step(state, &host, lr, 0.1).unwrap();
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "step {step}: loss {got} against {want}"
+        );
+        let (p, q) = (params(&state.model), params(&single.model));
+        assert!(
+            max_diff(&p, &q) < 1e-5,
+            "step {step}: parameters differ by {}",
+            max_diff(&p, &q)
+        );
+        let bank = rows(&state);
+        assert!(
+            max_diff(&bank, &rows(&single)) < 1e-5,
+            "step {step}: banks differ"
+        );
+        for other in parallel.replica_banks().unwrap() {
+            assert_eq!(
+                other.to_vec::<f32>().unwrap(),
+                bank,
+                "step {step}: replica banks differ"
+            );
+        }
+    }
+    assert_eq!(state.step, 4);
+}
+
+/// The gathered bank update carries indices exactly, also beyond f32's 2^24.
+#[test]
+fn gathered_indices_survive_the_float_all_reduce() {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    type B = burn::backend::NdArray;
+    let world = 2;
+    burn::collective::reset_collective::<B>();
+    let config = burn::collective::CollectiveConfig::default().with_num_devices(world);
+    let big = [(1i64 << 30) + 12_345, 16_777_217];
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let device = Default::default();
+                let peer = burn::collective::PeerId::from(rank);
+                burn::collective::register::<B>(peer, device, config).unwrap();
+                let indices = Tensor::<B, 1, Int>::from_ints([big[rank]], &device);
+                let features = Tensor::<B, 2>::full([1, 3], rank as f32 + 0.5, &device);
+                let out =
+                    super::gather_updates(rank, Some((indices, features)), (rank, 2, 3), &device);
+                burn::collective::finish_collective::<B>(peer).unwrap();
+                out.unwrap()
+            })
+        })
+        .collect();
+    for handle in handles {
+        let (indices, features) = handle.join().unwrap();
+        assert_eq!(indices.into_data().to_vec::<i64>().unwrap(), big.to_vec());
+        assert_eq!(
+            features.into_data().to_vec::<f32>().unwrap(),
+            [0.5, 0.5, 0.5, 1.5, 1.5, 1.5]
+        );
+    }
+}
+
+/// Replicas that start from different weights (another seed) are refused by every replica;
+/// identical ones pass.
+#[test]
+fn replicas_from_different_starts_are_refused() {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    type Inner = burn::backend::NdArray;
+    let device = Default::default();
+    for seeds in [[3, 3], [3, 4]] {
+        // Built one after the other: the backend's generator is shared by all threads.
+        let states: Vec<_> = seeds
+            .iter()
+            .map(|&seed| {
+                let mut config = TrainConfig::load(None, &[]).unwrap();
+                config.seed = seed;
+                let state = TrainState::<A>::new(&config, 16, &device).unwrap();
+                super::workers::materialize(&state.model);
+                state
+            })
+            .collect();
+        burn::collective::reset_collective::<Inner>();
+        let handles: Vec<_> = states
+            .into_iter()
+            .enumerate()
+            .map(|(rank, state)| {
+                std::thread::spawn(move || {
+                    let peer = burn::collective::PeerId::from(rank);
+                    let two = burn::collective::CollectiveConfig::default().with_num_devices(2);
+                    burn::collective::register::<Inner>(peer, device, two).unwrap();
+                    let start = (&state.model, &state.bank);
+                    let out = super::sync::check_same_start(start, (rank, 2), &device);
+                    burn::collective::finish_collective::<Inner>(peer).unwrap();
+                    out.map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        if seeds[0] == seeds[1] {
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+        } else {
+            for r in &results {
+                assert!(
+                    r.as_ref()
+                        .is_err_and(|e| e.contains("different parameters")),
+                    "{r:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The replicas' threads and the step that deals a batch to them.
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use bank_data::HostBatch;
+use burn::collective::{CollectiveConfig, PeerId, finish_collective, register, reset_collective};
+use burn::module::{ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use super::sync::check_same_start;
+use super::{Replica, ShardStep};
+use crate::model::EmbeddingNet;
+use crate::state::TrainState;
+use crate::{Error, Result};
+
+/// What the run's thread sends a replica.
+enum Job {
+    /// Take part in this step.
+    Step(Box<ShardStep>),
+    /// New merge groups (bank row → group id), after a merge round.
+    Groups(Vec<i64>),
+    /// Send back a copy of the bank's rows.
+    Bank(Sender<TensorData>),
+}
+
+/// A replica's thread.
+struct Worker {
+    rank: usize,
+    jobs: Option<Sender<Job>>,
+    results: Receiver<Result<f64>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Data-parallel training over `W` devices: replica 0 is the caller's [`TrainState`], replicas
+/// 1..W live on their own threads, each with a copy of the model, optimiser state and bank.
+///
+/// Dropping it ends the threads and the collective session.
+pub struct DataParallel<B: AutodiffBackend> {
+    workers: Vec<Worker>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> DataParallel<B> {
+    /// Starts replicas 1..W as copies of `state` on `devices[1..]`; `state` (on `devices[0]`)
+    /// is replica 0. Registers every replica with burn-collective (the process's collective
+    /// session of backend `B` is reset first: one data-parallel run per process at a time),
+    /// then checks that all start from the same parameters and bank.
+    ///
+    /// # Errors
+    /// [`Error::Collective`] when a registration or the start check fails.
+    pub fn start(state: &TrainState<B>, devices: &[B::Device]) -> Result<Self> {
+        let world = devices.len();
+        let config = CollectiveConfig::default().with_num_devices(world);
+        reset_collective::<B::InnerBackend>();
+        materialize(&state.model);
+        let mut workers = Vec::with_capacity(world.saturating_sub(1));
+        for (rank, device) in devices.iter().enumerate().skip(1) {
+            let replica = Replica {
+                rank,
+                device: device.clone(),
+                model: state.model.clone().fork(device),
+                optim: state.optim.clone(),
+                bank: state.bank.to_device(device),
+                groups: state.groups.clone().map(|g| g.to_device(device)),
+                consistency: state.consistency,
+            };
+            workers.push(spawn(replica, config.clone(), world));
+        }
+        let device = devices[0].clone();
+        register::<B::InnerBackend>(PeerId::from(0), device.clone(), config).map_err(|e| {
+            Error::Collective {
+                op: "register",
+                rank: 0,
+                reason: format!("{e:?}"),
+            }
+        })?;
+        check_same_start((&state.model, &state.bank), (0, world), &device)?;
+        Ok(Self { workers, device })
+    }
+
+    /// Replicas, `W`.
+    pub fn world(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// One data-parallel step on `batch`: every replica trains on its rank-strided shard;
+    /// returns the new state and the batch's mean loss (the replicas' losses weighted by their
+    /// share of the samples). As [`train_step`](crate::step::train_step) on one device, except
+    /// for BatchNorm's batch statistics, which are per shard.
+    ///
+    /// # Errors
+    /// Any replica's error; [`Error::Replica`] when a replica's thread has stopped.
+    pub fn step(
+        &mut self,
+        mut state: TrainState<B>,
+        batch: &HostBatch,
+        lr: f64,
+        tau: f64,
+    ) -> Result<(TrainState<B>, f64)> {
+        let jobs = self.shard(batch, lr, tau);
+        for (worker, job) in self.workers.iter().zip(&jobs[1..]) {
+            worker.send(Job::Step(Box::new(job.clone())))?;
+        }
+        let replica = Replica {
+            rank: 0,
+            device: self.device.clone(),
+            model: state.model,
+            optim: state.optim,
+            bank: state.bank,
+            groups: state.groups,
+            consistency: state.consistency,
+        };
+        let (replica, loss) = replica.step(&jobs[0])?;
+        state.model = replica.model;
+        state.optim = replica.optim;
+        state.bank = replica.bank;
+        state.groups = replica.groups;
+        for worker in &self.workers {
+            worker.receive()?; // the same batch loss, or the replica's error
+        }
+        state.step += 1;
+        Ok((state, loss))
+    }
+
+    /// Sends the groups of `state` (after a merge round) to replicas 1..W.
+    ///
+    /// # Errors
+    /// [`Error::Replica`] when a replica's thread has stopped.
+    pub fn share_groups(&self, state: &TrainState<B>) -> Result<()> {
+        let Some(groups) = &state.groups else {
+            return Ok(());
+        };
+        let ids: Vec<i64> = groups
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .map_err(|e| Error::Replica {
+                rank: 0,
+                reason: format!("cannot read the merge groups: {e:?}"),
+            })?;
+        for worker in &self.workers {
+            worker.send(Job::Groups(ids.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// The bank rows of replicas 1..W, read back to the host (to check that they agree with
+    /// replica 0's).
+    ///
+    /// # Errors
+    /// [`Error::Replica`] when a replica's thread has stopped.
+    pub fn replica_banks(&self) -> Result<Vec<TensorData>> {
+        self.workers
+            .iter()
+            .map(|worker| {
+                let (reply, answer) = channel();
+                worker.send(Job::Bank(reply))?;
+                answer.recv().map_err(|_| Error::Replica {
+                    rank: worker.rank,
+                    reason: "its thread ended before sending its bank".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every replica's part of `batch`.
+    fn shard(&self, batch: &HostBatch, lr: f64, tau: f64) -> Vec<ShardStep> {
+        let world = self.world();
+        let samples = batch.layout.samples.max(1) as f64;
+        let mut offset = 0;
+        (0..world)
+            .map(|rank| {
+                let shard = batch.shard(rank, world);
+                let job = ShardStep {
+                    share: shard.layout.samples as f64 / samples,
+                    offset,
+                    rows: batch.layout.rows(),
+                    lr,
+                    tau,
+                    shard,
+                };
+                offset += job.shard.layout.rows();
+                job
+            })
+            .collect()
+    }
+}
+
+impl<B: AutodiffBackend> Drop for DataParallel<B> {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            worker.jobs.take(); // the thread's loop ends
+        }
+        let _ = finish_collective::<B::InnerBackend>(PeerId::from(0));
+        for worker in &mut self.workers {
+            if let Some(handle) = worker.handle.take() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn send(&self, job: Job) -> Result<()> {
+        let stopped = || Error::Replica {
+            rank: self.rank,
+            reason: "its thread has ended".into(),
+        };
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())
+    }
+
+    fn receive(&self) -> Result<f64> {
+        self.results.recv().map_err(|_| Error::Replica {
+            rank: self.rank,
+            reason: "its thread ended without a result (a panic?)".into(),
+        })?
+    }
+}
+
+/// Draws every lazily initialised parameter of `model` now. burn initialises a parameter on
+/// first use, and a clone of a parameter not yet drawn draws its own values: replicas cloned
+/// from a fresh model would start from different weights.
+pub(super) fn materialize<B: AutodiffBackend>(model: &EmbeddingNet<B>) {
+    struct Touch;
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Touch);
+}
+
+/// Starts `replica`'s thread: register, then run the steps it is sent until the channel closes.
+fn spawn<B: AutodiffBackend>(
+    replica: Replica<B>,
+    config: CollectiveConfig,
+    world: usize,
+) -> Worker {
+    let rank = replica.rank;
+    let (jobs, inbox) = channel::<Job>();
+    let (outbox, results) = channel::<Result<f64>>();
+    let handle = std::thread::spawn(move || {
+        let peer = PeerId::from(rank);
+        if let Err(e) = register::<B::InnerBackend>(peer, replica.device.clone(), config) {
+            let _ = outbox.send(Err(Error::Collective {
+                op: "register",
+                rank,
+                reason: format!("{e:?}"),
+            }));
+            return;
+        }
+        let start = (&replica.model, &replica.bank);
+        if let Err(e) = check_same_start(start, (rank, world), &replica.device) {
+            let _ = outbox.send(Err(e));
+            return;
+        }
+        serve(replica, &inbox, &outbox);
+        let _ = finish_collective::<B::InnerBackend>(peer);
+    });
+    Worker {
+        rank,
+        jobs: Some(jobs),
+        results,
+        handle: Some(handle),
+    }
+}
+
+/// A replica's loop: steps and group updates until the run's thread hangs up or a step fails.
+fn serve<B: AutodiffBackend>(
+    mut replica: Replica<B>,
+    inbox: &Receiver<Job>,
+    outbox: &Sender<Result<f64>>,
+) {
+    while let Ok(job) = inbox.recv() {
+        match job {
+            Job::Step(job) => match replica.step(&job) {
+                Ok((next, loss)) => {
+                    replica = next;
+                    if outbox.send(Ok(loss)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = outbox.send(Err(e));
+                    return;
+                }
+            },
+            Job::Groups(ids) => {
+                let n = ids.len();
+                replica.groups = Some(Tensor::from_data(
+                    TensorData::new(ids, [n]),
+                    &replica.device,
+                ));
+            }
+            Job::Bank(reply) => {
+                let _ = reply.send(replica.bank.rows().inner().into_data());
+            }
+        }
+    }
+}

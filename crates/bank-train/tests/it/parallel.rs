@@ -1,0 +1,95 @@
+//! Data-parallel runs (two replicas on the CPU): resumable bit for bit, and their checkpoints
+//! resume onto one device. The step itself is checked against a one-device implementation in
+//! the crate's unit tests (`parallel::tests`).
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use bank_core::MemoryBank;
+use bank_train::{NoProgress, RunOptions, TrainConfig, TrainData, checkpoint, train};
+use burn::backend::NdArray;
+
+use crate::{BACKEND_RNG, Train, cifar_records, halved};
+
+/// The resume test's recipe (two epochs, K = 2, consistency, merging) on `devices`.
+fn config(devices: &[&str]) -> TrainConfig {
+    let mut config = crate::resume::config();
+    config.train.devices = devices.iter().map(|d| d.to_string()).collect();
+    config
+}
+
+fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<f64> {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let (train_set, test_set) = cifar_records(44, 24);
+    let (train_set, test_set) = (halved(&train_set), halved(&test_set));
+    let options = RunOptions {
+        run_dir: dir.to_path_buf(),
+        resume,
+    };
+    let data = TrainData::from_sets(config, Arc::new(train_set), Arc::new(test_set))?;
+    let summary = train::<Train>(
+        config,
+        &data,
+        &options,
+        &Default::default(),
+        &mut NoProgress,
+    )?;
+    Ok(summary.final_loss)
+}
+
+fn bank_rows(dir: &Path) -> Vec<f32> {
+    let ckpt = checkpoint::latest(&dir.join("checkpoints"))
+        .unwrap()
+        .unwrap();
+    let bank =
+        MemoryBank::<NdArray>::load(ckpt.join("bank.safetensors"), &Default::default()).unwrap();
+    bank.rows().into_data().to_vec().unwrap()
+}
+
+/// Keeps only the epoch-1 checkpoint of a finished two-epoch run (a kill during epoch 2).
+fn lose_epoch_two(dir: &Path) {
+    let ckpts = dir.join("checkpoints");
+    fs::remove_dir_all(ckpts.join("epoch-0002")).unwrap();
+    let state = checkpoint::read_state(&checkpoint::latest(&ckpts).unwrap().unwrap()).unwrap();
+    assert_eq!(state.epochs_done, 1);
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn two_replica_run_resumes_and_its_checkpoints_resume_onto_one_device() {
+    let root = tempfile::tempdir().unwrap();
+    let two = config(&["cpu", "cpu"]);
+    let straight = root.path().join("straight");
+    let loss = run(&straight, false, &two).unwrap();
+    assert!(loss.is_finite());
+
+    // Killed in epoch 2, resumed on two replicas: the run it would have been (the merge groups
+    // of epoch 1 reach replica 1 from the checkpoint). ndarray's threaded reductions make the
+    // 7th digit vary.
+    let resumed = root.path().join("resumed");
+    run(&resumed, false, &two).unwrap();
+    lose_epoch_two(&resumed);
+    let again = run(&resumed, true, &two).unwrap();
+    assert!(
+        (again - loss).abs() <= 1e-4 * loss.abs(),
+        "{again} vs {loss}"
+    );
+    let diff = max_diff(&bank_rows(&resumed), &bank_rows(&straight));
+    assert!(diff < 1e-3, "banks differ by {diff}");
+
+    // The same checkpoint resumed on one device trains on; from there it is another run
+    // (BatchNorm then normalises whole batches, not shards).
+    lose_epoch_two(&resumed);
+    let one = run(&resumed, true, &config(&[])).unwrap();
+    assert!(one.is_finite());
+    let diff = max_diff(&bank_rows(&resumed), &bank_rows(&straight));
+    assert!(diff > 1e-3, "one device should differ from two, by {diff}");
+}
