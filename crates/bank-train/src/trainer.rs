@@ -143,6 +143,11 @@ pub fn train<B: AutodiffBackend>(
     }
     folder.create(config)?;
     let mut parallel = if devices.len() > 1 {
+        // The replicas copy the parameters, so they are drawn now: from the generator state the
+        // first step would draw them from on one device (the same initial weights), right away
+        // (the generator is shared by every thread of the process).
+        let (epoch, batch) = (state.epochs_done, state.progress.batches);
+        B::seed(device, step_seed(config.seed, epoch, batch));
         let p = DataParallel::start(&state, &devices)?;
         progress.note(&format!(
             "data-parallel: {} replicas ({:?})",

@@ -9,7 +9,7 @@ use crate::{Error, Result};
 ///
 /// A name is `cpu` (the backend's default device; repeat it for several CPU replicas) or
 /// `KIND:INDEX` with KIND one of `cpu`, `cuda`, `gpu`, `wgpu` and INDEX the device number
-/// (`cuda:1`: the second GPU of the cuda, tch or wgpu backend).
+/// (`cuda:1`: the second GPU of the cuda, tch or wgpu backend; refused on flex and ndarray).
 ///
 /// # Errors
 /// [`Error::Config`] naming `train.devices` and the entry that is not such a name.
@@ -36,10 +36,21 @@ fn parse_one<B: Backend>(name: &str, default: &B::Device) -> Result<B::Device> {
     };
     match (kind, index) {
         ("cpu", _) => Ok(default.clone()),
+        ("cuda" | "gpu" | "wgpu", _) if cpu_only::<B>(default) => Err(bad(&format!(
+            "the {} backend has no GPU (build with --backend cuda, wgpu or tch)",
+            B::name(default)
+        ))),
         ("cuda" | "gpu" | "wgpu", Some(i)) => Ok(B::Device::from_id(DeviceId::new(0, i))),
         ("cuda" | "gpu" | "wgpu", None) => Err(bad("give the device number, e.g. cuda:0")),
         _ => Err(bad("expected cpu, cpu:N, cuda:N, gpu:N or wgpu:N")),
     }
+}
+
+/// Whether the backend runs on the CPU only (flex, ndarray), where a GPU name would silently
+/// mean the CPU.
+fn cpu_only<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    name.contains("flex") || name.contains("ndarray")
 }
 
 #[cfg(test)]
@@ -62,7 +73,7 @@ mod tests {
                 .len(),
             2
         );
-        for bad in ["tpu:0", "cuda", "cuda:x", "cpu:-1"] {
+        for bad in ["tpu:0", "cuda", "cuda:x", "cpu:-1", "cuda:0", "wgpu:1"] {
             let err = parse_devices::<B>(&names(&["cpu", bad]), &device)
                 .unwrap_err()
                 .to_string();
