@@ -143,9 +143,9 @@ pub fn train<B: AutodiffBackend>(
     }
     folder.create(config)?;
     let mut parallel = if devices.len() > 1 {
-        // The replicas copy the parameters, so they are drawn now: from the generator state the
-        // first step would draw them from on one device (the same initial weights), right away
-        // (the generator is shared by every thread of the process).
+        // The replicas copy the parameters, so they are drawn now, right after seeding the
+        // generator as the first step does (it is shared by every thread of the process, so
+        // no other draw may come between).
         let (epoch, batch) = (state.epochs_done, state.progress.batches);
         B::seed(device, step_seed(config.seed, epoch, batch));
         let p = DataParallel::start(&state, &devices)?;
