@@ -1,16 +1,13 @@
-//! Data-parallel runs (two replicas on the CPU): resumable bit for bit, and their checkpoints
-//! resume onto one device. The step itself is checked against a one-device implementation in
+//! Data-parallel runs (two replicas on the CPU): resumable, and their checkpoints resume onto one
+//! device. The step itself is checked against a one-device implementation in
 //! the crate's unit tests (`parallel::tests`).
 
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
 
-use bank_core::MemoryBank;
-use bank_train::{NoProgress, RunOptions, TrainConfig, TrainData, checkpoint, train};
-use burn::backend::NdArray;
+use bank_train::{TrainConfig, checkpoint};
 
-use crate::{BACKEND_RNG, Train, cifar_records, halved};
+use crate::resume::{bank_rows, losses};
 
 /// The resume test's recipe (two epochs, K = 2, consistency, merging) on `devices`.
 fn config(devices: &[&str]) -> TrainConfig {
@@ -19,32 +16,10 @@ fn config(devices: &[&str]) -> TrainConfig {
     config
 }
 
+/// The run's final loss (last epoch).
 fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<f64> {
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let (train_set, test_set) = cifar_records(44, 24);
-    let (train_set, test_set) = (halved(&train_set), halved(&test_set));
-    let options = RunOptions {
-        run_dir: dir.to_path_buf(),
-        resume,
-    };
-    let data = TrainData::from_sets(config, Arc::new(train_set), Arc::new(test_set))?;
-    let summary = train::<Train>(
-        config,
-        &data,
-        &options,
-        &Default::default(),
-        &mut NoProgress,
-    )?;
-    Ok(summary.final_loss)
-}
-
-fn bank_rows(dir: &Path) -> Vec<f32> {
-    let ckpt = checkpoint::latest(&dir.join("checkpoints"))
-        .unwrap()
-        .unwrap();
-    let bank =
-        MemoryBank::<NdArray>::load(ckpt.join("bank.safetensors"), &Default::default()).unwrap();
-    bank.rows().into_data().to_vec().unwrap()
+    crate::resume::run(dir, resume, config)?;
+    Ok(*losses(dir).last().expect("an epoch"))
 }
 
 /// Keeps only the epoch-1 checkpoint of a finished two-epoch run (a kill during epoch 2).

@@ -34,7 +34,8 @@ pub fn config() -> TrainConfig {
     TrainConfig::load(None, &o).unwrap()
 }
 
-fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<()> {
+/// Trains `config` on 48 + 32 real CIFAR-10 records at 16×16 into `dir` (taking the backend's turn).
+pub fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<()> {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let (train_set, test_set) = cifar_records(48, 32);
     let (train_set, test_set) = (halved(&train_set), halved(&test_set));
@@ -53,7 +54,8 @@ fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<()>
     .map(|_| ())
 }
 
-fn losses(dir: &Path) -> Vec<f64> {
+/// The per-epoch losses of `metrics.jsonl`.
+pub fn losses(dir: &Path) -> Vec<f64> {
     fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -61,7 +63,8 @@ fn losses(dir: &Path) -> Vec<f64> {
         .collect()
 }
 
-fn bank_rows(dir: &Path) -> Vec<f32> {
+/// The bank of the newest checkpoint.
+pub fn bank_rows(dir: &Path) -> Vec<f32> {
     let ckpt = checkpoint::latest(&dir.join("checkpoints"))
         .unwrap()
         .unwrap();
