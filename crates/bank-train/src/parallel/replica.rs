@@ -66,7 +66,8 @@ impl<B: AutodiffBackend> Replica<B> {
     pub fn step(mut self, job: &ShardStep) -> Result<(Self, f64)> {
         let views = job.shard.layout.views;
         let (grads, loss, local) = if job.shard.layout.samples == 0 {
-            (zero_grads(&self.model), 0.0, None)
+            let zero = Tensor::zeros([1], &self.device);
+            (zero_grads(&self.model), zero, None)
         } else {
             let batch = job.shard.to_device::<B>(&self.device);
             let features = self.model.forward(batch.images.clone());
@@ -79,7 +80,7 @@ impl<B: AutodiffBackend> Replica<B> {
                 softmax_grads(target, &batch, features.clone(), job.tau, job.share)?;
             let grads = GradientsParams::from_grads(grads, &self.model);
             let local = (batch.indices.inner(), features.detach().inner());
-            (grads, loss.into_scalar().elem::<f64>(), Some(local))
+            (grads, loss.mul_scalar(job.share), Some(local))
         };
         let grads = sum_gradients(grads, &self.model, self.rank)?;
         self.model = self.optim.step(job.lr, self.model, grads);
@@ -95,15 +96,9 @@ impl<B: AutodiffBackend> Replica<B> {
             Tensor::from_inner(features),
             views,
         )?;
-        let loss = self.sum_over_replicas(job.share * loss)?;
-        Ok((self, loss))
-    }
-
-    /// Σ over the replicas of `value`.
-    fn sum_over_replicas(&self, value: f64) -> Result<f64> {
-        let t = Tensor::<B::InnerBackend, 1>::from_floats([value as f32], &self.device);
-        let total = sum(self.rank, t, "all-reduce of the loss")?;
-        Ok(total.into_scalar().elem::<f64>())
+        // The shares' weighted losses summed over the replicas: the step's one host read.
+        let loss = sum(self.rank, loss, "all-reduce of the loss")?;
+        Ok((self, loss.into_scalar().elem::<f64>()))
     }
 }
 

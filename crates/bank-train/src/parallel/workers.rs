@@ -99,9 +99,10 @@ impl<B: AutodiffBackend> DataParallel<B> {
         lr: f64,
         tau: f64,
     ) -> Result<(TrainState<B>, f64)> {
-        let jobs = self.shard(batch, lr, tau);
-        for (worker, job) in self.workers.iter().zip(&jobs[1..]) {
-            worker.send(Job::Step(Box::new(job.clone())))?;
+        let mut jobs = self.shard(batch, lr, tau).into_iter();
+        let own = jobs.next().expect("replica 0's part");
+        for (worker, job) in self.workers.iter().zip(jobs) {
+            worker.send(Job::Step(Box::new(job)))?;
         }
         let replica = Replica {
             rank: 0,
@@ -112,7 +113,7 @@ impl<B: AutodiffBackend> DataParallel<B> {
             groups: state.groups,
             consistency: state.consistency,
         };
-        let (replica, loss) = replica.step(&jobs[0])?;
+        let (replica, loss) = replica.step(&own)?;
         state.model = replica.model;
         state.optim = replica.optim;
         state.bank = replica.bank;
