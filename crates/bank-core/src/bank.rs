@@ -1,5 +1,7 @@
 //! The memory bank: storage, similarities and the momentum update.
 
+use std::ops::Range;
+
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Element, FloatDType, IndexingUpdateOp};
@@ -160,8 +162,71 @@ impl<B: Backend> MemoryBank<B> {
         features: Tensor<B, 2>,
         views: usize,
     ) -> Result<()> {
+        self.check_update(&indices, &features, views)?;
+        let delta = self.delta(indices.clone(), indices.clone(), features);
+        self.add_to_rows(indices, delta);
+        Ok(())
+    }
+
+    /// The rows `range` of this bank as a bank of their own (a copy): one device's shard of a
+    /// bank split by rows, which [`MemoryBank::update_shard`] then keeps in step with the
+    /// whole.
+    ///
+    /// # Errors
+    /// [`Error::InvalidValue`] for an empty range or one beyond the bank's rows.
+    pub fn rows_range(&self, range: Range<usize>) -> Result<Self> {
+        if range.is_empty() || range.end > self.num_rows() {
+            return Err(Error::InvalidValue {
+                field: "range",
+                value: format!("{range:?}"),
+                reason: "must be a non-empty range of the bank's rows",
+            });
+        }
+        Ok(Self {
+            rows: self.rows.clone().slice([range, 0..self.dim()]),
+            momentum: self.momentum,
+            precision: self.precision,
+        })
+    }
+
+    /// [`MemoryBank::update`] for a shard that holds the rows `first..first + n` of a bank
+    /// split by rows: `indices` are indices of the whole bank, and only the rows inside the
+    /// shard move. Each shard's rows come out bit for bit as [`MemoryBank::update`] of the whole
+    /// bank with the same batch would leave them (the same batch-wide mean per sample, the
+    /// changes of the rows outside masked to zero).
+    ///
+    /// # Shapes
+    /// - `indices`: `[B·K]`, indices of the whole bank
+    /// - `features`: `[B·K, D]`, L2-normalised embeddings
+    ///
+    /// # Errors
+    /// As [`MemoryBank::update`].
+    pub fn update_shard(
+        &mut self,
+        indices: Tensor<B, 1, Int>,
+        features: Tensor<B, 2>,
+        views: usize,
+        first: usize,
+    ) -> Result<()> {
+        self.check_update(&indices, &features, views)?;
+        let last = self.num_rows() as i64 - 1;
+        let local = indices.clone().sub_scalar(first as i64);
+        let inside = local.clone().greater_equal_elem(0).float()
+            * local.clone().lower_equal_elem(last).float();
+        let local = local.clamp(0, last);
+        let delta = self.delta(indices, local.clone(), features) * inside.unsqueeze_dim::<2>(1);
+        self.add_to_rows(local, delta);
+        Ok(())
+    }
+
+    fn check_update(
+        &self,
+        indices: &Tensor<B, 1, Int>,
+        features: &Tensor<B, 2>,
+        views: usize,
+    ) -> Result<()> {
         let rows = features.dims()[0];
-        self.check_features("features", &features, None)?;
+        self.check_features("features", features, None)?;
         if indices.dims()[0] != rows {
             return Err(Error::Shape {
                 what: "indices",
@@ -176,28 +241,41 @@ impl<B: Backend> MemoryBank<B> {
                 reason: "must be > 0 and divide the number of feature rows",
             });
         }
+        Ok(())
+    }
+
+    /// Each batch row's share of its bank row's change, `[R, D]`: rows are grouped by
+    /// `indices`; `rows_at` are the same rows' positions in this bank.
+    fn delta(
+        &self,
+        indices: Tensor<B, 1, Int>,
+        rows_at: Tensor<B, 1, Int>,
+        features: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let rows = features.dims()[0];
         let features = features.detach().cast(compute_dtype::<B>());
 
         // same[r, s] = 1 when rows r and s carry the same index; each row then sees the mean of
         // every feature of its sample, and writes 1/count of the change, so the row moves once.
         let column = indices.clone().unsqueeze_dim::<2>(1).expand([rows, rows]);
-        let line = indices.clone().unsqueeze_dim::<2>(0).expand([rows, rows]);
+        let line = indices.unsqueeze_dim::<2>(0).expand([rows, rows]);
         let same = column.equal(line).float();
         let count = same.clone().sum_dim(1); // [R, 1]
         let mean = same.matmul(features) / count.clone();
 
-        let old = self.select(indices.clone());
+        let old = self.select(rows_at);
         let m = self.momentum;
         let new = l2_normalize(old.clone() * m + mean * (1.0 - m));
-        let delta = (new - old) / count;
+        (new - old) / count
+    }
 
+    fn add_to_rows(&mut self, rows_at: Tensor<B, 1, Int>, delta: Tensor<B, 2>) {
         self.rows = self.rows.clone().select_assign(
             0,
-            indices,
+            rows_at,
             delta.cast(storage_dtype::<B>(self.precision)),
             IndexingUpdateOp::Add,
         );
-        Ok(())
     }
 
     fn check_features(

@@ -23,6 +23,7 @@ use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 
 use crate::error::{check_layout, check_len, positive};
+use crate::shards::{ShardColumns, ShardReduce, WholeBank};
 use crate::{ConsistencyLoss, Error, Result};
 
 /// Which bank rows count as a row's positives.
@@ -91,27 +92,84 @@ impl SoftmaxObjective {
         positives: &Positives<B>,
         layout: ViewLayout,
     ) -> Result<LossAndGrad<B>> {
+        let columns = ShardColumns::whole(bank.num_rows());
+        let shard = (bank.rows(), &columns);
+        self.eval_shard(shard, features, targets, positives, layout, &mut WholeBank)
+    }
+
+    /// [`SoftmaxObjective::eval`] on one shard of a bank split by rows (PartialFC): `rows` are
+    /// the bank rows `columns.rows` of the whole bank, `features` and `targets` the whole
+    /// batch's (the same on every shard). The row statistics are combined with `reduce`, so
+    /// every shard returns the same loss and the same `∂L/∂features` (the sum of the shards'
+    /// `∂L/∂z · V_shard / τ`) as one device holding the whole bank would, to rounding.
+    ///
+    /// # Shapes
+    /// - `rows`: `[N_s, D]`, `N_s = columns.rows.len()`
+    /// - `features`: `[M, D]`, `targets`: `[M]` (indices of the whole bank); groups `[N]`
+    ///
+    /// # Errors
+    /// As [`SoftmaxObjective::eval`], and `reduce`'s errors.
+    pub fn eval_shard<B: Backend, R: ShardReduce<B>>(
+        &self,
+        (rows, columns): (Tensor<B, 2>, &ShardColumns),
+        features: Tensor<B, 2>,
+        targets: Tensor<B, 1, Int>,
+        positives: &Positives<B>,
+        layout: ViewLayout,
+        reduce: &mut R,
+    ) -> std::result::Result<LossAndGrad<B>, R::Error> {
         let tau = self.temperature;
-        let logits = bank.similarities(features / tau)?;
-        let [m, n] = logits.dims();
-        check_layout([m, n], layout)?;
+        check_shard(&rows, &features, columns)?;
+        let logits = (features / tau).matmul(rows.clone().transpose());
+        let m = logits.dims()[0];
+        check_layout(logits.dims(), layout)?;
         check_len("targets", targets.dims(), m)?;
-        let soft = Softmax::new(logits);
+        let soft = Softmax::new(logits, reduce)?;
         let (mut loss, mut dz) = match positives {
-            Positives::Own => soft.instance(targets),
-            Positives::Groups(groups) => soft.merged(targets, groups.clone())?,
+            Positives::Own => soft.instance(targets, columns, reduce)?,
+            Positives::Groups(groups) => soft.merged(targets, groups.clone(), columns, reduce)?,
         };
         if let Some(c) = &self.consistency {
-            let (lc, dzc) = soft.consistency(c.weight, layout)?;
+            let (lc, dzc) = soft.consistency(c.weight, layout, reduce)?;
             loss = loss + lc;
             dz = dz + dzc;
         }
-        let features_grad = dz.matmul(bank.rows()) / tau;
+        let features_grad = reduce.sum(dz.matmul(rows))? / tau;
         Ok(LossAndGrad {
             loss,
             features_grad,
         })
     }
+}
+
+/// Fails unless `rows` are `columns`' rows and `features` have their dimension.
+fn check_shard<B: Backend>(
+    rows: &Tensor<B, 2>,
+    features: &Tensor<B, 2>,
+    columns: &ShardColumns,
+) -> Result<()> {
+    let [n, d] = rows.dims();
+    if n != columns.rows.len() || columns.rows.end > columns.total {
+        return Err(Error::Shape {
+            what: "bank rows",
+            expected: format!(
+                "[{}, D] (rows {:?} of {})",
+                columns.rows.len(),
+                columns.rows,
+                columns.total
+            ),
+            actual: vec![n, d],
+        });
+    }
+    let [m, fd] = features.dims();
+    if fd != d {
+        return Err(Error::Shape {
+            what: "features",
+            expected: format!("[M, {d}]"),
+            actual: vec![m, fd],
+        });
+    }
+    Ok(())
 }
 
 /// A row-wise softmax kept as shifted logits, their exponentials and the normaliser; the
@@ -127,11 +185,12 @@ struct Softmax<B: Backend> {
 }
 
 impl<B: Backend> Softmax<B> {
-    fn new(logits: Tensor<B, 2>) -> Self {
-        let shifted = logits.clone() - logits.max_dim(1);
+    fn new<R: ShardReduce<B>>(logits: Tensor<B, 2>, reduce: &mut R) -> Result<Self, R::Error> {
+        let max = reduce.max(logits.clone().max_dim(1))?;
+        let shifted = logits - max;
         let exp = shifted.clone().exp();
-        let norm = exp.clone().sum_dim(1);
-        Self { shifted, exp, norm }
+        let norm = reduce.sum(exp.clone().sum_dim(1))?;
+        Ok(Self { shifted, exp, norm })
     }
 
     fn rows(&self) -> usize {
@@ -148,49 +207,80 @@ impl<B: Backend> Softmax<B> {
         self.norm.clone().log()
     }
 
-    /// `(−mean ℓ_{r,t_r}, (p − onehot(t)) / M)`.
-    fn instance(&self, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    /// `(−mean ℓ_{r,t_r}, (p − onehot(t)) / M)`; each target's logit comes from the shard
+    /// that holds its row.
+    fn instance<R: ShardReduce<B>>(
+        &self,
+        targets: Tensor<B, 1, Int>,
+        columns: &ShardColumns,
+        reduce: &mut R,
+    ) -> Result<(Tensor<B, 1>, Tensor<B, 2>), R::Error> {
         let m = self.rows();
-        let column = targets.unsqueeze_dim::<2>(1);
-        let picked = self.shifted.clone().gather(1, column.clone()) - self.log_norm();
-        let minus = Tensor::<B, 2>::full([m, 1], -1.0 / m as f64, &self.exp.device());
+        let (column, inside) = columns.local(targets);
+        let picked = self.shifted.clone().gather(1, column.clone());
+        let (picked, minus) = match inside {
+            None => {
+                let minus = Tensor::<B, 2>::full([m, 1], -1.0 / m as f64, &self.exp.device());
+                (picked, minus)
+            }
+            Some(inside) => {
+                let minus = inside.clone() * (-1.0 / m as f64);
+                (reduce.sum(picked * inside)?, minus)
+            }
+        };
+        let picked = picked - self.log_norm();
         let dz = self
             .probs(1.0 / m as f64)
             .scatter(1, column, minus, IndexingUpdateOp::Add);
-        (picked.mean().neg(), dz)
+        Ok((picked.mean().neg(), dz))
     }
 
-    /// `(−mean log Σ_G p, (p − q) / M)`, `q` the softmax restricted to the target's group.
-    fn merged(
+    /// `(−mean log Σ_G p, (p − q) / M)`, `q` the softmax restricted to the target's group;
+    /// `groups` holds every row's group id of the whole bank.
+    fn merged<R: ShardReduce<B>>(
         &self,
         targets: Tensor<B, 1, Int>,
         groups: Tensor<B, 1, Int>,
-    ) -> Result<(Tensor<B, 1>, Tensor<B, 2>)> {
+        columns: &ShardColumns,
+        reduce: &mut R,
+    ) -> Result<(Tensor<B, 1>, Tensor<B, 2>), R::Error> {
         let [m, n] = self.exp.dims();
-        if groups.dims()[0] != n {
+        if groups.dims()[0] != columns.total {
             return Err(Error::Shape {
                 what: "groups",
-                expected: format!("[{n}] (one id per bank row)"),
+                expected: format!("[{}] (one id per bank row)", columns.total),
                 actual: groups.dims().to_vec(),
-            });
+            }
+            .into());
         }
         let target_group = groups.clone().select(0, targets).unsqueeze_dim::<2>(1);
-        let outside = groups
+        let own = if columns.is_whole() {
+            groups
+        } else {
+            groups.slice(columns.rows.clone())
+        };
+        let outside = own
             .unsqueeze_dim::<2>(0)
             .expand([m, n])
             .not_equal(target_group.expand([m, n]));
-        // −1e30, not −inf: the target is in its group, so each row's maximum is finite.
+        // −1e30, not −inf: the target is in its group, so each row's maximum is finite (a
+        // shard without any of the group's rows contributes exp(−1e30 − max) = 0).
         let masked = self.shifted.clone().mask_fill(outside, -1e30);
-        let max = masked.clone().max_dim(1);
+        let max = reduce.max(masked.clone().max_dim(1))?;
         let e = (masked - max.clone()).exp();
-        let sum = e.clone().sum_dim(1);
+        let sum = reduce.sum(e.clone().sum_dim(1))?;
         let q = e * (sum.clone().recip() / m as f64);
         let log_group = sum.log() + max - self.log_norm();
         Ok((log_group.mean().neg(), self.probs(1.0 / m as f64) - q))
     }
 
     /// λ·consistency and its gradient with respect to the logits (module docs).
-    fn consistency(&self, weight: f64, layout: ViewLayout) -> Result<(Tensor<B, 1>, Tensor<B, 2>)> {
+    fn consistency<R: ShardReduce<B>>(
+        &self,
+        weight: f64,
+        layout: ViewLayout,
+        reduce: &mut R,
+    ) -> Result<(Tensor<B, 1>, Tensor<B, 2>), R::Error> {
         let [m, n] = self.exp.dims();
         let (b, k) = (layout.samples, layout.views);
         if k < 2 {
@@ -198,13 +288,14 @@ impl<B: Backend> Softmax<B> {
                 field: "views",
                 value: k.to_string(),
                 reason: "consistency needs at least 2 views per sample",
-            });
+            }
+            .into());
         }
         let log_p = (self.shifted.clone() - self.log_norm()).reshape([b, k, n]);
         let p = self.probs(1.0).reshape([b, k, n]);
         let mean_log_p = log_p.clone().mean_dim(1); // [B, 1, N]
         let centred = log_p - mean_log_p; // ℓ − m
-        let s = (p.clone() * centred.clone()).sum_dim(2); // [B, K, 1]
+        let s = reduce.sum((p.clone() * centred.clone()).sum_dim(2))?; // [B, K, 1]
         let scale = weight / (b * (k - 1)) as f64;
         let loss = s.clone().sum() * scale;
         let p_sum = p.clone().sum_dim(1) / k as f64; // P/K, [B, 1, N]

@@ -28,6 +28,7 @@ mod log_probs;
 mod merged;
 mod multi_view;
 mod nce;
+mod shards;
 
 pub use closed_form::{LossAndGrad, Positives, SoftmaxObjective};
 pub use consistency::ConsistencyLoss;
@@ -37,3 +38,4 @@ pub use log_probs::BankLogProbs;
 pub use merged::merged_positive_loss;
 pub use multi_view::multi_view_loss;
 pub use nce::{NceConfig, NceLoss, nce_similarities};
+pub use shards::{ShardColumns, ShardReduce, WholeBank};

@@ -244,6 +244,22 @@ pub struct MethodConfig {
     pub consistency: f64,
     /// Bank storage precision.
     pub bank_precision: bank_core::Precision,
+    /// How data-parallel replicas hold the bank (with one device the choice changes nothing).
+    pub bank_sharding: BankSharding,
+}
+
+/// How the replicas of data-parallel training hold the bank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BankSharding {
+    /// Every replica holds every row and computes its shard's `[B_r·K, N]` similarities.
+    #[default]
+    Replicated,
+    /// Replica r holds the r-th of W row ranges and computes the `[B·K, N/W]` similarities of
+    /// the whole batch against them; the softmax's row maxima and sums are combined across
+    /// replicas (PartialFC, Deng et al. 2021), so the loss stays the full softmax. Replica 0
+    /// also keeps every row, for evaluation, merge rounds and checkpoints.
+    Sharded,
 }
 
 /// Gradual merging of near-duplicates: on/off and bank-mining's own schedule type.
@@ -381,6 +397,7 @@ impl Default for MethodConfig {
             nce_noise: 4096,
             consistency: 0.0,
             bank_precision: bank_core::Precision::F32,
+            bank_sharding: BankSharding::Replicated,
         }
     }
 }

@@ -16,6 +16,7 @@ pub const CHANGEABLE_ON_RESUME: &[&str] = &[
     "train.epochs",
     "train.threads",
     "train.devices",
+    "method.bank_sharding",
     "optim.lr",
     "eval.every_epochs",
     "eval.k",

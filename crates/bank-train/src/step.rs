@@ -57,14 +57,27 @@ pub(crate) fn softmax_grads<B: AutodiffBackend>(
         &positives,
         batch.layout,
     )?;
-    let grad = Tensor::from_inner(out.features_grad);
+    Ok((backward_from(features, out.features_grad, share), out.loss))
+}
+
+/// The model's gradients for a loss whose gradient with respect to `features` is
+/// `share · features_grad`: one backward pass through the surrogate `Σ features ⊙ (share ·
+/// features_grad)`, whose gradient is exactly that.
+///
+/// # Shapes
+/// - `features`, `features_grad`: `[M, D]`
+pub(crate) fn backward_from<B: AutodiffBackend>(
+    features: Tensor<B, 2>,
+    features_grad: Tensor<B::InnerBackend, 2>,
+    share: f64,
+) -> B::Gradients {
+    let grad = Tensor::from_inner(features_grad);
     let grad = if share == 1.0 {
         grad
     } else {
         grad.mul_scalar(share)
     };
-    let surrogate = (features * grad).sum();
-    Ok((surrogate.backward(), out.loss))
+    (features * grad).sum().backward()
 }
 
 /// What the softmax objective of a step is computed against: the bank, the merge groups and

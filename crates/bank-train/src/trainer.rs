@@ -148,7 +148,7 @@ pub fn train<B: AutodiffBackend>(
         // no other draw may come between).
         let (epoch, batch) = (state.epochs_done, state.progress.batches);
         B::seed(device, step_seed(config.seed, epoch, batch));
-        let p = DataParallel::start(&state, &devices)?;
+        let p = DataParallel::start(&state, &devices, config.method.bank_sharding)?;
         progress.note(&format!(
             "data-parallel: {} replicas ({:?})",
             p.world(),

@@ -92,10 +92,54 @@ fn update_rejects_bad_shapes<B: Backend>(device: &B::Device) {
     assert!(err.to_string().contains("[M, 4]"), "{err}");
 }
 
+/// A bank split into 3 shards of 17, 17 and 16 rows (N = 50, not divisible by 3), each shard
+/// updated with the whole batch through `update_shard`, equals the whole bank's `update` bit
+/// for bit, and both equal the f64 reference; samples fall in every shard, one index twice.
+fn shards_update_as_the_whole_bank<B: Backend>(device: &B::Device) {
+    let (n, d, views) = (50, 16, 2);
+    let bank_cfg = MemoryBankConfig::new(n, d).with_momentum(0.5).with_seed(3);
+    let mut whole = bank_cfg.init::<B>(device).unwrap();
+    let before = values(whole.rows());
+    let ranges = [0..17, 17..34, 34..50];
+    let mut shards: Vec<_> = ranges
+        .iter()
+        .map(|r| whole.rows_range(r.clone()).unwrap())
+        .collect();
+    let samples: Vec<i64> = vec![16, 17, 49, 0, 33, 34, 17];
+    let layout = ViewLayout::new(samples.len(), views);
+    let idx = layout.expand(&samples);
+    let mut f = host_matrix(layout.rows(), d, 5);
+    let mut f64s: Vec<f64> = f.iter().map(|&x| x as f64).collect();
+    normalize_rows(&mut f64s, d);
+    f.iter_mut().zip(&f64s).for_each(|(a, b)| *a = *b as f32);
+
+    let feats = || tensor::<B>(f.clone(), layout.rows(), d, device);
+    whole
+        .update(indices::<B>(&idx, device), feats(), views)
+        .unwrap();
+    let got_whole = values(whole.rows());
+    for (shard, range) in shards.iter_mut().zip(&ranges) {
+        shard
+            .update_shard(indices::<B>(&idx, device), feats(), views, range.start)
+            .unwrap();
+        let got = values(shard.rows());
+        assert_eq!(
+            got,
+            got_whole[range.start * d..range.end * d],
+            "shard {range:?}"
+        );
+    }
+    let want = reference_update(&before, d, &idx, &f, 0.5);
+    assert!(max_diff(&got_whole, &want) < 2e-6);
+    assert!(whole.rows_range(40..51).is_err());
+    assert!(whole.rows_range(3..3).is_err());
+}
+
 on_backends!(
     two_views_move_the_row_once,
     update_matches_reference_for_k_1_2_4,
-    update_rejects_bad_shapes
+    update_rejects_bad_shapes,
+    shards_update_as_the_whole_bank
 );
 
 #[test]

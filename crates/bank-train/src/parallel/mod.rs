@@ -7,6 +7,12 @@
 //!   loss gradient scaled by its share of the samples, the gradients summed over the replicas
 //!   with an all-reduce, the optimiser step, then the bank update gathered from every replica
 //!   ([`gather`]) and applied by each, so the banks stay bit-identical.
+//! - [`sharded`] (`method.bank_sharding = "sharded"`): replica r computes the similarities of the
+//!   whole batch against its range of the bank's rows only, and the softmax's row maxima and sums
+//!   are combined across replicas (PartialFC), so the loss stays the full softmax; each replica
+//!   updates its own rows. Replica 0 keeps every row (evaluation, merge rounds and checkpoints
+//!   read it), so the `[B·K, N]` similarities and their passes are split W ways, not yet the
+//!   bank's storage on device 0.
 //! - [`DataParallel`]: one thread per device beyond the first; the caller's thread is replica 0
 //!   and keeps the run's [`TrainState`](crate::state::TrainState), from which checkpoints,
 //!   evaluation and merge rounds work as on one device (the groups are then sent to the others).
@@ -23,6 +29,7 @@
 pub mod devices;
 mod gather;
 mod replica;
+mod sharded;
 mod sync;
 mod workers;
 

@@ -2,7 +2,7 @@
 
 use bank_core::MemoryBank;
 use bank_data::HostBatch;
-use bank_losses::ConsistencyLoss;
+use bank_losses::{ConsistencyLoss, ShardColumns};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -28,8 +28,11 @@ pub struct Replica<B: AutodiffBackend> {
     pub model: EmbeddingNet<B>,
     /// Its optimiser.
     pub optim: Sgd<B>,
-    /// The bank.
+    /// The bank: every row, or (sharded, ranks > 0) the rows `columns.rows` only.
     pub bank: MemoryBank<B>,
+    /// The bank rows whose similarities this replica computes: every row when the bank is
+    /// replicated, its range of the split when sharded.
+    pub columns: ShardColumns,
     /// Merge groups of the bank rows, once merging is on.
     pub groups: Option<Tensor<B, 1, Int>>,
     /// λ·consistency, when on.
@@ -47,6 +50,8 @@ pub struct ShardStep {
     pub offset: usize,
     /// Rows of the whole batch, `B·K`.
     pub rows: usize,
+    /// Replicas, W.
+    pub world: usize,
     /// Learning rate.
     pub lr: f64,
     /// Temperature τ.
@@ -54,7 +59,7 @@ pub struct ShardStep {
 }
 
 impl<B: AutodiffBackend> Replica<B> {
-    /// Trains on the shard: closed-form softmax gradient (scaled by the share), gradients
+    /// Trains on the shard (with a sharded bank, the PartialFC step of `sharded.rs`): closed-form softmax gradient (scaled by the share), gradients
     /// summed over the replicas, SGD, then the bank update of the whole batch. Returns the
     /// whole batch's mean loss (the shards' losses weighted by their shares, summed over the
     /// replicas).
@@ -64,6 +69,9 @@ impl<B: AutodiffBackend> Replica<B> {
     /// # Errors
     /// Loss and bank errors; [`Error::Collective`] when an all-reduce fails.
     pub fn step(mut self, job: &ShardStep) -> Result<(Self, f64)> {
+        if !self.columns.is_whole() {
+            return self.sharded_step(job);
+        }
         let views = job.shard.layout.views;
         let (grads, loss, local) = if job.shard.layout.samples == 0 {
             let zero = Tensor::zeros([1], &self.device);
@@ -104,7 +112,7 @@ impl<B: AutodiffBackend> Replica<B> {
 
 /// Zero gradients for every float parameter of `model`: an empty shard's contribution, so that
 /// its replica still takes part in the all-reduce with the same parameters as the others.
-fn zero_grads<B: AutodiffBackend>(model: &EmbeddingNet<B>) -> GradientsParams {
+pub(super) fn zero_grads<B: AutodiffBackend>(model: &EmbeddingNet<B>) -> GradientsParams {
     struct Zeros(GradientsParams);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Zeros {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

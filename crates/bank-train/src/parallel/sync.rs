@@ -10,6 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::model::EmbeddingNet;
 use crate::{Error, Result};
 use bank_core::MemoryBank;
+use bank_losses::ShardColumns;
 
 /// Σ over the replicas of `tensor` (burn-collective's all-reduce).
 ///
@@ -77,14 +78,17 @@ pub(crate) fn sum_gradients<B: AutodiffBackend>(
 }
 
 /// Fails unless every replica starts from the same parameters and bank: each sends a
-/// fingerprint (the sums of its parameters and bank rows), and each compares the sum of all
-/// of them with its own times the replica count. Machines resumed from different checkpoints,
-/// or started with different configs, are refused before the first step.
+/// fingerprint (the sum of its parameters, and the sum of the bank rows it computes
+/// similarities against: every row, or its shard's), and each compares the sum of all of them
+/// with what it expects from its own: its parameter sum times the replica count, and, when it
+/// holds every bank row, the sum over the whole bank (times the replica count when no replica
+/// is sharded). Machines resumed from different checkpoints, or started with different configs,
+/// are refused before the first step.
 ///
 /// # Errors
 /// [`Error::Collective`] when the replicas differ or the all-reduce fails.
 pub(crate) fn check_same_start<B: AutodiffBackend>(
-    (model, bank): (&EmbeddingNet<B>, &MemoryBank<B>),
+    (model, bank, columns): (&EmbeddingNet<B>, &MemoryBank<B>, &ShardColumns),
     (rank, world): (usize, usize),
     device: &B::Device,
 ) -> Result<()> {
@@ -98,8 +102,15 @@ pub(crate) fn check_same_start<B: AutodiffBackend>(
     }
     let mut params = Sums(0.0);
     model.visit(&mut params);
-    let bank = bank.rows().sum().into_scalar().elem::<f64>();
-    let mine = [params.0 as f32, bank as f32];
+    let rows = bank.rows();
+    let whole_bank = bank.num_rows() == columns.total;
+    let shard = if whole_bank && !columns.is_whole() {
+        rows.clone().slice([columns.rows.clone(), 0..bank.dim()])
+    } else {
+        rows.clone()
+    };
+    let scalar = |t: Tensor<B, 1>| t.into_scalar().elem::<f64>() as f32;
+    let mine = [params.0 as f32, scalar(shard.sum())];
     let all = sum(
         rank,
         Tensor::<B::InnerBackend, 1>::from_floats(mine, device),
@@ -110,11 +121,18 @@ pub(crate) fn check_same_start<B: AutodiffBackend>(
         .convert::<f32>()
         .to_vec()
         .unwrap_or_default();
-    let same = all.len() == 2
-        && mine.iter().zip(&all).all(|(m, a)| {
-            let want = m * world as f32;
-            (a - want).abs() <= 1e-5 * want.abs().max(1.0)
-        });
+    let close = |got: f32, want: f32, scale: f32| (got - want).abs() <= 1e-5 * scale.max(1.0);
+    let mut same = all.len() == 2 && close(all[0], mine[0] * world as f32, mine[0].abs());
+    if same && whole_bank {
+        same = if columns.is_whole() {
+            close(all[1], mine[1] * world as f32, mine[1].abs())
+        } else {
+            // Sums of the shards against the sum of the whole: equal up to rounding, which
+            // grows with the rows' magnitudes (Σ|v|), not with their signed sum.
+            let l1 = scalar(rows.clone().abs().sum());
+            close(all[1], scalar(rows.sum()), 10.0 * l1)
+        };
+    }
     if same {
         Ok(())
     } else {

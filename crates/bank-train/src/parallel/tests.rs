@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use super::DataParallel;
 use crate::TrainConfig;
+use crate::config::BankSharding::{self, Replicated, Sharded};
 use crate::state::TrainState;
 use crate::step::{SoftmaxTarget, softmax_grads};
 
@@ -103,6 +104,15 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The default recipe with K = 2 and consistency 0.5.
+fn two_views_with_consistency() -> TrainConfig {
+    TrainConfig::load(
+        None,
+        &["train.views=2".into(), "method.consistency=0.5".into()],
+    )
+    .unwrap()
+}
+
 fn rows(state: &TrainState<A>) -> Vec<f32> {
     state.bank.rows().into_data().to_vec::<f32>().unwrap()
 }
@@ -111,15 +121,11 @@ fn rows(state: &TrainState<A>) -> Vec<f32> {
 fn two_replicas_match_one_device_and_keep_identical_banks() {
     let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
-    let config = TrainConfig::load(
-        None,
-        &["train.views=2".into(), "method.consistency=0.5".into()],
-    )
-    .unwrap();
+    let config = two_views_with_consistency();
     let n = 48;
     let start = TrainState::<A>::new(&config, n, &device).unwrap();
     let world = 2;
-    let mut parallel = DataParallel::start(&start, &[device, device]).unwrap();
+    let mut parallel = DataParallel::start(&start, &[device, device], Replicated).unwrap();
     // A copy of replica 0's starting point (its parameters are drawn by now).
     let mut single = TrainState::<A>::new(&config, n, &device).unwrap();
     single.model = start.model.clone();
@@ -222,7 +228,8 @@ fn replicas_from_different_starts_are_refused() {
                     let peer = burn::collective::PeerId::from(rank);
                     let two = burn::collective::CollectiveConfig::default().with_num_devices(2);
                     burn::collective::register::<Inner>(peer, device, two).unwrap();
-                    let start = (&state.model, &state.bank);
+                    let columns = bank_losses::ShardColumns::whole(16);
+                    let start = (&state.model, &state.bank, &columns);
                     let out = super::sync::check_same_start(start, (rank, 2), &device);
                     burn::collective::finish_collective::<Inner>(peer).unwrap();
                     out.map_err(|e| e.to_string())
@@ -238,6 +245,87 @@ fn replicas_from_different_starts_are_refused() {
                     r.as_ref()
                         .is_err_and(|e| e.contains("different parameters")),
                     "{r:?}"
+                );
+            }
+        }
+    }
+}
+
+/// What one data-parallel run left after each step: loss, parameters, replica 0's bank, and
+/// the other replicas' banks.
+type Trace = Vec<(f64, Vec<f32>, Vec<f32>, Vec<Vec<f32>>)>;
+
+/// Trains `start` for the given batches on `world` CPU replicas with `sharding`.
+fn data_parallel_run(
+    (start, config): (&TrainState<A>, &TrainConfig),
+    world: usize,
+    sharding: BankSharding,
+    batches: &[HostBatch],
+) -> Trace {
+    let device = Default::default();
+    let mut state = TrainState::<A>::new(config, start.bank.num_rows(), &device).unwrap();
+    state.model = start.model.clone();
+    state.bank = start.bank.clone();
+    state.groups = start.groups.clone();
+    let mut parallel = DataParallel::start(&state, &vec![device; world], sharding).unwrap();
+    let mut trace = Vec::new();
+    for (step, host) in batches.iter().enumerate() {
+        let loss;
+        (state, loss) = parallel.step(state, host, 0.05, 0.1).unwrap();
+        let others = parallel.replica_banks().unwrap();
+        let others = others.into_iter().map(|b| b.to_vec().unwrap()).collect();
+        trace.push((loss, params(&state.model), rows(&state), others));
+        assert_eq!(state.step, step + 1);
+    }
+    trace
+}
+
+/// A bank sharded over 3 replicas (50 rows: 17, 17, 16) against the replicated bank: the same
+/// loss, parameters and bank to float tolerance over 4 steps (K = 2, consistency 0.5, with and
+/// without merge groups that span the shards; the last batch leaves replica 2 without
+/// samples), and every shard's rows bit for bit replica 0's rows of its range.
+#[test]
+fn a_sharded_bank_trains_as_the_replicated_one() {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let config = two_views_with_consistency();
+    let (n, world) = (50, 3);
+    let mut rng = StdRng::seed_from_u64(11);
+    let batches: Vec<_> = [6, 5, 7, 2]
+        .into_iter()
+        .map(|samples| batch(&mut rng, n, samples, 2))
+        .collect();
+    for merged in [false, true] {
+        let mut start = TrainState::<A>::new(&config, n, &device).unwrap();
+        super::workers::materialize(&start.model);
+        if merged {
+            // Groups of 5 consecutive rows: groups 3 and 6 span two shards.
+            let ids: Vec<i64> = (0..n as i64).map(|j| j / 5).collect();
+            start.groups = Some(Tensor::from_ints(ids.as_slice(), &device));
+        }
+        let replicated = data_parallel_run((&start, &config), world, Replicated, &batches);
+        let sharded = data_parallel_run((&start, &config), world, Sharded, &batches);
+        for (step, (want, got)) in replicated.iter().zip(&sharded).enumerate() {
+            let at = format!("merged {merged}, step {step}");
+            assert!(
+                (got.0 - want.0).abs() <= 1e-5 * want.0.abs(),
+                "{at}: loss {} against {}",
+                got.0,
+                want.0
+            );
+            let dp = max_diff(&got.1, &want.1);
+            assert!(dp < 1e-5, "{at}: parameters differ by {dp}");
+            let db = max_diff(&got.2, &want.2);
+            assert!(db < 1e-5, "{at}: banks differ by {db}");
+            let d = 128;
+            for (rank, shard) in got.3.iter().enumerate() {
+                let rows = bank_losses::ShardColumns::split(n, world, rank + 1).rows;
+                assert_eq!(shard.len(), rows.len() * d, "{at}: shard {}", rank + 1);
+                assert_eq!(
+                    shard[..],
+                    got.2[rows.start * d..rows.end * d],
+                    "{at}: shard {} differs from replica 0's rows",
+                    rank + 1
                 );
             }
         }

@@ -4,6 +4,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use bank_data::HostBatch;
+use bank_losses::ShardColumns;
 use burn::collective::{CollectiveConfig, PeerId, finish_collective, register, reset_collective};
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
@@ -11,6 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::sync::check_same_start;
 use super::{Replica, ShardStep};
+use crate::config::BankSharding;
 use crate::model::EmbeddingNet;
 use crate::state::TrainState;
 use crate::{Error, Result};
@@ -40,29 +42,49 @@ struct Worker {
 pub struct DataParallel<B: AutodiffBackend> {
     workers: Vec<Worker>,
     device: B::Device,
+    /// Replica 0's columns of the bank (every row unless sharded).
+    columns: ShardColumns,
 }
 
 impl<B: AutodiffBackend> DataParallel<B> {
     /// Starts replicas 1..W as copies of `state` on `devices[1..]`; `state` (on `devices[0]`)
-    /// is replica 0. Registers every replica with burn-collective (the process's collective
-    /// session of backend `B` is reset first: one data-parallel run per process at a time),
-    /// then checks that all start from the same parameters and bank.
+    /// is replica 0. With [`BankSharding::Sharded`], replica r > 0 receives only its range of
+    /// the bank's rows ([`ShardColumns::split`]); replica 0 keeps every row. Registers every
+    /// replica with burn-collective (the process's collective session of backend `B` is reset
+    /// first: one data-parallel run per process at a time), then checks that all start from the
+    /// same parameters and bank.
     ///
     /// # Errors
     /// [`Error::Collective`] when a registration or the start check fails.
-    pub fn start(state: &TrainState<B>, devices: &[B::Device]) -> Result<Self> {
+    pub fn start(
+        state: &TrainState<B>,
+        devices: &[B::Device],
+        sharding: BankSharding,
+    ) -> Result<Self> {
         let world = devices.len();
         let config = CollectiveConfig::default().with_num_devices(world);
         reset_collective::<B::InnerBackend>();
         materialize(&state.model);
+        let n = state.bank.num_rows();
+        let columns = |rank| match sharding {
+            BankSharding::Replicated => ShardColumns::whole(n),
+            BankSharding::Sharded => ShardColumns::split(n, world, rank),
+        };
         let mut workers = Vec::with_capacity(world.saturating_sub(1));
         for (rank, device) in devices.iter().enumerate().skip(1) {
+            let columns = columns(rank);
+            let bank = if columns.is_whole() {
+                state.bank.clone()
+            } else {
+                state.bank.rows_range(columns.rows.clone())?
+            };
             let replica = Replica {
                 rank,
                 device: device.clone(),
                 model: state.model.clone().fork(device),
                 optim: state.optim.clone(),
-                bank: state.bank.to_device(device),
+                bank: bank.to_device(device),
+                columns,
                 groups: state.groups.clone().map(|g| g.to_device(device)),
                 consistency: state.consistency,
             };
@@ -76,8 +98,13 @@ impl<B: AutodiffBackend> DataParallel<B> {
                 reason: format!("{e:?}"),
             }
         })?;
-        check_same_start((&state.model, &state.bank), (0, world), &device)?;
-        Ok(Self { workers, device })
+        let columns = columns(0);
+        check_same_start((&state.model, &state.bank, &columns), (0, world), &device)?;
+        Ok(Self {
+            workers,
+            device,
+            columns,
+        })
     }
 
     /// Replicas, `W`.
@@ -110,6 +137,7 @@ impl<B: AutodiffBackend> DataParallel<B> {
             model: state.model,
             optim: state.optim,
             bank: state.bank,
+            columns: self.columns.clone(),
             groups: state.groups,
             consistency: state.consistency,
         };
@@ -148,8 +176,8 @@ impl<B: AutodiffBackend> DataParallel<B> {
         Ok(())
     }
 
-    /// The bank rows of replicas 1..W, read back to the host (to check that they agree with
-    /// replica 0's).
+    /// The bank rows of replicas 1..W (their shards' rows when sharded), read back to the host
+    /// (to check that they agree with replica 0's).
     ///
     /// # Errors
     /// [`Error::Replica`] when a replica's thread has stopped.
@@ -179,6 +207,7 @@ impl<B: AutodiffBackend> DataParallel<B> {
                     share: shard.layout.samples as f64 / samples,
                     offset,
                     rows: batch.layout.rows(),
+                    world,
                     lr,
                     tau,
                     shard,
@@ -257,7 +286,7 @@ fn spawn<B: AutodiffBackend>(
             }));
             return;
         }
-        let start = (&replica.model, &replica.bank);
+        let start = (&replica.model, &replica.bank, &replica.columns);
         if let Err(e) = check_same_start(start, (rank, world), &replica.device) {
             let _ = outbox.send(Err(e));
             return;

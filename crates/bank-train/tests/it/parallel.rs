@@ -1,10 +1,11 @@
-//! Data-parallel runs (two replicas on the CPU): resumable, and their checkpoints resume onto one
-//! device. The step itself is checked against a one-device implementation in
+//! Data-parallel runs (two replicas on the CPU): resumable, also with the bank sharded, and their
+//! checkpoints resume onto one device. The step itself is checked against a one-device implementation in
 //! the crate's unit tests (`parallel::tests`).
 
 use std::fs;
 use std::path::Path;
 
+use bank_train::config::BankSharding;
 use bank_train::{TrainConfig, checkpoint};
 
 use crate::resume::{bank_rows, losses};
@@ -59,6 +60,19 @@ fn two_replica_run_resumes_and_its_checkpoints_resume_onto_one_device() {
     );
     let diff = max_diff(&bank_rows(&resumed), &bank_rows(&straight));
     assert!(diff < 1e-3, "banks differ by {diff}");
+
+    // The same checkpoint resumed with the bank sharded over the two replicas (PartialFC): the
+    // same run, to rounding.
+    lose_epoch_two(&resumed);
+    let mut sharded = two.clone();
+    sharded.method.bank_sharding = BankSharding::Sharded;
+    let again = run(&resumed, true, &sharded).unwrap();
+    assert!(
+        (again - loss).abs() <= 1e-4 * loss.abs(),
+        "sharded: {again} vs {loss}"
+    );
+    let diff = max_diff(&bank_rows(&resumed), &bank_rows(&straight));
+    assert!(diff < 1e-3, "sharded: banks differ by {diff}");
 
     // The same checkpoint resumed on one device trains on; from there it is another run
     // (BatchNorm then normalises whole batches, not shards).
