@@ -6,7 +6,9 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Element, FloatDType, IndexingUpdateOp};
 
-use crate::{Error, Precision, Result, SimilarityChunks, ViewLayout, l2_normalize};
+use crate::{
+    Error, Precision, Result, SimilarityChunks, ViewLayout, l2_normalize, shard_positions,
+};
 
 /// N unit rows of dimension D on a device, one per training image.
 ///
@@ -209,11 +211,7 @@ impl<B: Backend> MemoryBank<B> {
         first: usize,
     ) -> Result<()> {
         self.check_update(&indices, &features, views)?;
-        let last = self.num_rows() as i64 - 1;
-        let local = indices.clone().sub_scalar(first as i64);
-        let inside = local.clone().greater_equal_elem(0).float()
-            * local.clone().lower_equal_elem(last).float();
-        let local = local.clamp(0, last);
+        let (local, inside) = shard_positions(indices.clone(), first..first + self.num_rows());
         let delta = self.delta(indices, local.clone(), features) * inside.unsqueeze_dim::<2>(1);
         self.add_to_rows(local, delta);
         Ok(())

@@ -22,6 +22,7 @@ mod layout;
 mod norm;
 mod persist;
 mod precision;
+mod shard;
 
 pub use bank::MemoryBank;
 pub use chunks::SimilarityChunks;
@@ -31,3 +32,4 @@ pub use layout::ViewLayout;
 pub use norm::l2_normalize;
 pub use persist::{Attachment, BANK_FORMAT_VERSION, write_atomic};
 pub use precision::Precision;
+pub use shard::shard_positions;

@@ -10,7 +10,8 @@
 //!
 //! With `z = f·Vᵀ/τ`, `p = softmax(z)` row by row and `ℓ = log p`:
 //! - instance (NPID; Bulat eq. 2 over `B·K` rows): `L = −(1/M) Σ_r ℓ_{r,t_r}`,
-//!   `∂L/∂z_r = (p_r − e_{t_r}) / M`;
+//!   `∂L/∂z_r = (p_r − e_{t_r}) / M`, whose one-hot part enters `∂L/∂f` as the target's bank
+//!   row `V_{t_r} / M` directly (no `[M, N]` scatter);
 //! - merged positives (Bulat §2.3): `L = −(1/M) Σ_r log Σ_{j∈G(t_r)} p_rj`,
 //!   `∂L/∂z_r = (p_r − q_r) / M` with `q_r` the softmax of `z_r` restricted to the group;
 //! - consistency (Bulat eq. 3): `L = λ/(B(K−1)) Σ_i Σ_k s_ik`, `s_ik = Σ_n p_ikn (ℓ_ikn − m_in)`,
@@ -20,7 +21,6 @@
 
 use bank_core::{MemoryBank, ViewLayout};
 use burn::prelude::*;
-use burn::tensor::IndexingUpdateOp;
 
 use crate::error::{check_layout, check_len, positive};
 use crate::shards::{ShardColumns, ShardReduce, WholeBank};
@@ -124,21 +124,71 @@ impl SoftmaxObjective {
         let m = logits.dims()[0];
         check_layout(logits.dims(), layout)?;
         check_len("targets", targets.dims(), m)?;
-        let soft = Softmax::new(logits, reduce)?;
-        let (mut loss, mut dz) = match positives {
-            Positives::Own => soft.instance(targets, columns, reduce)?,
-            Positives::Groups(groups) => soft.merged(targets, groups.clone(), columns, reduce)?,
+        let PositivesTerm {
+            soft,
+            mut loss,
+            against,
+        } = self.positives_term((logits, &rows), targets, positives, columns, reduce)?;
+        let consistency = match &self.consistency {
+            Some(c) => Some(soft.consistency(c.weight, layout, reduce)?),
+            None => None,
         };
-        if let Some(c) = &self.consistency {
-            let (lc, dzc) = soft.consistency(c.weight, layout, reduce)?;
+        let mut dz = soft.into_probs(1.0 / m as f64);
+        let mut target_rows = None;
+        match against {
+            Against::Dense(q) => dz = dz - q,
+            Against::Rows(rows) => target_rows = Some(rows),
+        }
+        if let Some((lc, dzc)) = consistency {
             loss = loss + lc;
             dz = dz + dzc;
         }
-        let features_grad = reduce.sum(dz.matmul(rows))? / tau;
+        let mut grad = dz.matmul(rows);
+        if let Some(target_rows) = target_rows {
+            grad = grad - target_rows;
+        }
+        let features_grad = reduce.sum(grad)? / tau;
         Ok(LossAndGrad {
             loss,
             features_grad,
         })
+    }
+
+    /// The softmax of `logits` (`[M, N]`), the positives' loss and what it subtracts from `p/M`.
+    /// The shifted logits are kept past the exponential only when a term reads them again;
+    /// otherwise the exponential overwrites them (one `[M, N]` buffer fewer).
+    fn positives_term<B: Backend, R: ShardReduce<B>>(
+        &self,
+        (logits, rows): (Tensor<B, 2>, &Tensor<B, 2>),
+        targets: Tensor<B, 1, Int>,
+        positives: &Positives<B>,
+        columns: &ShardColumns,
+        reduce: &mut R,
+    ) -> std::result::Result<PositivesTerm<B>, R::Error> {
+        match positives {
+            Positives::Own => {
+                let (column, inside) = columns.local(targets);
+                let shifted = Softmax::shift(logits, reduce)?;
+                let picked = shifted.clone().gather(1, column.clone());
+                let keep_shifted = self.consistency.is_some();
+                let soft = Softmax::from_shifted(shifted, keep_shifted, reduce)?;
+                let (loss, target_rows) = soft.instance(picked, (column, inside), rows, reduce)?;
+                Ok(PositivesTerm {
+                    soft,
+                    loss,
+                    against: Against::Rows(target_rows),
+                })
+            }
+            Positives::Groups(groups) => {
+                let soft = Softmax::from_shifted(Softmax::shift(logits, reduce)?, true, reduce)?;
+                let (loss, q) = soft.merged(targets, groups.clone(), columns, reduce)?;
+                Ok(PositivesTerm {
+                    soft,
+                    loss,
+                    against: Against::Dense(q),
+                })
+            }
+        }
     }
 }
 
@@ -172,12 +222,28 @@ fn check_shard<B: Backend>(
     Ok(())
 }
 
-/// A row-wise softmax kept as shifted logits, their exponentials and the normaliser; the
-/// probabilities are formed only where a loss needs them (one `[M, N]` pass fewer for the
-/// instance loss, whose `(p − e_t)/M` scales the exponentials once).
+/// The softmax of a step's logits with its positives' loss and what they subtract from `p/M`.
+struct PositivesTerm<B: Backend> {
+    soft: Softmax<B>,
+    loss: Tensor<B, 1>,
+    against: Against<B>,
+}
+
+/// What a positive term subtracts from the softmax's `p / M` in `∂L/∂z`: a dense `[M, N]`
+/// distribution (merged groups), or, for one-hot targets, its product with the bank rows
+/// directly, `[M, D]` (`e_t · V = V_t`: no `[M, N]` scatter, which copies the whole matrix).
+enum Against<B: Backend> {
+    /// `q / M`, `[M, N]`.
+    Dense(Tensor<B, 2>),
+    /// `V_t / M`, `[M, D]` (zero for targets outside the shard).
+    Rows(Tensor<B, 2>),
+}
+
+/// A row-wise softmax kept as its exponentials and the normaliser (and the shifted logits when
+/// a term needs them again); the probabilities are formed once, in place, at the end.
 struct Softmax<B: Backend> {
-    /// `z − max_n z`, `[M, N]`
-    shifted: Tensor<B, 2>,
+    /// `z − max_n z`, `[M, N]`, when kept.
+    shifted: Option<Tensor<B, 2>>,
     /// `exp(shifted)`, `[M, N]`
     exp: Tensor<B, 2>,
     /// `Σ_n exp(shifted)`, `[M, 1]`
@@ -185,12 +251,36 @@ struct Softmax<B: Backend> {
 }
 
 impl<B: Backend> Softmax<B> {
-    fn new<R: ShardReduce<B>>(logits: Tensor<B, 2>, reduce: &mut R) -> Result<Self, R::Error> {
+    /// `logits − max_n logits` row by row (the max over every shard), `[M, N]`.
+    fn shift<R: ShardReduce<B>>(
+        logits: Tensor<B, 2>,
+        reduce: &mut R,
+    ) -> Result<Tensor<B, 2>, R::Error> {
         let max = reduce.max(logits.clone().max_dim(1))?;
-        let shifted = logits - max;
-        let exp = shifted.clone().exp();
+        Ok(logits - max)
+    }
+
+    /// The softmax of the shifted logits; `keep_shifted` keeps them for [`Softmax::shifted`],
+    /// otherwise the exponential overwrites them.
+    fn from_shifted<R: ShardReduce<B>>(
+        shifted: Tensor<B, 2>,
+        keep_shifted: bool,
+        reduce: &mut R,
+    ) -> Result<Self, R::Error> {
+        let (shifted, exp) = if keep_shifted {
+            (Some(shifted.clone()), shifted.exp())
+        } else {
+            (None, shifted.exp())
+        };
         let norm = reduce.sum(exp.clone().sum_dim(1))?;
         Ok(Self { shifted, exp, norm })
+    }
+
+    /// The shifted logits; only called by terms that asked [`Softmax::new`] to keep them.
+    fn shifted(&self) -> Tensor<B, 2> {
+        self.shifted
+            .clone()
+            .expect("the softmax was built with keep_shifted")
     }
 
     fn rows(&self) -> usize {
@@ -202,40 +292,41 @@ impl<B: Backend> Softmax<B> {
         self.exp.clone() * (self.norm.clone().recip() * scale)
     }
 
+    /// `p · scale`, `[M, N]`, formed in the exponentials' buffer.
+    fn into_probs(self, scale: f64) -> Tensor<B, 2> {
+        self.exp * (self.norm.recip() * scale)
+    }
+
     /// `log Σ_n exp(shifted)`, `[M, 1]`.
     fn log_norm(&self) -> Tensor<B, 2> {
         self.norm.clone().log()
     }
 
-    /// `(−mean ℓ_{r,t_r}, (p − onehot(t)) / M)`; each target's logit comes from the shard
-    /// that holds its row.
+    /// `(−mean ℓ_{r,t_r}, V_t / M)`: the loss and the one-hot part of `∂L/∂z · V`
+    /// (`∂L/∂z = (p − onehot(t)) / M`). `picked` are the rows' shifted logits at `column`;
+    /// each target's logit and row come from the shard that holds its row (`inside`).
+    ///
+    /// # Shapes
+    /// - `picked`, `column`, `inside`: `[M, 1]`; `rows`: `[N_s, D]`; output `[1]`, `[M, D]`
     fn instance<R: ShardReduce<B>>(
         &self,
-        targets: Tensor<B, 1, Int>,
-        columns: &ShardColumns,
+        picked: Tensor<B, 2>,
+        (column, inside): (Tensor<B, 2, Int>, Option<Tensor<B, 2>>),
+        rows: &Tensor<B, 2>,
         reduce: &mut R,
     ) -> Result<(Tensor<B, 1>, Tensor<B, 2>), R::Error> {
         let m = self.rows();
-        let (column, inside) = columns.local(targets);
-        let picked = self.shifted.clone().gather(1, column.clone());
-        let (picked, minus) = match inside {
-            None => {
-                let minus = Tensor::<B, 2>::full([m, 1], -1.0 / m as f64, &self.exp.device());
-                (picked, minus)
-            }
-            Some(inside) => {
-                let minus = inside.clone() * (-1.0 / m as f64);
-                (reduce.sum(picked * inside)?, minus)
-            }
+        let target_rows = rows.clone().select(0, column.reshape([m])) / m as f64;
+        let (picked, target_rows) = match inside {
+            None => (picked, target_rows),
+            Some(inside) => (reduce.sum(picked * inside.clone())?, target_rows * inside),
         };
         let picked = picked - self.log_norm();
-        let dz = self
-            .probs(1.0 / m as f64)
-            .scatter(1, column, minus, IndexingUpdateOp::Add);
-        Ok((picked.mean().neg(), dz))
+        Ok((picked.mean().neg(), target_rows))
     }
 
-    /// `(−mean log Σ_G p, (p − q) / M)`, `q` the softmax restricted to the target's group;
+    /// `(−mean log Σ_G p, q / M)`, `q` the softmax restricted to the target's group (the term
+    /// `∂L/∂z = (p − q) / M` subtracts);
     /// `groups` holds every row's group id of the whole bank.
     fn merged<R: ShardReduce<B>>(
         &self,
@@ -265,13 +356,13 @@ impl<B: Backend> Softmax<B> {
             .not_equal(target_group.expand([m, n]));
         // −1e30, not −inf: the target is in its group, so each row's maximum is finite (a
         // shard without any of the group's rows contributes exp(−1e30 − max) = 0).
-        let masked = self.shifted.clone().mask_fill(outside, -1e30);
+        let masked = self.shifted().mask_fill(outside, -1e30);
         let max = reduce.max(masked.clone().max_dim(1))?;
         let e = (masked - max.clone()).exp();
         let sum = reduce.sum(e.clone().sum_dim(1))?;
         let q = e * (sum.clone().recip() / m as f64);
         let log_group = sum.log() + max - self.log_norm();
-        Ok((log_group.mean().neg(), self.probs(1.0 / m as f64) - q))
+        Ok((log_group.mean().neg(), q))
     }
 
     /// λ·consistency and its gradient with respect to the logits (module docs).
@@ -291,7 +382,7 @@ impl<B: Backend> Softmax<B> {
             }
             .into());
         }
-        let log_p = (self.shifted.clone() - self.log_norm()).reshape([b, k, n]);
+        let log_p = (self.shifted() - self.log_norm()).reshape([b, k, n]);
         let p = self.probs(1.0).reshape([b, k, n]);
         let mean_log_p = log_p.clone().mean_dim(1); // [B, 1, N]
         let centred = log_p - mean_log_p; // ℓ − m

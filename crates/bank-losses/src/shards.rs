@@ -9,6 +9,7 @@
 
 use std::ops::Range;
 
+use bank_core::shard_positions;
 use burn::prelude::*;
 
 use crate::Error;
@@ -100,14 +101,8 @@ impl ShardColumns {
         if self.is_whole() {
             return (targets.unsqueeze_dim(1), None);
         }
-        let last = self.rows.len() as i64 - 1;
-        let local = targets.sub_scalar(self.rows.start as i64);
-        let inside = local.clone().greater_equal_elem(0).float()
-            * local.clone().lower_equal_elem(last).float();
-        (
-            local.clamp(0, last).unsqueeze_dim(1),
-            Some(inside.unsqueeze_dim(1)),
-        )
+        let (local, inside) = shard_positions(targets, self.rows.clone());
+        (local.unsqueeze_dim(1), Some(inside.unsqueeze_dim(1)))
     }
 }
 

@@ -74,7 +74,7 @@ fn check<B: Backend>(
     let scale = fd.iter().fold(1e-3f64, |a, b| a.max(b.abs()));
     for (&c, w) in coords.iter().zip(&fd) {
         assert!(
-            (grad[c] - w).abs() <= 2e-3 * scale,
+            (grad[c] - w).abs() <= 1e-4 * scale,
             "{what} at τ {tau}: ∂L/∂f[{c}] closed form {}, finite difference {w}",
             grad[c]
         );
