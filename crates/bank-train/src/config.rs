@@ -1,6 +1,7 @@
 //! The run configuration: a TOML file, any field overridable as `section.field=value`.
 //!
-//! Every field has a default (the small CPU recipe), unknown fields are errors, and
+//! Every field has a default (the small CPU recipe's settings, on all training images:
+//! `configs/cifar10_small_cpu.toml` sets `data.train_per_class = 500`), unknown fields are errors, and
 //! [`TrainConfig::validate`] names the first field out of range.
 
 use std::path::Path;

@@ -46,7 +46,8 @@ struct Cli {
 enum Command {
     /// Train: `bank-train train --config configs/cifar10_small_cpu.toml [--set optim.lr=0.1]`.
     Train {
-        /// TOML configuration (defaults: the small CPU recipe).
+        /// TOML configuration (without it: every field's default, the small CPU recipe's settings
+        /// on all training images; `configs/cifar10_small_cpu.toml` keeps 500 per class).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Data folder (else MEMBANK_DATA, else ~/.cache/membank/data, downloaded when missing).
@@ -75,7 +76,7 @@ enum Command {
     /// Ablation: every variant × seed as an ordinary run under `RUNS/<recipe>-ablation/`
     /// (finished runs skipped, interrupted ones resumed), then `ablation.md` and `ablation.png`.
     Ablation {
-        /// TOML recipe (defaults: the small CPU recipe).
+        /// TOML recipe (without it: every field's default, as for `train`).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Data folder, as for `train`.
