@@ -137,7 +137,7 @@ impl SoftmaxObjective {
         let mut target_rows = None;
         match against {
             Against::Dense(q) => dz = dz - q,
-            Against::Rows(rows) => target_rows = Some(rows),
+            Against::Rows(v_t) => target_rows = Some(v_t),
         }
         if let Some((lc, dzc)) = consistency {
             loss = loss + lc;
