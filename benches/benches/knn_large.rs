@@ -1,5 +1,6 @@
-//! All-rows top-10 neighbour search at N = 200,000, D = 128, next to the bare blocked matmul of
-//! the same size, timed in one run.
+//! All-rows top-10 neighbour search at N = 200,000, D = 128 (on a CPU backend the host engine), next
+//! to the device engine's bare blocked matmul of the same size (its blocks read back, no selection),
+//! timed in one run.
 //!
 //! One iteration takes minutes on a CPU, and criterion needs at least ten samples of each side
 //! (hours), so this bench has its own harness: it alternates search and matmul `REPEATS` times

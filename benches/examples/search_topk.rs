@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bank_core::MemoryBankConfig;
-use bank_mining::{KnnConfig, nearest_neighbours};
+use bank_mining::{KnnConfig, SearchEngine, nearest_neighbours};
 use burn::prelude::*;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use membank_benches::Bench;
 use npyz::WriterBuilder;
 
@@ -35,6 +35,28 @@ struct Args {
     /// Where to write the neighbours' indices (`[N, k]` u32).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Where the similarities are computed (bank-mining's `SearchEngine`); `auto` is what
+    /// training uses: the host on a CPU backend.
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
+    engine: Engine,
+}
+
+/// bank-mining's `SearchEngine`, named on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Engine {
+    Auto,
+    Host,
+    Device,
+}
+
+impl From<Engine> for SearchEngine {
+    fn from(engine: Engine) -> Self {
+        match engine {
+            Engine::Auto => SearchEngine::Auto,
+            Engine::Host => SearchEngine::Host,
+            Engine::Device => SearchEngine::Device,
+        }
+    }
 }
 
 /// The rows of a 2-d float32 `.npy` file and its shape.
@@ -71,7 +93,8 @@ fn main() -> anyhow::Result<()> {
     let rows = Tensor::<Bench, 2>::from_data(TensorData::new(values, [n, d]), &device);
     let bank = MemoryBankConfig::new(n, d).init_from_features(rows)?;
     <Bench as Backend>::sync(&device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let config = KnnConfig::new(args.k);
+    let config = KnnConfig::new(args.k).with_engine(args.engine.into());
+    let engine = config.engine.resolve::<Bench>(&device);
     let start = Instant::now();
     let found = nearest_neighbours(&bank, &config)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -79,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         write_indices(out, &found.indices, [n, args.k])?;
     }
     println!(
-        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"rows\": {n}, \"dim\": {d}, \"k\": {}, \"self\": \"excluded\", \"seconds\": {seconds}, \"queries_per_s\": {}}}",
+        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"engine\": \"{engine:?}\", \"rows\": {n}, \"dim\": {d}, \"k\": {}, \"self\": \"excluded\", \"seconds\": {seconds}, \"queries_per_s\": {}}}",
         <Bench as Backend>::name(&device),
         args.k,
         n as f64 / seconds

@@ -34,6 +34,10 @@ struct SearchArgs {
     /// Least recall of membank's neighbours against FAISS's.
     #[arg(long, default_value_t = 0.999)]
     min_recall: f64,
+    /// membank's search engine: `auto` (what training uses: the host engine on a CPU backend),
+    /// `host` or `device` (bank-mining's `SearchEngine`).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "host", "device"])]
+    engine: String,
 }
 
 /// Parses `args` (after `compare search`) and runs the comparison with membank on `backend`.
@@ -72,13 +76,16 @@ pub(crate) fn compare_search(backend: Backend, args: &[String]) -> Result<()> {
             cmd.env("RAYON_NUM_THREADS", a.threads.to_string())
                 .env("OMP_NUM_THREADS", a.threads.to_string())
                 .arg(&rows)
-                .args(["--k", &a.k.to_string()]);
+                .args(["--k", &a.k.to_string(), "--engine", &a.engine]);
             if round == 1 {
                 cmd.arg("--out").arg(&topk);
             }
             let r = run_for_json(cmd)?;
             let (s, q) = (number(&r, "seconds")?, number(&r, "queries_per_s")?);
-            eprintln!("round {round}: N = {n}: membank {s:>8.2} s  {q:>10.0} queries/s");
+            let engine = r["engine"].as_str().unwrap_or("?");
+            eprintln!(
+                "round {round}: N = {n}: membank {s:>8.2} s  {q:>10.0} queries/s ({engine} engine)"
+            );
             ours_q.push(q);
 
             let mut cmd = Command::new(&python);

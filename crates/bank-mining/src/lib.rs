@@ -6,7 +6,9 @@
 //! `bank-losses` then treats a whole group as the positive).
 //!
 //! - [`nearest_neighbours`] / [`query_neighbours`]: exact top-k by cosine similarity (dot products
-//!   of unit rows), block by block within a memory budget, ties broken by the lower index.
+//!   of unit rows), block by block within a memory budget, ties broken by the lower index; on a
+//!   CPU a cache-sized GEMM with the selection fused into it, on a GPU the backend's matmul
+//!   ([`SearchEngine`]).
 //! - [`UnionFind`]: groups as connected components; a group's id is its smallest member, so the
 //!   result does not depend on the order of merges.
 //! - [`Merger`] with a [`MergeSchedule`]: when and how much to merge.
@@ -34,9 +36,12 @@
 mod error;
 mod knn;
 mod merge;
+mod search_device;
+mod search_host;
+mod top_k;
 mod union_find;
 
 pub use error::{Error, Result};
-pub use knn::{KnnConfig, Neighbours, nearest_neighbours, query_neighbours};
+pub use knn::{KnnConfig, Neighbours, SearchEngine, nearest_neighbours, query_neighbours};
 pub use merge::{MergeSchedule, Merger, RoundReport};
 pub use union_find::UnionFind;

@@ -2,7 +2,10 @@
 
 use crate::common::*;
 use bank_core::{MemoryBank, MemoryBankConfig};
-use bank_mining::{KnnConfig, nearest_neighbours, query_neighbours};
+use bank_mining::{KnnConfig, SearchEngine, nearest_neighbours, query_neighbours};
+
+/// Both engines, each checked on its own.
+const ENGINES: [SearchEngine; 2] = [SearchEngine::Host, SearchEngine::Device];
 use burn::prelude::*;
 
 /// Brute-force top-k in f64: sort by (similarity desc, index asc).
@@ -42,25 +45,47 @@ fn knn_equals_brute_force_blocked_and_unblocked<B: Backend>(device: &B::Device) 
     let rows = values(bank.rows());
     let want = brute_force(&rows, &rows, d, k, true);
     // 1 MiB holds everything in one block; 16 KiB forces many row and column blocks.
-    for budget in [1 << 20, 16 << 10] {
-        let got = nearest_neighbours(&bank, &KnnConfig::new(k).with_memory_budget(budget)).unwrap();
+    for (engine, budget) in ENGINES
+        .into_iter()
+        .flat_map(|e| [(e, 1 << 20), (e, 16 << 10)])
+    {
+        let config = KnnConfig::new(k)
+            .with_memory_budget(budget)
+            .with_engine(engine);
+        let got = nearest_neighbours(&bank, &config).unwrap();
         assert_eq!(got.len(), n);
         for (q, want_q) in want.iter().enumerate() {
             let (idx, sims) = got.of(q);
-            assert_eq!(idx, want_q.as_slice(), "row {q}, budget {budget}");
+            assert_eq!(
+                idx,
+                want_q.as_slice(),
+                "row {q}, {engine:?}, budget {budget}"
+            );
             assert!(sims.windows(2).all(|w| w[0] >= w[1]));
+            let exact = (0..d)
+                .map(|c| rows[q * d + c] * rows[idx[0] as usize * d + c])
+                .sum::<f32>();
+            assert!(
+                (sims[0] - exact).abs() < 1e-5,
+                "row {q}: {} vs {exact}",
+                sims[0]
+            );
         }
     }
     let queries = host_matrix(9, d, 4);
     let want = brute_force(&rows, &queries, d, k, false);
-    let got = query_neighbours(
-        &bank,
-        tensor::<B>(queries, 9, d, device),
-        &KnnConfig::new(k).with_memory_budget(16 << 10),
-    )
-    .unwrap();
-    for (q, want_q) in want.iter().enumerate() {
-        assert_eq!(got.of(q).0, want_q.as_slice(), "query {q}");
+    for engine in ENGINES {
+        let got = query_neighbours(
+            &bank,
+            tensor::<B>(queries.clone(), 9, d, device),
+            &KnnConfig::new(k)
+                .with_memory_budget(16 << 10)
+                .with_engine(engine),
+        )
+        .unwrap();
+        for (q, want_q) in want.iter().enumerate() {
+            assert_eq!(got.of(q).0, want_q.as_slice(), "query {q}, {engine:?}");
+        }
     }
 }
 
@@ -74,8 +99,14 @@ fn ties_go_to_the_lower_index<B: Backend>(device: &B::Device) {
     let bank: MemoryBank<B> = MemoryBankConfig::new(6, d)
         .init_from_features(tensor::<B>(v, 6, d, device))
         .unwrap();
-    for budget in [1 << 20, 8 << 10] {
-        let got = nearest_neighbours(&bank, &KnnConfig::new(2).with_memory_budget(budget)).unwrap();
+    for (engine, budget) in ENGINES
+        .into_iter()
+        .flat_map(|e| [(e, 1 << 20), (e, 8 << 10)])
+    {
+        let config = KnnConfig::new(2)
+            .with_memory_budget(budget)
+            .with_engine(engine);
+        let got = nearest_neighbours(&bank, &config).unwrap();
         assert_eq!(got.of(0).0, &[1, 2]);
         assert_eq!(got.of(3).0, &[0, 1]);
         assert_eq!(got.of(5).0[0], 4);
@@ -89,14 +120,24 @@ fn ties_go_to_the_lower_index<B: Backend>(device: &B::Device) {
     let bank: MemoryBank<B> = MemoryBankConfig::new(n, d)
         .init_from_features(tensor::<B>(v, n, d, device))
         .unwrap();
-    for budget in [1 << 20, 8 << 10] {
-        let got = nearest_neighbours(&bank, &KnnConfig::new(5).with_memory_budget(budget)).unwrap();
+    for (engine, budget) in ENGINES
+        .into_iter()
+        .flat_map(|e| [(e, 1 << 20), (e, 8 << 10)])
+    {
+        let config = KnnConfig::new(5)
+            .with_memory_budget(budget)
+            .with_engine(engine);
+        let got = nearest_neighbours(&bank, &config).unwrap();
         for q in 0..n {
             let want: Vec<u32> = (0..n as u32)
                 .filter(|&j| j as usize % 3 == q % 3 && j as usize != q)
                 .take(5)
                 .collect();
-            assert_eq!(got.of(q).0, want.as_slice(), "row {q}, budget {budget}");
+            assert_eq!(
+                got.of(q).0,
+                want.as_slice(),
+                "row {q}, {engine:?}, budget {budget}"
+            );
         }
     }
 }
