@@ -8,6 +8,11 @@ the training loss and the kNN top-1 against the bank per epoch, and kNN against 
 features at the end, with the difference and whether it is within --tolerance points at every
 epoch. `cargo xtask parity` calls this after training membank.
 
+With several --run folders (the same recipe with different seeds: `cargo xtask parity --seeds N`),
+the peer runs once per seed (each with that run's seed), each seed gets its table, and the verdict
+is on the mean over seeds per epoch: one seed's kNN at 2,000 test images swings by about 2 points,
+which is the tolerance itself.
+
     python parity.py --run runs/parity/cifarsub-membank --data /tmp/cifarsub --out runs/parity/cifarsub
 """
 import argparse
@@ -22,7 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="membank run folder (config.toml, metrics.jsonl, summary.json)")
+    p.add_argument("--run", required=True, action="append",
+                   help="membank run folder (config.toml, metrics.jsonl, summary.json); repeat it for seeds")
     p.add_argument("--data", required=True, help="image folder with train/ and test/ (the peer reads it)")
     p.add_argument("--out", required=True, help="prefix: writes OUT-peer.jsonl and OUT-parity.md")
     p.add_argument("--threads", type=int, default=2)
@@ -65,13 +71,13 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def main():
-    a = parse()
-    with open(os.path.join(a.run, "config.toml"), "rb") as f:
+def compare(run, data, peer_out, threads):
+    """Trains the peer for one membank run (unless done) and returns both sides per epoch:
+    [(epoch, loss ours, loss peer, knn ours, knn peer)], (recomputed ours, recomputed peer), seed."""
+    with open(os.path.join(run, "config.toml"), "rb") as f:
         cfg = tomllib.load(f)
-    peer_out = a.out + "-peer.jsonl"
     if not os.path.exists(peer_out):
-        cmd = [sys.executable, os.path.join(HERE, "npid.py"), "--data", a.data, "--threads", str(a.threads),
+        cmd = [sys.executable, os.path.join(HERE, "npid.py"), "--data", data, "--threads", str(threads),
                "--out", peer_out + ".part"] + peer_args(cfg)
         print("parity: " + " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
@@ -79,34 +85,65 @@ def main():
     peer = read_jsonl(peer_out)
     peer_epochs = [r for r in peer if r.get("event") == "epoch"]
     peer_summary = next(r for r in peer if r.get("event") == "summary")
-    ours = read_jsonl(os.path.join(a.run, "metrics.jsonl"))
-    with open(os.path.join(a.run, "summary.json")) as f:
-        summary = json.load(f)
+    ours = read_jsonl(os.path.join(run, "metrics.jsonl"))
+    if len(ours) != len(peer_epochs):
+        sys.exit(f"parity: {run} has {len(ours)} epochs, the peer {len(peer_epochs)}")
+    with open(os.path.join(run, "summary.json")) as f:
+        rec = json.load(f).get("knn_recomputed") or {}
+    epochs = [(m["epoch"], m["loss"], p["loss"],
+               100.0 * m["knn_bank"]["top1"] if m.get("knn_bank") else float("nan"), p["knn_bank"])
+              for m, p in zip(ours, peer_epochs)]
+    recomputed = (100.0 * rec["top1"] if "top1" in rec else float("nan"), peer_summary["knn_recomputed"])
+    return epochs, recomputed, cfg["seed"]
 
-    rows, worst = [], 0.0
-    for m, p in zip(ours, peer_epochs):
-        knn = 100.0 * m["knn_bank"]["top1"] if m.get("knn_bank") else float("nan")
-        diff = knn - p["knn_bank"]
-        worst = max(worst, abs(diff))
-        rows.append(f"| {m['epoch']} | {m['loss']:.3f} | {p['loss']:.3f} | {knn:.2f} | {p['knn_bank']:.2f} | {diff:+.2f} |")
-    rec = summary.get("knn_recomputed") or {}
-    ours_rec = 100.0 * rec["top1"] if "top1" in rec else float("nan")
-    ok = worst <= a.tolerance and len(rows) == len(peer_epochs) == len(ours)
-    lines = [
-        f"# Parity: membank vs the PyTorch peer on `{a.data}`",
-        "",
-        f"membank run `{a.run}`; peer output `{peer_out}`; same recipe (the run's config.toml).",
-        "",
-        "| epoch | loss membank | loss peer | kNN bank membank (%) | kNN bank peer (%) | difference |",
-        "|---|---|---|---|---|---|",
-        *rows,
-        "",
-        f"kNN against recomputed train features at the end: membank {ours_rec:.2f}%, "
-        f"peer {peer_summary['knn_recomputed']:.2f}% ({ours_rec - peer_summary['knn_recomputed']:+.2f}).",
-        "",
-        f"Largest per-epoch kNN (bank) difference: {worst:.2f} points; tolerance {a.tolerance}: "
-        + ("**within**." if ok else "**not within**."),
-    ]
+
+def table(epochs, recomputed):
+    """Markdown lines of one comparison (or of a mean) and its largest kNN difference."""
+    lines = ["| epoch | loss membank | loss peer | kNN bank membank (%) | kNN bank peer (%) | difference |",
+             "|---|---|---|---|---|---|"]
+    worst = 0.0
+    for epoch, lo, lp, ko, kp in epochs:
+        worst = max(worst, abs(ko - kp))
+        lines.append(f"| {epoch} | {lo:.3f} | {lp:.3f} | {ko:.2f} | {kp:.2f} | {ko - kp:+.2f} |")
+    ro, rp = recomputed
+    lines += ["", f"kNN against recomputed train features at the end: membank {ro:.2f}%, "
+                  f"peer {rp:.2f}% ({ro - rp:+.2f})."]
+    return lines, worst
+
+
+def mean_of(results):
+    """Per-epoch means over seeds of every column, and of the recomputed kNN."""
+    n = len(results)
+    epochs = [tuple([rows[0][0]] + [sum(r[i] for r in rows) / n for i in range(1, 5)])
+              for rows in zip(*(e for e, _, _ in results))]
+    recomputed = tuple(sum(r[1][i] for r in results) / n for i in range(2))
+    return epochs, recomputed
+
+
+def main():
+    a = parse()
+    several = len(a.run) > 1
+    results = []
+    for run in a.run:
+        with open(os.path.join(run, "config.toml"), "rb") as f:
+            seed = tomllib.load(f)["seed"]
+        peer_out = a.out + (f"-seed{seed}" if several else "") + "-peer.jsonl"
+        results.append(compare(run, a.data, peer_out, a.threads))
+    lines = [f"# Parity: membank vs the PyTorch peer on `{a.data}`", "",
+             f"membank runs {', '.join(f'`{r}`' for r in a.run)}; the peer with the same recipe (each run's config.toml).", ""]
+    for run, (epochs, recomputed, seed) in zip(a.run, results):
+        t, worst = table(epochs, recomputed)
+        if several:
+            lines += [f"## Seed {seed}", ""] + t + ["", f"Largest per-epoch kNN (bank) difference: {worst:.2f} points.", ""]
+        else:
+            lines += t + [""]
+    if several:
+        epochs, recomputed = mean_of(results)
+        t, worst = table(epochs, recomputed)
+        lines += [f"## Mean over the {len(results)} seeds", ""] + t + [""]
+    ok = worst <= a.tolerance
+    lines.append(f"Largest per-epoch kNN (bank) difference{' of the means' if several else ''}: {worst:.2f} points; "
+                 f"tolerance {a.tolerance}: " + ("**within**." if ok else "**not within**."))
     text = "\n".join(lines) + "\n"
     with open(a.out + "-parity.md", "w") as f:
         f.write(text)

@@ -166,6 +166,10 @@ enum Task {
         /// kNN top-1 points allowed between the two at any epoch.
         #[arg(long, default_value_t = 2.0)]
         tolerance: f64,
+        /// Seeds 0..N on each side; above 1 the tolerance applies to the per-epoch means over the
+        /// seeds (each seed's table is in the report too).
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
         /// More membank overrides `section.field=value` (e.g. `train.epochs=30`, `seed=1`).
         #[arg(last = true)]
         overrides: Vec<String>,
@@ -356,6 +360,7 @@ fn main() -> Result<()> {
             runs,
             name,
             tolerance,
+            seeds,
             overrides,
         } => {
             if step {
@@ -387,6 +392,7 @@ fn main() -> Result<()> {
                 runs,
                 name,
                 tolerance,
+                seeds,
                 overrides,
             };
             peer::parity(&spec)

@@ -191,23 +191,73 @@ pub struct ParitySpec {
     pub name: String,
     /// kNN points allowed per epoch.
     pub tolerance: f64,
+    /// Seeds 0..seeds on each side (1: the config's own seed).
+    pub seeds: usize,
     /// More membank overrides.
     pub overrides: Vec<String>,
 }
 
-/// Trains membank on the folder (unless its run is complete), then `benches/peer/parity.py`
-/// trains the peer with the run's resolved recipe and writes the side-by-side report.
+/// Trains membank on the folder for each seed (unless its run is complete), then
+/// `benches/peer/parity.py` trains the peer with each run's resolved recipe and writes the
+/// side-by-side report.
 pub fn parity(spec: &ParitySpec) -> Result<()> {
+    if spec.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    if spec.seeds > 1
+        && spec
+            .overrides
+            .iter()
+            .any(|o| o.trim_start().starts_with("seed="))
+    {
+        bail!(
+            "--seeds {} sets the seeds 0..{}: drop the `seed=` override",
+            spec.seeds,
+            spec.seeds
+        );
+    }
     let python = python()?;
-    let run_name = format!("{}-membank", spec.name);
-    let run_dir = spec.runs.join(&run_name);
+    let mut run_dirs = Vec::new();
+    for seed in 0..spec.seeds {
+        let (run_name, seed_override) = if spec.seeds == 1 {
+            (format!("{}-membank", spec.name), None)
+        } else {
+            (
+                format!("{}-membank-seed{seed}", spec.name),
+                Some(format!("seed={seed}")),
+            )
+        };
+        train_membank(spec, &run_name, seed_override)?;
+        run_dirs.push(spec.runs.join(&run_name));
+    }
+    let mut cmd = Command::new(python);
+    cmd.arg(workspace_root().join("benches/peer/parity.py"));
+    for run_dir in &run_dirs {
+        cmd.arg("--run").arg(run_dir);
+    }
+    cmd.arg("--data")
+        .arg(&spec.data)
+        .arg("--out")
+        .arg(spec.runs.join(&spec.name))
+        .args(["--tolerance", &spec.tolerance.to_string()]);
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().context("cannot start parity.py")?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(3) => bail!("parity: not within {} points", spec.tolerance),
+        _ => bail!("parity.py failed with {status}"),
+    }
+}
+
+/// membank's side of a parity comparison: one run on the folder, resumed when interrupted,
+/// skipped when complete.
+fn train_membank(spec: &ParitySpec, run_name: &str, seed: Option<String>) -> Result<()> {
+    let run_dir = spec.runs.join(run_name);
     if !run_dir.join("summary.json").is_file() {
         let resume = run_dir.join("config.toml").is_file();
         let mut cmd = crate::bank_train(crate::Backend::Flex)?;
         cmd.arg("train").arg("--config").arg(&spec.config);
-        cmd.arg("--runs")
-            .arg(&spec.runs)
-            .args(["--name", &run_name]);
+        cmd.arg("--runs").arg(&spec.runs).args(["--name", run_name]);
         if resume {
             cmd.arg("--resume");
         }
@@ -222,24 +272,10 @@ pub fn parity(spec: &ParitySpec) -> Result<()> {
             "data.train_per_class=0".into(),
         ]);
         cmd.args(&spec.overrides);
+        cmd.args(seed);
         run(cmd)?;
     }
-    let mut cmd = Command::new(python);
-    cmd.arg(workspace_root().join("benches/peer/parity.py"))
-        .arg("--run")
-        .arg(&run_dir)
-        .arg("--data")
-        .arg(&spec.data)
-        .arg("--out")
-        .arg(spec.runs.join(&spec.name))
-        .args(["--tolerance", &spec.tolerance.to_string()]);
-    eprintln!("xtask: {cmd:?}");
-    let status = cmd.status().context("cannot start parity.py")?;
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(3) => bail!("parity: not within {} points", spec.tolerance),
-        _ => bail!("parity.py failed with {status}"),
-    }
+    Ok(())
 }
 
 /// What `cargo xtask parity --step` compares.
