@@ -190,7 +190,8 @@ mod tests {
         type B<I> = Autodiff<I>;
         let device = Default::default();
         let x = Tensor::<B<I>, 4>::random([3, 4, 5, 2], Distribution::Normal(-1.0, 2.0), &device);
-        let weights = Tensor::<B<I>, 4>::random([3, 4, 5, 2], Distribution::Normal(0.0, 1.0), &device);
+        let weights =
+            Tensor::<B<I>, 4>::random([3, 4, 5, 2], Distribution::Normal(0.0, 1.0), &device);
         let init_affine = |gamma: &Param<Tensor<B<I>, 1>>, beta: &Param<Tensor<B<I>, 1>>| {
             let g = Tensor::<B<I>, 1>::from_floats([0.5, 1.5, -2.0, 1.0], &device);
             let b = Tensor::<B<I>, 1>::from_floats([0.1, -0.3, 0.0, 2.0], &device);
