@@ -14,7 +14,8 @@ use crate::{Error, Result, search_device, search_host};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SearchEngine {
     /// [`SearchEngine::Host`] when the bank lives in host memory (the `flex` and `ndarray`
-    /// backends, LibTorch or CubeCL on the CPU), [`SearchEngine::Device`] otherwise.
+    /// backends, LibTorch on the CPU: a backend name holding `flex`, `ndarray` or `<cpu>`),
+    /// [`SearchEngine::Device`] otherwise (wgpu, CUDA, LibTorch on a GPU).
     #[default]
     Auto,
     /// An f32 copy of the bank and the queries in host memory (`(N + M)·D·4` bytes), a

@@ -171,3 +171,23 @@ on_backends!(
     ties_go_to_the_lower_index,
     bad_arguments_are_errors
 );
+
+/// `Auto` takes the host engine on the CPU backends; a chosen engine is kept.
+#[test]
+fn auto_is_the_host_engine_on_cpu_backends() {
+    use burn::backend::{Flex, NdArray};
+    let auto = SearchEngine::Auto;
+    assert_eq!(
+        auto.resolve::<Flex>(&Default::default()),
+        SearchEngine::Host
+    );
+    assert_eq!(
+        auto.resolve::<NdArray>(&Default::default()),
+        SearchEngine::Host
+    );
+    let device = SearchEngine::Device;
+    assert_eq!(
+        device.resolve::<Flex>(&Default::default()),
+        SearchEngine::Device
+    );
+}
