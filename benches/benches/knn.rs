@@ -1,12 +1,13 @@
-//! All-rows top-10 neighbour search over the bank (bank-mining) next to the bare blocked matmul
-//! of the same size (the same blocks, without the selection), at N = 50,000, D = 128.
+//! All-rows top-10 neighbour search over the bank (bank-mining, device engine) next to the bare
+//! blocked matmul of the same size (the same blocks, without the selection), at N = 50,000,
+//! D = 128.
 //! Set `MEMBANK_KNN_ROWS` to bench other sizes; N = 200,000 has its own bench, `knn_large`.
 
 // criterion_group! generates undocumented items.
 #![allow(missing_docs)]
 
 use bank_core::MemoryBankConfig;
-use bank_mining::{KnnConfig, nearest_neighbours};
+use bank_mining::{KnnConfig, SearchEngine, nearest_neighbours};
 use burn::prelude::*;
 use criterion::{Criterion, criterion_group, criterion_main};
 use membank_benches::{Bench, blocked_matmul};
@@ -20,7 +21,9 @@ fn knn(c: &mut Criterion) {
     let bank = MemoryBankConfig::new(n, 128)
         .init::<Bench>(&device)
         .unwrap();
-    let config = KnnConfig::new(10);
+    // The device engine, whose blocks `blocked_matmul` multiplies; the host engine is measured
+    // against FAISS by `cargo xtask bench compare search`.
+    let config = KnnConfig::new(10).with_engine(SearchEngine::Device);
     let mut group = c.benchmark_group(format!("knn/{}", <Bench as Backend>::name(&device)));
     group.sample_size(10);
     group.bench_function(format!("all_rows_top10_n{n}"), |b| {

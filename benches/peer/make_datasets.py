@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the small image-folder datasets the PyTorch peer (npid.py) and membank train on.
 
-Both come from the CIFAR-10 JPEG archive (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg):
+All but digits come from the CIFAR-10 JPEG archive (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg):
 
 * darkset   -- MNIST-like: the CIFAR image in grey, shrunk to a random 16-20 px side and pasted at a
                random position on a black 28x28 canvas; single-channel PNG (mode "L").

@@ -166,9 +166,9 @@ enum Task {
         /// kNN top-1 points allowed between the two at any epoch.
         #[arg(long, default_value_t = 2.0)]
         tolerance: f64,
-        /// Seeds 0..N on each side; above 1 the tolerance applies to the per-epoch means over the
-        /// seeds (each seed's table is in the report too).
-        #[arg(long, default_value_t = 1)]
+        /// Above 1: seeds 0..N on each side, the tolerance applied to the per-epoch means over
+        /// the seeds (each seed's table is in the report too). 1: the config's own seed.
+        #[arg(long, default_value_t = 1, conflicts_with = "step")]
         seeds: usize,
         /// More membank overrides `section.field=value` (e.g. `train.epochs=30`, `seed=1`).
         #[arg(last = true)]

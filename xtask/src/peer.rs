@@ -204,12 +204,11 @@ pub fn parity(spec: &ParitySpec) -> Result<()> {
     if spec.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
-    if spec.seeds > 1
-        && spec
-            .overrides
-            .iter()
-            .any(|o| o.trim_start().starts_with("seed="))
-    {
+    let sets_seed = |o: &String| {
+        o.split_once('=')
+            .is_some_and(|(key, _)| key.trim() == "seed")
+    };
+    if spec.seeds > 1 && spec.overrides.iter().any(sets_seed) {
         bail!(
             "--seeds {} sets the seeds 0..{}: drop the `seed=` override",
             spec.seeds,

@@ -8,9 +8,9 @@ use crate::error::invalid;
 use crate::top_k::TopK;
 use crate::{Error, Result, search_device, search_host};
 
-/// Where a search computes its similarities. Both engines give the same neighbours (the same
-/// selection, ties to the lower index, NaN below every number); similarities may differ in the
-/// last bits, as two GEMMs do.
+/// Where a search computes its similarities. Both engines select by the same rule (ties to the
+/// lower index, NaN below every number); similarities may differ in the last bits, as two GEMMs
+/// do, so neighbours whose similarities agree to rounding may come in another order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SearchEngine {
     /// [`SearchEngine::Host`] when the bank lives in host memory (the `flex` and `ndarray`
@@ -18,8 +18,9 @@ pub enum SearchEngine {
     /// [`SearchEngine::Device`] otherwise (wgpu, CUDA, LibTorch on a GPU).
     #[default]
     Auto,
-    /// An f32 copy of the bank and the queries in host memory (`(N + M)·D·4` bytes), a
-    /// cache-sized GEMM per thread with the selection fused into it. The fast engine on a CPU.
+    /// An f32 copy of the bank in host memory (`N·D·4` bytes; queries other than the bank add
+    /// `M·D·4`), a cache-sized GEMM per thread with the selection fused into it. The fast engine
+    /// on a CPU.
     Host,
     /// The backend's matmul block by block on the bank's device, each block read back to the
     /// host for the selection. For a GPU: only the blocks cross to the host.
@@ -48,9 +49,9 @@ pub struct KnnConfig {
     /// Neighbours per query.
     pub k: usize,
     /// Most bytes of similarities alive at once: the device block plus its host copy
-    /// ([`SearchEngine::Device`]), or every thread's block ([`SearchEngine::Host`], which also
-    /// holds the f32 copies of bank and queries). Default 256 MiB: enough for N = 1,281,167
-    /// (ImageNet) in blocks on a CPU.
+    /// ([`SearchEngine::Device`]), or every thread's block ([`SearchEngine::Host`], at least 64
+    /// values per thread). It covers similarities only: the host engine's f32 copies of bank and
+    /// queries come on top. Default 256 MiB: enough for N = 1,281,167 (ImageNet) in blocks.
     pub memory_budget: usize,
     /// Where the similarities are computed. Default [`SearchEngine::Auto`].
     pub engine: SearchEngine,
@@ -167,6 +168,10 @@ impl Neighbours {
 
 /// Top-`k` neighbours of every bank row among all the other rows (itself excluded).
 /// Ties are broken by the lower index, so the result is deterministic.
+///
+/// # Errors
+/// [`Error::InvalidValue`] for `k` outside `1..N` or a budget under 8 KiB; [`Error::Read`] when
+/// the rows cannot be read from the device.
 pub fn nearest_neighbours<B: Backend>(
     bank: &MemoryBank<B>,
     config: &KnnConfig,
@@ -195,6 +200,10 @@ pub fn nearest_neighbours<B: Backend>(
 ///
 /// # Shapes
 /// - `queries`: `[M, D]`
+///
+/// # Errors
+/// [`Error::InvalidValue`] for `k` outside `1..=N` or a budget under 8 KiB; a shape error for
+/// queries whose width is not D; [`Error::Read`] when values cannot be read from the device.
 pub fn query_neighbours<B: Backend>(
     bank: &MemoryBank<B>,
     queries: Tensor<B, 2>,

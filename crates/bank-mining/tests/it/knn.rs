@@ -3,10 +3,10 @@
 use crate::common::*;
 use bank_core::{MemoryBank, MemoryBankConfig};
 use bank_mining::{KnnConfig, SearchEngine, nearest_neighbours, query_neighbours};
+use burn::prelude::*;
 
 /// Both engines, each checked on its own.
 const ENGINES: [SearchEngine; 2] = [SearchEngine::Host, SearchEngine::Device];
-use burn::prelude::*;
 
 /// Brute-force top-k in f64: sort by (similarity desc, index asc).
 fn brute_force(
@@ -44,7 +44,8 @@ fn knn_equals_brute_force_blocked_and_unblocked<B: Backend>(device: &B::Device) 
         .unwrap();
     let rows = values(bank.rows());
     let want = brute_force(&rows, &rows, d, k, true);
-    // 1 MiB holds everything in one block; 16 KiB forces many row and column blocks.
+    // 1 MiB holds all columns in one block (the host engine still splits the rows between
+    // threads); 16 KiB forces many row and column blocks.
     for (engine, budget) in ENGINES
         .into_iter()
         .flat_map(|e| [(e, 1 << 20), (e, 16 << 10)])
