@@ -105,8 +105,9 @@ enum ChannelLayout {
 impl ChannelLayout {
     /// `PerSample` on burn-flex, `Broadcast` elsewhere. burn offers no way to ask a backend how
     /// it broadcasts, so this goes by its name, as measured on the small CNN's training step:
-    /// on flex `PerSample` made the step 1.6–2× faster; on LibTorch it made it 10–20% slower
-    /// (ATen broadcasts `[1, C, 1, 1]` well, and the extra copies and reductions cost).
+    /// on flex `PerSample` made the step 1.6–2× faster; on LibTorch it gained nothing (ATen
+    /// broadcasts `[1, C, 1, 1]` in vector code; A/B runs there swung ±15% either way), so the
+    /// other backends keep the operations they had.
     fn for_backend<B: Backend>(device: &B::Device, n: usize) -> Self {
         if B::name(device).contains("flex") {
             Self::PerSample(n)
