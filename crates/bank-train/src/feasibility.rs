@@ -1,7 +1,7 @@
 //! Settings checked against the dataset before training starts: a setting that cannot work with
 //! the images at hand is refused, naming it, instead of failing after an epoch of work.
 
-use crate::config::TrainConfig;
+use crate::config::{BankSharding, TrainConfig};
 use crate::data_source::TrainData;
 use crate::{Error, Result};
 
@@ -10,7 +10,9 @@ use crate::{Error, Result};
 /// - `merge.enabled` needs at least 2 training images (each merge joins an image with its
 ///   nearest other image);
 /// - `eval.k` may not exceed the labelled reference images kNN votes with, when kNN runs;
-/// - the training set may not be empty.
+/// - the training set may not be empty;
+/// - a sharded bank (`method.bank_sharding = "sharded"`) needs at least one row per device
+///   (`train.devices`): each replica holds a non-empty range of rows.
 ///
 /// A `train.batch_size` larger than the training set is not refused: the loader serves one
 /// batch of every image per epoch, which works with every loss and model here.
@@ -34,6 +36,17 @@ pub fn check_against_data(config: &TrainConfig, data: &TrainData) -> Result<()> 
             format!(
                 "true: merging joins each image with its nearest other image and needs at least \
                  2 training images; the data has {n}"
+            ),
+        );
+    }
+    let devices = config.train.devices.len();
+    if config.method.bank_sharding == BankSharding::Sharded && devices > n {
+        return refuse(
+            "method.bank_sharding",
+            format!(
+                "\"sharded\" splits the bank's {n} rows (one per training image) across the \
+                 {devices} devices of train.devices, and each device needs at least one row: use \
+                 at most {n} devices or \"replicated\""
             ),
         );
     }

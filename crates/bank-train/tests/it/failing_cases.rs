@@ -290,6 +290,22 @@ fn merging_with_one_image_and_k_beyond_the_reference_set_are_refused_before_trai
 }
 
 #[test]
+fn a_sharded_bank_with_more_devices_than_rows_is_refused() {
+    let three = r#"train.devices=["cpu", "cpu", "cpu"]"#;
+    let cfg = config(&["method.bank_sharding=\"sharded\"", three, "eval.k=1"]);
+    let e = bank_train::feasibility::check_against_data(&cfg, &sets(2)).unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("`method.bank_sharding`") && e.contains("2 rows") && e.contains("3 devices"),
+        "{e}"
+    );
+    // As many rows as devices shards; a replicated bank has no such limit.
+    bank_train::feasibility::check_against_data(&cfg, &sets(3)).unwrap();
+    let replicated = config(&[three, "eval.k=1"]);
+    bank_train::feasibility::check_against_data(&replicated, &sets(2)).unwrap();
+}
+
+#[test]
 fn a_bank_that_is_not_the_datasets_is_refused_naming_the_bank_file() {
     let cfg = config(&[]);
     let data = sets(20);
