@@ -8,6 +8,19 @@ use burn::prelude::*;
 /// Both engines, each checked on its own.
 const ENGINES: [SearchEngine; 2] = [SearchEngine::Host, SearchEngine::Device];
 
+/// Top-`k` configs for each engine with a 1 MiB budget and with `small` bytes, labelled for
+/// assertion messages.
+fn configs(k: usize, small: usize) -> impl Iterator<Item = (KnnConfig, String)> {
+    ENGINES.into_iter().flat_map(move |engine| {
+        [1 << 20, small].map(|budget| {
+            let config = KnnConfig::new(k)
+                .with_memory_budget(budget)
+                .with_engine(engine);
+            (config, format!("{engine:?}, budget {budget}"))
+        })
+    })
+}
+
 /// Brute-force top-k in f64: sort by (similarity desc, index asc).
 fn brute_force(
     rows: &[f32],
@@ -46,22 +59,12 @@ fn knn_equals_brute_force_blocked_and_unblocked<B: Backend>(device: &B::Device) 
     let want = brute_force(&rows, &rows, d, k, true);
     // 1 MiB holds all columns in one block (the host engine still splits the rows between
     // threads); 16 KiB forces many row and column blocks.
-    for (engine, budget) in ENGINES
-        .into_iter()
-        .flat_map(|e| [(e, 1 << 20), (e, 16 << 10)])
-    {
-        let config = KnnConfig::new(k)
-            .with_memory_budget(budget)
-            .with_engine(engine);
+    for (config, label) in configs(k, 16 << 10) {
         let got = nearest_neighbours(&bank, &config).unwrap();
         assert_eq!(got.len(), n);
         for (q, want_q) in want.iter().enumerate() {
             let (idx, sims) = got.of(q);
-            assert_eq!(
-                idx,
-                want_q.as_slice(),
-                "row {q}, {engine:?}, budget {budget}"
-            );
+            assert_eq!(idx, want_q.as_slice(), "row {q}, {label}");
             assert!(sims.windows(2).all(|w| w[0] >= w[1]));
             let exact = (0..d)
                 .map(|c| rows[q * d + c] * rows[idx[0] as usize * d + c])
@@ -100,13 +103,7 @@ fn ties_go_to_the_lower_index<B: Backend>(device: &B::Device) {
     let bank: MemoryBank<B> = MemoryBankConfig::new(6, d)
         .init_from_features(tensor::<B>(v, 6, d, device))
         .unwrap();
-    for (engine, budget) in ENGINES
-        .into_iter()
-        .flat_map(|e| [(e, 1 << 20), (e, 8 << 10)])
-    {
-        let config = KnnConfig::new(2)
-            .with_memory_budget(budget)
-            .with_engine(engine);
+    for (config, _) in configs(2, 8 << 10) {
         let got = nearest_neighbours(&bank, &config).unwrap();
         assert_eq!(got.of(0).0, &[1, 2]);
         assert_eq!(got.of(3).0, &[0, 1]);
@@ -121,24 +118,14 @@ fn ties_go_to_the_lower_index<B: Backend>(device: &B::Device) {
     let bank: MemoryBank<B> = MemoryBankConfig::new(n, d)
         .init_from_features(tensor::<B>(v, n, d, device))
         .unwrap();
-    for (engine, budget) in ENGINES
-        .into_iter()
-        .flat_map(|e| [(e, 1 << 20), (e, 8 << 10)])
-    {
-        let config = KnnConfig::new(5)
-            .with_memory_budget(budget)
-            .with_engine(engine);
+    for (config, label) in configs(5, 8 << 10) {
         let got = nearest_neighbours(&bank, &config).unwrap();
         for q in 0..n {
             let want: Vec<u32> = (0..n as u32)
                 .filter(|&j| j as usize % 3 == q % 3 && j as usize != q)
                 .take(5)
                 .collect();
-            assert_eq!(
-                got.of(q).0,
-                want.as_slice(),
-                "row {q}, {engine:?}, budget {budget}"
-            );
+            assert_eq!(got.of(q).0, want.as_slice(), "row {q}, {label}");
         }
     }
 }

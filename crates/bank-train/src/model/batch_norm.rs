@@ -60,15 +60,15 @@ impl<B: Backend> BatchNorm2d<B> {
     /// - input and output: `[N, C, H, W]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
-        let (mean, var) = if B::ad_enabled(&x.device()) {
+        let device = x.device();
+        let layout = ChannelLayout::for_backend::<B>(&device, n);
+        let (mean, var) = if B::ad_enabled(&device) {
             let flat = x.clone().reshape([n, c, h * w]);
             let mean = flat.clone().mean_dim(2).mean_dim(0); // [1, C, 1]
-            let centred = match ChannelLayout::for_backend::<B>(&x.device(), n) {
-                ChannelLayout::PerSample(n) => {
-                    flat - per_sample(mean.clone().reshape([c]), n).reshape([n, c, 1])
-                }
-                ChannelLayout::Broadcast => flat - mean.clone(),
-            };
+            let centred = flat
+                - layout
+                    .operand(mean.clone().reshape([c]))
+                    .squeeze_dim::<3>(3);
             let var = centred.square().mean_dim(2).mean_dim(0);
             let count = (n * h * w) as f64;
             let unbiased = count / (count - 1.0).max(1.0);
@@ -88,7 +88,6 @@ impl<B: Backend> BatchNorm2d<B> {
             (self.running_mean.value(), self.running_var.value())
         };
         let scale = self.gamma.val() / var.add_scalar(self.epsilon).sqrt();
-        let layout = ChannelLayout::for_backend::<B>(&x.device(), n);
         (x - layout.operand(mean)) * layout.operand(scale) + layout.operand(self.beta.val())
     }
 }
