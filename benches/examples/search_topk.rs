@@ -11,18 +11,18 @@
 //! u32 best first, for `search_faiss.py search --check`. Prints one JSON line, the counterpart
 //! of `benches/peer/search_faiss.py` (`cargo xtask bench compare search` runs both).
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bank_core::MemoryBankConfig;
 use bank_mining::{KnnConfig, SearchEngine, nearest_neighbours};
 use burn::prelude::*;
 use clap::{Parser, ValueEnum};
 use membank_benches::Bench;
-use npyz::WriterBuilder;
+
+#[path = "common/npy.rs"]
+mod npy;
 
 #[derive(Parser)]
 #[command(about = "membank's all-rows exact top-k search on rows from a .npy file")]
@@ -61,29 +61,11 @@ impl From<Engine> for SearchEngine {
 
 /// The rows of a 2-d float32 `.npy` file and its shape.
 fn read_rows(path: &Path) -> anyhow::Result<(Vec<f32>, [usize; 2])> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let npy = npyz::NpyFile::new(BufReader::new(file))
-        .with_context(|| format!("{}: not a .npy file", path.display()))?;
-    let shape = npy.shape().to_vec();
+    let (values, shape) = npy::read::<f32>(path)?;
     let [n, d] = shape[..] else {
         bail!("{}: shape {shape:?}, expected [N, D]", path.display());
     };
-    let values = npy
-        .into_vec::<f32>()
-        .with_context(|| format!("{}: expected float32 values", path.display()))?;
-    Ok((values, [n as usize, d as usize]))
-}
-
-fn write_indices(path: &Path, indices: &[u32], shape: [usize; 2]) -> anyhow::Result<()> {
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut writer = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[shape[0] as u64, shape[1] as u64])
-        .writer(BufWriter::new(file))
-        .begin_nd()?;
-    writer.extend(indices.iter().copied())?;
-    writer.finish()?;
-    Ok(())
+    Ok((values, [n, d]))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     let found = nearest_neighbours(&bank, &config)?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(out) = &args.out {
-        write_indices(out, &found.indices, [n, args.k])?;
+        npy::write(out, &[n, args.k], &found.indices)?;
     }
     println!(
         "{{\"tool\": \"membank\", \"backend\": \"{}\", \"engine\": \"{engine:?}\", \"rows\": {n}, \"dim\": {d}, \"k\": {}, \"self\": \"excluded\", \"seconds\": {seconds}, \"queries_per_s\": {}}}",

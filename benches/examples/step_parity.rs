@@ -24,8 +24,6 @@
 //! - `meta.json`: the recipe (τ, bank momentum, lr, momentum, dampening, weight decay, views),
 //!   the learning rate and the loss of every step, the parameter and running-statistic names.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,7 +40,9 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use clap::Parser;
 use membank_benches::Bench;
-use npyz::WriterBuilder;
+
+#[path = "common/npy.rs"]
+mod npy;
 
 type A = Autodiff<Bench>;
 type I = Bench;
@@ -102,27 +102,10 @@ impl<B: Backend> ModuleVisitor<B> for Named {
     }
 }
 
-fn write_npy<T: npyz::AutoSerialize + Copy>(
-    path: &Path,
-    shape: &[usize],
-    values: &[T],
-) -> anyhow::Result<()> {
-    let file = File::create(path).with_context(|| path.display().to_string())?;
-    let shape: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
-    let mut writer = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&shape)
-        .writer(BufWriter::new(file))
-        .begin_nd()?;
-    writer.extend(values.iter().copied())?;
-    writer.finish()?;
-    Ok(())
-}
-
 fn write_tensor<B: Backend, const D: usize>(path: &Path, t: Tensor<B, D>) -> anyhow::Result<()> {
     let shape = t.dims().to_vec();
     let values = t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-    write_npy(path, &shape, &values)
+    npy::write(path, &shape, &values)
 }
 
 /// Writes every parameter and running statistic of `model` (synchronised: `valid()` folds the
@@ -133,7 +116,7 @@ fn dump_state(dir: &Path, state: &TrainState<A>) -> anyhow::Result<Vec<String>> 
     state.model.valid().visit(&mut named);
     let mut names = Vec::new();
     for (name, shape, values) in &named.tensors {
-        write_npy(&dir.join(format!("{name}.npy")), shape, values)?;
+        npy::write(&dir.join(format!("{name}.npy")), shape, values)?;
         names.push(name.clone());
     }
     write_tensor(&dir.join("bank.npy"), state.bank.inner().rows())?;
@@ -198,7 +181,7 @@ fn main() -> anyhow::Result<()> {
         let dir = args.out.join(format!("batch{}", s + 1));
         std::fs::create_dir_all(&dir)?;
         let [c, h] = [host.channels, host.size];
-        write_npy(
+        npy::write(
             &dir.join("images.npy"),
             &[host.layout.rows(), c, h, h],
             &host.images,
@@ -209,7 +192,7 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .flat_map(|&i| std::iter::repeat_n(i as i64, views))
             .collect();
-        write_npy(&dir.join("indices.npy"), &[indices.len()], &indices)?;
+        npy::write(&dir.join("indices.npy"), &[indices.len()], &indices)?;
         let batch = host.into_device::<A>(&device);
         let lr = learning_rate(
             &config.optim,

@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod compare_bank;
 mod compare_search;
 mod compare_step;
 mod libtorch;
@@ -183,9 +184,9 @@ enum Task {
         minutes: f64,
     },
     /// Run the criterion benchmarks with one backend; reports land in target/criterion.
-    /// `cargo xtask bench compare loader|step|search ...` instead runs membank (step and search
-    /// with this backend) and its Python peer side by side (the peers' environment is created
-    /// on first use).
+    /// `cargo xtask bench compare loader|step|search|bank ...` instead runs membank (step, search
+    /// and bank step with this backend) and its Python peer side by side (the peers' environment
+    /// is created on first use).
     Bench {
         /// Backend to build with.
         #[arg(long, value_enum, default_value_t = Backend::Flex)]
@@ -430,12 +431,13 @@ fn main() -> Result<()> {
     }
 }
 
-/// `cargo xtask bench compare WHAT [--data DIR] [--repeats N]`; `step` and `search` parse their
-/// own options (`cargo xtask bench compare step --help`).
+/// `cargo xtask bench compare WHAT [--data DIR] [--repeats N]`; `step`, `search` and `bank` parse
+/// their own options (`cargo xtask bench compare step --help`).
 fn compare(backend: Backend, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("step") => return compare_step::compare_step(backend, &args[1..]),
         Some("search") => return compare_search::compare_search(backend, &args[1..]),
+        Some("bank") => return compare_bank::compare_bank(backend, &args[1..]),
         _ => {}
     }
     let mut data = workspace_root().join("../shared/data");
@@ -451,7 +453,7 @@ fn compare(backend: Backend, args: &[String]) -> Result<()> {
     }
     match what.as_deref() {
         Some("loader") => peer::compare_loader(&data, repeats),
-        other => bail!("compare what? {other:?} (available: loader, step, search)"),
+        other => bail!("compare what? {other:?} (available: loader, step, search, bank)"),
     }
 }
 

@@ -1,0 +1,226 @@
+//! membank's step against the bank alone, on inputs read from `.npy` files: the similarities, the
+//! full-softmax instance loss with its closed-form gradient (`bank_losses::SoftmaxObjective`, the
+//! trainer's path), the backward to the features and the bank update, next to one bare
+//! `[B·K, D] × [D, N]` matmul (the step needs two).
+//!
+//! ```sh
+//! cargo run --release -p membank-benches --example bank_step -- DIR [--views 2] [--steps 10] \
+//!     [--warmup 2] [--tau 0.1] [--momentum 0.5] [--out OUT]
+//! ```
+//! DIR holds `bank.npy` (`[N, D]` float32 unit rows), `features.npy` (`[B·K, D]` float32 unit
+//! rows, sample-major as in `bank_core::ViewLayout`) and `indices.npy` (`[B]` int64, distinct bank
+//! rows); `benches/peer/bank_step_torch.py make` writes them. `--out` receives the first step's
+//! results from the initial bank, for `bank_step_torch.py step --check`: `grad.npy`
+//! (`∂L/∂features`, `[B·K, D]`), `rows.npy` (the B updated bank rows) and `loss.json`. Then the
+//! same step runs `--warmup` + `--steps` times on the bank it keeps updating, as training does,
+//! and the bare matmul as many times. Every timing ends with the device synchronised. Prints one
+//! JSON line with the median milliseconds of each, the counterpart of `bank_step_torch.py`
+//! (`cargo xtask bench compare bank` runs both).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bank_core::{MemoryBank, MemoryBankConfig, ViewLayout};
+use bank_losses::{Positives, SoftmaxObjective};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use clap::Parser;
+use membank_benches::Bench;
+
+#[path = "common/npy.rs"]
+mod npy;
+
+type A = Autodiff<Bench>;
+
+#[derive(Parser)]
+#[command(about = "membank's step against the bank (closed-form softmax loss, backward, update)")]
+struct Args {
+    /// Folder with bank.npy, features.npy and indices.npy.
+    inputs: PathBuf,
+    /// Views per sample (K): features.npy holds B·K rows.
+    #[arg(long, default_value_t = 2)]
+    views: usize,
+    /// Temperature τ.
+    #[arg(long, default_value_t = 0.1)]
+    tau: f64,
+    /// Bank momentum m (weight of the old row).
+    #[arg(long, default_value_t = 0.5)]
+    momentum: f64,
+    /// Timed steps (and bare matmuls).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Where to write the first step's gradient, updated rows and loss.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// The step's inputs on the device.
+struct Inputs {
+    bank: MemoryBank<A>,
+    features: Tensor<A, 2>,
+    /// Bank index of every feature row, `[B·K]`.
+    targets: Tensor<A, 1, Int>,
+    /// Bank index of every sample, `[B]`.
+    samples: Vec<i64>,
+    layout: ViewLayout,
+}
+
+fn load(args: &Args, device: &Device<A>) -> anyhow::Result<Inputs> {
+    let dir = &args.inputs;
+    let (bank, bank_shape) = npy::read::<f32>(&dir.join("bank.npy"))?;
+    let (features, f_shape) = npy::read::<f32>(&dir.join("features.npy"))?;
+    let (samples, i_shape) = npy::read::<i64>(&dir.join("indices.npy"))?;
+    let (&[n, d], &[m, fd], &[b]) = (&bank_shape[..], &f_shape[..], &i_shape[..]) else {
+        bail!(
+            "{}: expected bank [N, D], features [M, D], indices [B]",
+            dir.display()
+        );
+    };
+    let layout = ViewLayout::from_rows(m, args.views)
+        .filter(|l| l.samples == b && fd == d)
+        .with_context(|| {
+            format!(
+                "{}: features [{m}, {fd}] are not B·K × D rows for B = {b}, K = {}, D = {d}",
+                dir.display(),
+                args.views
+            )
+        })?;
+    if let Some(bad) = samples.iter().find(|&&i| !(0..n as i64).contains(&i)) {
+        bail!(
+            "{}: index {bad} outside the bank's {n} rows",
+            dir.join("indices.npy").display()
+        );
+    }
+    let bank = MemoryBankConfig::new(n, d)
+        .with_momentum(args.momentum)
+        .init_from_features(Tensor::from_data(TensorData::new(bank, [n, d]), device))?;
+    let targets = layout.expand(&samples);
+    Ok(Inputs {
+        bank,
+        features: Tensor::from_data(TensorData::new(features, [m, d]), device),
+        targets: Tensor::from_data(TensorData::new(targets, [m]), device),
+        samples,
+        layout,
+    })
+}
+
+/// One step: loss and `∂L/∂f` in closed form, handed to autodiff through the trainer's surrogate
+/// `Σ f ⊙ ∂L/∂f`, read back as the model would receive it; then the bank update; then a sync.
+fn step(objective: &SoftmaxObjective, x: &mut Inputs) -> anyhow::Result<(f32, Tensor<Bench, 2>)> {
+    let f = x.features.clone().require_grad();
+    let out = objective.eval(
+        &x.bank.inner(),
+        f.clone().inner(),
+        x.targets.clone().inner(),
+        &Positives::Own,
+        x.layout,
+    )?;
+    let surrogate = (f.clone() * Tensor::from_inner(out.features_grad)).sum();
+    let grad = f
+        .grad(&surrogate.backward())
+        .context("no gradient reached the features")?;
+    x.bank
+        .update(x.targets.clone(), f.detach(), x.layout.views)?;
+    let loss = out.loss.into_scalar();
+    sync()?;
+    Ok((loss, grad))
+}
+
+fn sync() -> anyhow::Result<()> {
+    <Bench as Backend>::sync(&Default::default()).map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+fn write_first(out: &Path, loss: f32, grad: Tensor<Bench, 2>, x: &Inputs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let dims = grad.dims();
+    npy::write(
+        &out.join("grad.npy"),
+        &dims,
+        &grad
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    )?;
+    let device = x.features.device();
+    let which = Tensor::<A, 1, Int>::from_data(
+        TensorData::new(x.samples.clone(), [x.samples.len()]),
+        &device,
+    );
+    let rows = x.bank.select(which).inner();
+    let dims = rows.dims();
+    npy::write(
+        &out.join("rows.npy"),
+        &dims,
+        &rows
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    )?;
+    let path = out.join("loss.json");
+    std::fs::write(&path, format!("{{\"loss\": {loss}}}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Milliseconds of `f` run `warmup + steps` times, the last `steps` kept.
+fn time(
+    warmup: usize,
+    steps: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut ms = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        f()?;
+        if i >= warmup {
+            ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(ms)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.steps == 0 {
+        bail!("--steps must be > 0");
+    }
+    let device = Default::default();
+    let mut x = load(&args, &device)?;
+    let objective = SoftmaxObjective::new(args.tau)?;
+    sync()?;
+    let (loss, grad) = step(&objective, &mut x)?;
+    if let Some(out) = &args.out {
+        write_first(out, loss, grad, &x)?;
+    }
+    let step_ms = time(args.warmup, args.steps, || {
+        step(&objective, &mut x).map(|_| ())
+    })?;
+    let (f, bank) = (x.features.clone().inner(), x.bank.rows().inner());
+    let matmul_ms = time(args.warmup, args.steps, || {
+        let _ = f.clone().matmul(bank.clone().transpose());
+        sync()
+    })?;
+    let [n, d] = bank.dims();
+    println!(
+        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"rows\": {n}, \"dim\": {d}, \"batch_rows\": {}, \"views\": {}, \"loss\": {loss}, \"step_ms\": {}, \"matmul_ms\": {}}}",
+        <Bench as Backend>::name(&device),
+        x.layout.rows(),
+        x.layout.views,
+        median(step_ms),
+        median(matmul_ms)
+    );
+    Ok(())
+}
