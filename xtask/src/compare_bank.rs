@@ -171,8 +171,8 @@ fn check_agreement(torch: &serde_json::Value, tolerance: f64) -> Result<()> {
         "xtask: first step, membank against PyTorch: ∂L/∂f within {grad:.2e}, updated rows within \
          {rows:.2e}, loss within {loss:.2e} (relative)"
     );
-    // `!(x <= t)` also fails a NaN.
-    if [grad, rows, loss].iter().any(|d| !(*d <= tolerance)) {
+    // A NaN fails too.
+    if [grad, rows, loss].iter().any(|d| d.is_nan() || *d > tolerance) {
         bail!(
             "membank's and PyTorch's steps disagree: ∂L/∂f {grad:.2e}, updated rows {rows:.2e}, \
              loss {loss:.2e} (relative; at most {tolerance:.0e} allowed)"
