@@ -172,7 +172,10 @@ fn check_agreement(torch: &serde_json::Value, tolerance: f64) -> Result<()> {
          {rows:.2e}, loss within {loss:.2e} (relative)"
     );
     // A NaN fails too.
-    if [grad, rows, loss].iter().any(|d| d.is_nan() || *d > tolerance) {
+    if [grad, rows, loss]
+        .iter()
+        .any(|d| d.is_nan() || *d > tolerance)
+    {
         bail!(
             "membank's and PyTorch's steps disagree: ∂L/∂f {grad:.2e}, updated rows {rows:.2e}, \
              loss {loss:.2e} (relative; at most {tolerance:.0e} allowed)"

@@ -4,6 +4,7 @@ use burn::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
+use std::ops::Range;
 
 use crate::{Error, MemoryBank, Precision, Result};
 
@@ -70,21 +71,49 @@ impl MemoryBankConfig {
 
     /// A bank of random unit rows (Gaussian directions, uniform on the sphere), generated on the
     /// host from `seed` so that every backend starts from the same bank.
+    ///
+    /// # Errors
+    /// Invalid settings ([`MemoryBankConfig::validate`]); f16 rows on a backend without f16.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<MemoryBank<B>> {
+        self.init_rows(0..self.num_rows, device)
+    }
+
+    /// The rows `range` of the bank [`MemoryBankConfig::init`] makes, as a bank of their own: one
+    /// device's shard of a bank split by rows, without the other rows ever reaching a device.
+    /// The rows before `range` are drawn and passed over on the host.
+    ///
+    /// # Errors
+    /// As [`MemoryBankConfig::init`], and [`Error::InvalidValue`] naming `range` when it is
+    /// empty or reaches beyond `num_rows`.
+    pub fn init_rows<B: Backend>(
+        &self,
+        range: Range<usize>,
+        device: &B::Device,
+    ) -> Result<MemoryBank<B>> {
         self.validate()?;
+        if range.is_empty() || range.end > self.num_rows {
+            return Err(invalid(
+                "range",
+                format!("{range:?}"),
+                "must be a non-empty range of the bank's rows",
+            ));
+        }
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let mut values = vec![0f32; self.num_rows * self.dim];
-        for row in values.chunks_exact_mut(self.dim) {
+        let mut row = vec![0f32; self.dim];
+        let mut values = Vec::with_capacity(range.len() * self.dim);
+        for i in 0..range.end {
             let mut norm2 = 0f64;
             for v in row.iter_mut() {
                 let x: f64 = StandardNormal.sample(&mut rng);
                 *v = x as f32;
                 norm2 += x * x;
             }
-            let inv = 1.0 / norm2.sqrt().max(1e-12);
-            row.iter_mut().for_each(|v| *v = (*v as f64 * inv) as f32);
+            if i >= range.start {
+                let inv = 1.0 / norm2.sqrt().max(1e-12);
+                values.extend(row.iter().map(|&v| (v as f64 * inv) as f32));
+            }
         }
-        let data = TensorData::new(values, [self.num_rows, self.dim]);
+        let data = TensorData::new(values, [range.len(), self.dim]);
         MemoryBank::from_parts(
             Tensor::from_data(data, device),
             self.momentum,
@@ -119,6 +148,31 @@ fn invalid(field: &'static str, value: impl ToString, reason: &'static str) -> E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type B = burn::backend::NdArray;
+
+    #[test]
+    fn a_range_of_rows_is_that_part_of_the_whole_bank() {
+        let device = Default::default();
+        let config = MemoryBankConfig::new(9, 5).with_seed(7);
+        let whole: Vec<f32> = config
+            .init::<B>(&device)
+            .unwrap()
+            .rows()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        for range in [0..9, 0..1, 3..7, 8..9] {
+            let part = config.init_rows::<B>(range.clone(), &device).unwrap();
+            assert_eq!(part.num_rows(), range.len());
+            let got: Vec<f32> = part.rows().into_data().to_vec().unwrap();
+            assert_eq!(got, whole[range.start * 5..range.end * 5], "{range:?}");
+        }
+        for bad in [4..4, 7..10] {
+            let err = config.init_rows::<B>(bad, &device).unwrap_err();
+            assert!(err.to_string().contains("range"), "{err}");
+        }
+    }
 
     #[test]
     fn validation_names_the_field() {

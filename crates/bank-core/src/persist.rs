@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::{Error, MemoryBank, Precision, Result};
+use crate::{Error, HostBank, MemoryBank, Precision, Result};
 
 /// Version of the bank file format this build writes and reads.
 pub const BANK_FORMAT_VERSION: u32 = 1;
@@ -36,16 +36,75 @@ impl<B: Backend> MemoryBank<B> {
     }
 
     /// Saves the bank and `attachments` to `path` atomically.
+    ///
+    /// # Errors
+    /// An attachment named `bank` or twice, or an IO error naming the file.
+    pub fn save_with(&self, path: impl AsRef<Path>, attachments: &[Attachment]) -> Result<()> {
+        self.to_host().save_with(path, attachments)
+    }
+
+    /// Loads a bank saved by [`MemoryBank::save`] onto `device`.
+    pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        Ok(Self::load_with(path, device)?.0)
+    }
+
+    /// Loads a bank and its attachments.
+    ///
+    /// A truncated or corrupted file, another format version, metadata that disagrees with the
+    /// stored tensor, or a checksum mismatch returns an error naming the file; never a panic.
+    ///
+    /// # Errors
+    /// As above, and [`Error::UnsupportedPrecision`] for f16 rows on a backend without f16.
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        device: &B::Device,
+    ) -> Result<(Self, Vec<Attachment>)> {
+        let path = path.as_ref();
+        let (host, attachments) = HostBank::load_with(path)?;
+        let bank = host.to_device(device).map_err(|e| match e {
+            Error::InvalidValue {
+                field,
+                value,
+                reason,
+            } => Error::corrupt(path, format!("invalid `{field}` {value}: {reason}")),
+            other => other,
+        })?;
+        Ok((bank, attachments))
+    }
+
+    /// Loads a bank and checks that it has `num_rows` rows of dimension `dim`.
+    pub fn load_expecting(
+        path: impl AsRef<Path>,
+        device: &B::Device,
+        num_rows: usize,
+        dim: usize,
+    ) -> Result<(Self, Vec<Attachment>)> {
+        let path = path.as_ref();
+        let (bank, attachments) = Self::load_with(path, device)?;
+        if (bank.num_rows(), bank.dim()) != (num_rows, dim) {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "holds a {}×{} bank, expected {num_rows}×{dim}",
+                    bank.num_rows(),
+                    bank.dim()
+                ),
+            ));
+        }
+        Ok((bank, attachments))
+    }
+}
+
+impl HostBank {
+    /// Saves the bank and `attachments` to `path` atomically.
+    ///
+    /// # Errors
+    /// An attachment named `bank` or twice, or an IO error naming the file.
     pub fn save_with(&self, path: impl AsRef<Path>, attachments: &[Attachment]) -> Result<()> {
         let path = path.as_ref();
-        // Files always hold f32 or f16, whatever the backend's own float type.
-        let data = self
-            .stored_rows()
-            .to_data()
-            .convert_dtype(self.precision().dtype());
-        let rows_bytes = data.as_bytes();
+        let rows_bytes = self.rows.as_bytes();
         let (n, d) = (self.num_rows(), self.dim());
-        let dtype = match self.precision() {
+        let dtype = match self.precision {
             Precision::F32 => Dtype::F32,
             Precision::F16 => Dtype::F16,
         };
@@ -83,8 +142,8 @@ impl<B: Backend> MemoryBank<B> {
             ),
             ("num_rows".to_string(), n.to_string()),
             ("dim".to_string(), d.to_string()),
-            ("momentum".to_string(), format!("{:?}", self.momentum())),
-            ("precision".to_string(), self.precision().name().to_string()),
+            ("momentum".to_string(), format!("{:?}", self.momentum)),
+            ("precision".to_string(), self.precision.name().to_string()),
             ("checksum".to_string(), format!("{:08x}", hasher.finalize())),
         ]);
         let mut views = Vec::with_capacity(tensors.len());
@@ -100,19 +159,14 @@ impl<B: Backend> MemoryBank<B> {
         Ok(())
     }
 
-    /// Loads a bank saved by [`MemoryBank::save`] onto `device`.
-    pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
-        Ok(Self::load_with(path, device)?.0)
-    }
-
     /// Loads a bank and its attachments.
     ///
     /// A truncated or corrupted file, another format version, metadata that disagrees with the
     /// stored tensor, or a checksum mismatch returns an error naming the file; never a panic.
-    pub fn load_with(
-        path: impl AsRef<Path>,
-        device: &B::Device,
-    ) -> Result<(Self, Vec<Attachment>)> {
+    ///
+    /// # Errors
+    /// As above, naming the file.
+    pub fn load_with(path: impl AsRef<Path>) -> Result<(Self, Vec<Attachment>)> {
         let path = path.as_ref();
         let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
         let not_bank = |e: safetensors::SafeTensorError| {
@@ -193,17 +247,17 @@ impl<B: Backend> MemoryBank<B> {
                 ),
             ));
         }
-        crate::bank::check_precision::<B>(device, precision)?;
-        let data = TensorData::from_bytes_vec(bank.data().to_vec(), [n, d], precision.dtype());
-        let rows = Tensor::<B, 2>::from_data(data, (device, precision.dtype()));
-        let bank_out = Self::from_parts(rows, momentum, precision).map_err(|e| match e {
-            Error::InvalidValue {
-                field,
-                value,
-                reason,
-            } => Error::corrupt(path, format!("invalid `{field}` {value}: {reason}")),
-            other => other,
-        })?;
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(Error::corrupt(
+                path,
+                format!("invalid `momentum` {momentum}: must lie in [0, 1)"),
+            ));
+        }
+        let bank_out = HostBank {
+            rows: TensorData::from_bytes_vec(bank.data().to_vec(), [n, d], precision.dtype()),
+            momentum,
+            precision,
+        };
 
         let mut attachments = Vec::new();
         for name in names.iter().filter(|n| *n != BANK_TENSOR) {
@@ -226,28 +280,6 @@ impl<B: Backend> MemoryBank<B> {
         }
         tracing::debug!(path = %path.display(), rows = n, dim = d, "loaded memory bank");
         Ok((bank_out, attachments))
-    }
-
-    /// Loads a bank and checks that it has `num_rows` rows of dimension `dim`.
-    pub fn load_expecting(
-        path: impl AsRef<Path>,
-        device: &B::Device,
-        num_rows: usize,
-        dim: usize,
-    ) -> Result<(Self, Vec<Attachment>)> {
-        let path = path.as_ref();
-        let (bank, attachments) = Self::load_with(path, device)?;
-        if (bank.num_rows(), bank.dim()) != (num_rows, dim) {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "holds a {}×{} bank, expected {num_rows}×{dim}",
-                    bank.num_rows(),
-                    bank.dim()
-                ),
-            ));
-        }
-        Ok((bank, attachments))
     }
 }
 

@@ -9,6 +9,8 @@
 //!   of unit rows), block by block within a memory budget, ties broken by the lower index; on a
 //!   CPU a cache-sized GEMM with the selection fused into it, on a GPU the backend's matmul
 //!   ([`SearchEngine`]).
+//! - [`combine_shards`]: the same top-k over a bank split by rows across devices, from the lists
+//!   each device found among its own rows.
 //! - [`UnionFind`]: groups as connected components; a group's id is its smallest member, so the
 //!   result does not depend on the order of merges.
 //! - [`Merger`] with a [`MergeSchedule`]: when and how much to merge.
@@ -38,10 +40,12 @@ mod knn;
 mod merge;
 mod search_device;
 mod search_host;
+mod shards;
 mod top_k;
 mod union_find;
 
 pub use error::{Error, Result};
 pub use knn::{KnnConfig, Neighbours, SearchEngine, nearest_neighbours, query_neighbours};
 pub use merge::{MergeSchedule, Merger, RoundReport};
+pub use shards::{ShardNeighbours, combine_shards};
 pub use union_find::UnionFind;

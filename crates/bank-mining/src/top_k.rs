@@ -25,7 +25,9 @@ impl TopK {
         }
     }
 
-    fn offer(&mut self, k: usize, sim: f32, idx: u32) {
+    /// Offers one neighbour. Offered in increasing index order among equal similarities, the
+    /// lower index wins ties.
+    pub(crate) fn offer(&mut self, k: usize, sim: f32, idx: u32) {
         // Columns arrive in increasing index order, so an equal similarity never displaces an
         // earlier (lower) index: ties go to the lower index.
         let key = rank(sim);

@@ -13,13 +13,14 @@
 //! of the next epoch; they sort in training order.
 
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use bank_core::{Attachment, MemoryBank, write_atomic};
+use bank_core::{Attachment, HostBank, MemoryBank, write_atomic};
 use burn::module::Module;
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Entry, MANIFEST_FILE, Manifest};
@@ -91,7 +92,8 @@ pub fn position(name: &str) -> Option<(usize, usize)> {
 type Bytes = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
 /// Writes the checkpoint of `state` under `dir` (named by its position) and keeps the newest
-/// `keep`.
+/// `keep`. The bank comes from host memory: one device's bank read back, or the shards of a bank
+/// split across data-parallel devices gathered.
 ///
 /// # Errors
 /// IO errors naming the path; a model or optimiser that cannot be encoded.
@@ -99,7 +101,7 @@ pub fn save<B, O>(
     dir: &Path,
     model: &EmbeddingNet<B>,
     optim: &O,
-    bank: &MemoryBank<B>,
+    bank: &HostBank,
     attachments: &[Attachment],
     state: &RunState,
     keep: usize,
@@ -210,6 +212,25 @@ where
     B: AutodiffBackend,
     O: Optimizer<EmbeddingNet<B>, B>,
 {
+    Ok(load_rows(ckpt, model, optim, None, device)?.0)
+}
+
+/// [`load`] with only the bank rows `rows` on `device` (all of them for `None`): one device's
+/// shard of a bank split by rows. Also returns how many rows the saved bank has.
+///
+/// # Errors
+/// As [`load`], and a range beyond the saved bank's rows (naming the bank file).
+pub fn load_rows<B, O>(
+    ckpt: &Path,
+    model: EmbeddingNet<B>,
+    optim: O,
+    rows: Option<Range<usize>>,
+    device: &B::Device,
+) -> Result<(Restored<B, O>, usize)>
+where
+    B: AutodiffBackend,
+    O: Optimizer<EmbeddingNet<B>, B>,
+{
     let manifest = Manifest::read(ckpt)?;
     let recorder = Bytes::default();
     let decode = |file: &str, e: burn::record::RecorderError| {
@@ -222,8 +243,45 @@ where
         .map_err(|e| decode(OPTIM_FILE, e))?;
     let optim = optim.load_record(record);
     manifest.read_verified(ckpt, BANK_FILE)?;
-    let (bank, attachments) = MemoryBank::load_with(ckpt.join(BANK_FILE), device)?;
-    Ok((model, optim, bank, attachments))
+    let (host, attachments) = HostBank::load_with(ckpt.join(BANK_FILE))?;
+    let total = host.num_rows();
+    let bank = bank_rows_on(&host, rows, ckpt, device)?;
+    Ok(((model, optim, bank, attachments), total))
+}
+
+/// The bank rows `rows` of checkpoint `ckpt` on `device` (a data-parallel replica's shard), the
+/// bank file verified against the checksum list first.
+///
+/// # Errors
+/// A missing or damaged bank file, or a range beyond its rows (naming the file).
+pub fn load_bank_rows<B: Backend>(
+    ckpt: &Path,
+    rows: Range<usize>,
+    device: &B::Device,
+) -> Result<MemoryBank<B>> {
+    Manifest::read(ckpt)?.read_verified(ckpt, BANK_FILE)?;
+    let (host, _) = HostBank::load_with(ckpt.join(BANK_FILE))?;
+    bank_rows_on(&host, Some(rows), ckpt, device)
+}
+
+fn bank_rows_on<B: Backend>(
+    host: &HostBank,
+    rows: Option<Range<usize>>,
+    ckpt: &Path,
+    device: &B::Device,
+) -> Result<MemoryBank<B>> {
+    match rows {
+        Some(r) if r != (0..host.num_rows()) => {
+            let part = host.rows_range(r).map_err(|e| {
+                Error::checkpoint(
+                    ckpt.join(BANK_FILE),
+                    format!("{e} ({} rows)", host.num_rows()),
+                )
+            })?;
+            Ok(part.to_device(device)?)
+        }
+        _ => Ok(host.to_device(device)?),
+    }
 }
 
 /// Verifies every file of checkpoint `ckpt` against its checksum list (what a reader of the

@@ -258,8 +258,9 @@ pub enum BankSharding {
     Replicated,
     /// Replica r holds the r-th of W row ranges and computes the `[B·K, N/W]` similarities of
     /// the whole batch against them; the softmax's row maxima and sums are combined across
-    /// replicas (PartialFC, Deng et al. 2021), so the loss stays the full softmax. Replica 0
-    /// also keeps every row, for evaluation, merge rounds and checkpoints.
+    /// replicas (PartialFC, Deng et al. 2021), so the loss stays the full softmax. No replica
+    /// holds every row: evaluation and merge rounds search the shards on their devices, and
+    /// checkpoints gather them into host memory.
     Sharded,
 }
 

@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use bank_core::{MemoryBank, MemoryBankConfig};
+use bank_core::{HostBank, MemoryBank, MemoryBankConfig};
 use bank_data::{Dataset, EvalConfig, LoaderConfig, MultiViewLoader, Transform};
+use bank_mining::{KnnConfig, Neighbours, query_neighbours};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use crate::config::TrainConfig;
 use crate::data_source::{EvalData, ViewSpec};
-use crate::knn::{KnnAccuracy, knn_accuracy};
+use crate::knn::{KnnAccuracy, KnnVote, knn_accuracy_with};
 use crate::model::EmbeddingNet;
 use crate::{Error, Result};
 
@@ -121,18 +122,69 @@ impl KnnEvaluator {
         bank: &MemoryBank<B>,
         device: &B::Device,
     ) -> Result<KnnAccuracy> {
-        let Some(rows) = &self.eval.bank_rows else {
+        let Some(rows) = self.bank_rows_within(bank.num_rows())? else {
             return self.against_recomputed(model, device);
         };
-        if let Some(&r) = rows.iter().find(|&&r| r >= bank.num_rows()) {
+        let queries = self.queries(model, device)?;
+        if is_every_row(rows, bank.num_rows()) {
+            return self.vote(bank, queries);
+        }
+        let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let index = Tensor::from_data(TensorData::new(index, [rows.len()]), device);
+        self.vote(&rows_as_bank(bank.rows().select(0, index))?, queries)
+    }
+
+    /// [`KnnEvaluator::against_bank`] for a bank of `rows` rows that no device holds whole (split
+    /// across data-parallel devices): `search(queries, k)` finds the queries' top-`k` rows, and
+    /// when the reference images are only some of the bank's rows, `whole()` gathers the bank
+    /// into host memory, from which those rows are taken.
+    ///
+    /// # Errors
+    /// Bank or image errors, and those of `search` and `whole`.
+    pub fn against_bank_with<B: Backend>(
+        &self,
+        model: &EmbeddingNet<B>,
+        (n, search, whole): (
+            usize,
+            impl FnOnce(Tensor<B, 2>, usize) -> Result<Neighbours>,
+            impl FnOnce() -> Result<HostBank>,
+        ),
+        device: &B::Device,
+    ) -> Result<KnnAccuracy> {
+        let Some(rows) = self.bank_rows_within(n)? else {
+            return self.against_recomputed(model, device);
+        };
+        let queries = self.queries(model, device)?;
+        if is_every_row(rows, n) {
+            return knn_accuracy_with(n, queries, self.votes(), search);
+        }
+        let reference = whole()?.select(rows)?.to_device::<B>(device)?;
+        self.vote(&reference, queries)
+    }
+
+    /// The bank rows standing for the reference images (`None`: the reference is not part of
+    /// the training set), checked against a bank of `n` rows.
+    fn bank_rows_within(&self, n: usize) -> Result<Option<&[usize]>> {
+        let Some(rows) = &self.eval.bank_rows else {
+            return Ok(None);
+        };
+        if let Some(&r) = rows.iter().find(|&&r| r >= n) {
             return Err(Error::Config {
                 field: "data".into(),
                 reason: format!(
-                    "the reference images need bank row {r}, but the bank has {} rows",
-                    bank.num_rows()
+                    "the reference images need bank row {r}, but the bank has {n} rows"
                 ),
             });
         }
+        Ok(Some(rows))
+    }
+
+    /// The query images' embeddings, with a warning when they have collapsed.
+    fn queries<B: Backend>(
+        &self,
+        model: &EmbeddingNet<B>,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
         let queries = self.embed(model, &self.eval.queries, device)?;
         if collapsed(&queries) {
             tracing::warn!(
@@ -140,12 +192,7 @@ impl KnnEvaluator {
                  (dead ReLUs after too high an optim.lr?); its checkpoints are finite but useless"
             );
         }
-        if rows.len() == bank.num_rows() && rows.iter().enumerate().all(|(i, &r)| i == r) {
-            return self.vote(bank, queries);
-        }
-        let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let index = Tensor::from_data(TensorData::new(index, [rows.len()]), device);
-        self.vote(&rows_as_bank(bank.rows().select(0, index))?, queries)
+        Ok(queries)
     }
 
     /// Queries against reference features recomputed by `model` without augmentation.
@@ -174,16 +221,25 @@ impl KnnEvaluator {
     }
 
     fn vote<B: Backend>(&self, rows: &MemoryBank<B>, queries: Tensor<B, 2>) -> Result<KnnAccuracy> {
-        knn_accuracy(
-            rows,
-            &self.reference_labels,
-            queries,
-            &self.query_labels,
-            self.classes,
-            self.k,
-            self.sigma,
-        )
+        let search = |queries, k| Ok(query_neighbours(rows, queries, &KnnConfig::new(k))?);
+        knn_accuracy_with(rows.num_rows(), queries, self.votes(), search)
     }
+
+    /// The labels and settings of the vote.
+    fn votes(&self) -> KnnVote<'_> {
+        KnnVote {
+            train_labels: &self.reference_labels,
+            test_labels: &self.query_labels,
+            classes: self.classes,
+            k: self.k,
+            sigma: self.sigma,
+        }
+    }
+}
+
+/// Whether `rows` are the bank's `n` rows in order (the reference set is the training set).
+fn is_every_row(rows: &[usize], n: usize) -> bool {
+    rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r)
 }
 
 /// Whether unit-norm embeddings have collapsed to (near) zero vectors: mean row norm below ½.

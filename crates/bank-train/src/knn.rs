@@ -55,6 +55,21 @@ pub fn weighted_vote(
     }
 }
 
+/// The labels of a kNN evaluation and how to vote with them.
+#[derive(Debug, Clone, Copy)]
+pub struct KnnVote<'a> {
+    /// Class of every reference row (bank row, or recomputed reference feature).
+    pub train_labels: &'a [u32],
+    /// Class of every query.
+    pub test_labels: &'a [u32],
+    /// Number of classes.
+    pub classes: usize,
+    /// Neighbours that vote.
+    pub k: usize,
+    /// Temperature σ of the weights exp(s/σ).
+    pub sigma: f64,
+}
+
 /// kNN accuracy of `test_features` against the rows of `bank` (the bank itself, or a bank made
 /// of recomputed train features), computed in blocks within `memory_budget` bytes.
 ///
@@ -73,7 +88,31 @@ pub fn knn_accuracy<B: Backend>(
     k: usize,
     sigma: f64,
 ) -> Result<KnnAccuracy> {
-    let rows = bank.num_rows();
+    let vote = KnnVote {
+        train_labels,
+        test_labels,
+        classes,
+        k,
+        sigma,
+    };
+    let search = |queries, k| Ok(query_neighbours(bank, queries, &KnnConfig::new(k))?);
+    knn_accuracy_with(bank.num_rows(), test_features, vote, search)
+}
+
+/// [`knn_accuracy`] against `rows` reference rows that `search(queries, k)` finds the top-`k` of
+/// (a bank split across devices: each searches its rows, the lists combined).
+///
+/// # Shapes
+/// - `test_features`: `[T, D]`
+///
+/// # Errors
+/// As [`knn_accuracy`], and `search`'s errors.
+pub fn knn_accuracy_with<B: Backend>(
+    rows: usize,
+    test_features: Tensor<B, 2>,
+    vote: KnnVote<'_>,
+    search: impl FnOnce(Tensor<B, 2>, usize) -> Result<Neighbours>,
+) -> Result<KnnAccuracy> {
     let queries = test_features.dims()[0];
     let mismatch = |reason: String| {
         Err(Error::Config {
@@ -81,32 +120,32 @@ pub fn knn_accuracy<B: Backend>(
             reason,
         })
     };
-    if train_labels.len() != rows {
+    if vote.train_labels.len() != rows {
         return mismatch(format!(
             "{} reference labels for {rows} reference rows",
-            train_labels.len()
+            vote.train_labels.len()
         ));
     }
-    if test_labels.len() != queries {
+    if vote.test_labels.len() != queries {
         return mismatch(format!(
             "{} query labels for {queries} query features",
-            test_labels.len()
+            vote.test_labels.len()
         ));
     }
-    if let Some(l) = train_labels
+    if let Some(l) = vote
+        .train_labels
         .iter()
-        .chain(test_labels)
-        .find(|&&l| l as usize >= classes)
+        .chain(vote.test_labels)
+        .find(|&&l| l as usize >= vote.classes)
     {
-        return mismatch(format!("label {l} but only {classes} classes"));
+        return mismatch(format!("label {l} but only {} classes", vote.classes));
     }
-    let k = k.min(rows);
-    let neighbours = query_neighbours(bank, test_features, &KnnConfig::new(k))?;
+    let neighbours = search(test_features, vote.k.min(rows))?;
     Ok(weighted_vote(
         &neighbours,
-        train_labels,
-        test_labels,
-        classes,
-        sigma,
+        vote.train_labels,
+        vote.test_labels,
+        vote.classes,
+        vote.sigma,
     ))
 }

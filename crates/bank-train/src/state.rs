@@ -1,9 +1,10 @@
 //! Everything a run changes as it trains, built from the config or restored from a checkpoint.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use bank_core::{MemoryBank, MemoryBankConfig};
-use bank_losses::{ConsistencyLoss, NceConfig, NceLoss};
+use bank_core::{HostBank, MemoryBank, MemoryBankConfig};
+use bank_losses::{ConsistencyLoss, NceConfig, NceLoss, ShardColumns};
 use bank_mining::Merger;
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -13,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint::{self, EpochProgress, RunState};
-use crate::config::{LossKind, TrainConfig};
+use crate::config::{BankSharding, LossKind, TrainConfig};
 use crate::finite::non_finite_part;
 use crate::model::{EmbeddingNet, ModelConfig};
 use crate::{Error, Result};
@@ -43,14 +44,55 @@ pub fn model_config(config: &TrainConfig) -> ModelConfig {
     ModelConfig::new(config.model.arch, config.model.dim).with_channels(config.data.channels)
 }
 
+/// How the bank of `n` rows is made: size, dimension, momentum, precision and seed of the run.
+pub fn bank_config(config: &TrainConfig, n: usize) -> MemoryBankConfig {
+    MemoryBankConfig::new(n, config.model.dim)
+        .with_momentum(config.method.bank_momentum)
+        .with_precision(config.method.bank_precision)
+        .with_seed(config.seed)
+}
+
+/// The rows of a bank of `n` rows that the run's own device (replica 0) holds: every row, or its
+/// shard when the bank is split across the devices of `train.devices`
+/// (`method.bank_sharding = "sharded"`).
+pub fn own_bank_rows(config: &TrainConfig, n: usize) -> ShardColumns {
+    let world = config.train.devices.len();
+    if config.method.bank_sharding == BankSharding::Sharded && world > 1 {
+        ShardColumns::split(n, world, 0)
+    } else {
+        ShardColumns::whole(n)
+    }
+}
+
+/// The bank rows `rows` of the run on `device`: from checkpoint `ckpt`, or as the fresh run draws
+/// them. A data-parallel replica's shard, made without the other rows reaching its device.
+///
+/// # Errors
+/// Invalid bank settings; a missing or damaged bank file, or rows beyond it.
+pub fn bank_shard<B: Backend>(
+    (config, n): (&TrainConfig, usize),
+    ckpt: Option<&Path>,
+    rows: Range<usize>,
+    device: &B::Device,
+) -> Result<MemoryBank<B>> {
+    match ckpt {
+        Some(ckpt) => checkpoint::load_bank_rows(ckpt, rows, device),
+        None => Ok(bank_config(config, n).init_rows(rows, device)?),
+    }
+}
+
 /// Model, optimiser, bank, merge groups, NCE normaliser and counters.
 pub struct TrainState<B: AutodiffBackend> {
     /// The network.
     pub model: EmbeddingNet<B>,
     /// Its optimiser.
     pub optim: Sgd<B>,
-    /// One unit row per training image.
+    /// One unit row per training image: all of them, or, with the bank split across
+    /// data-parallel devices, this device's rows [`TrainState::bank_rows`].
     pub bank: MemoryBank<B>,
+    /// Which rows of the whole bank `bank` holds (`rows`) out of how many (`total`, one per
+    /// training image).
+    pub bank_rows: ShardColumns,
     /// Merge groups, when merging is on.
     pub merger: Option<Merger>,
     /// The group id of every bank row on the device, when merging is on.
@@ -69,6 +111,8 @@ pub struct TrainState<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> TrainState<B> {
     /// A fresh state for `n` training images (the backend is seeded with the run's seed first).
+    /// With the bank sharded across several devices it holds the first device's rows only
+    /// ([`own_bank_rows`]).
     ///
     /// # Errors
     /// Invalid bank, NCE, merging or consistency settings.
@@ -76,11 +120,8 @@ impl<B: AutodiffBackend> TrainState<B> {
         B::seed(device, config.seed);
         let method = &config.method;
         let model = model_config(config).init::<B>(device);
-        let bank = MemoryBankConfig::new(n, config.model.dim)
-            .with_momentum(method.bank_momentum)
-            .with_precision(method.bank_precision)
-            .with_seed(config.seed)
-            .init::<B>(device)?;
+        let bank_rows = own_bank_rows(config, n);
+        let bank = bank_config(config, n).init_rows(bank_rows.rows.clone(), device)?;
         let mut merger = config
             .merge
             .enabled
@@ -102,6 +143,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             model,
             optim: optimizer::<B>(config),
             bank,
+            bank_rows,
             merger,
             groups,
             nce,
@@ -119,16 +161,16 @@ impl<B: AutodiffBackend> TrainState<B> {
     /// Missing, damaged or unreadable checkpoint files (naming the file), or a bank whose shape
     /// is not the dataset's and the config's.
     pub fn restore(self, ckpt: &Path, device: &B::Device) -> Result<Self> {
-        let (n, dim) = (self.bank.num_rows(), self.bank.dim());
+        let (n, dim) = (self.bank_rows.total, self.bank.dim());
         let state = checkpoint::read_state(ckpt)?;
-        let (model, optim, bank, attachments) =
-            checkpoint::load(ckpt, self.model, self.optim, device)?;
-        if (bank.num_rows(), bank.dim()) != (n, dim) {
+        let rows = (!self.bank_rows.is_whole()).then(|| self.bank_rows.rows.clone());
+        let ((model, optim, bank, attachments), saved) =
+            checkpoint::load_rows(ckpt, self.model, self.optim, rows, device)?;
+        if (saved, bank.dim()) != (n, dim) {
             return Err(Error::checkpoint(
                 ckpt.join("bank.safetensors"),
                 format!(
-                    "the bank is {}×{} but the dataset has {n} images and model.dim is {dim}",
-                    bank.num_rows(),
+                    "the bank is {saved}×{} but the dataset has {n} images and model.dim is {dim}",
                     bank.dim()
                 ),
             ));
@@ -150,6 +192,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             model,
             optim,
             bank,
+            bank_rows: self.bank_rows,
             merger,
             groups,
             nce,
@@ -182,7 +225,26 @@ impl<B: AutodiffBackend> TrainState<B> {
     /// [`Error::NonFiniteState`] (nothing written) when a parameter, running statistic or bank
     /// value is NaN or infinite; IO errors naming the path.
     pub fn save(&mut self, dir: &Path, config: &TrainConfig) -> Result<PathBuf> {
-        if let Some(part) = self.non_finite_part() {
+        let bank = self.bank.to_host();
+        self.save_with_bank(dir, config, &bank)
+    }
+
+    /// [`TrainState::save`] with the whole bank given in host memory: the shards of a bank split
+    /// across data-parallel devices, gathered.
+    ///
+    /// # Errors
+    /// As [`TrainState::save`].
+    pub fn save_with_bank(
+        &mut self,
+        dir: &Path,
+        config: &TrainConfig,
+        bank: &HostBank,
+    ) -> Result<PathBuf> {
+        let part = match self.non_finite_part() {
+            None if !bank.is_finite() => Some("bank rows"),
+            found => found,
+        };
+        if let Some(part) = part {
             // At an epoch end `epochs_done` already counts the epoch just trained.
             let epoch = self.epochs_done + usize::from(self.progress.batches > 0);
             return Err(Error::NonFiniteState {
@@ -208,7 +270,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             dir,
             &self.model,
             &self.optim,
-            &self.bank,
+            bank,
             &attachments,
             &state,
             config.checkpoint.keep,

@@ -21,13 +21,14 @@ use crate::config::TrainConfig;
 use crate::data_source::{TrainData, ViewSpec};
 use crate::evaluate::KnnEvaluator;
 use crate::feasibility::check_against_data;
+use crate::knn::KnnAccuracy;
 use crate::metrics::{self, EpochMetrics, KnnAccuracyRecord, MergeRecord, Summary};
 use crate::parallel::{DataParallel, parse_devices};
 use crate::protocols::in_training;
 use crate::resume::check_resume;
 use crate::run_folder::RunFolder;
 use crate::schedule::learning_rate;
-use crate::state::TrainState;
+use crate::state::{TrainState, bank_shard};
 use crate::step::train_step;
 use crate::step_checkpoints::StepCheckpoints;
 use crate::{Error, Result, plot};
@@ -142,22 +143,19 @@ pub fn train<B: AutodiffBackend>(
         progress.note("no checkpoint to resume from; starting from scratch");
     }
     folder.create(config)?;
-    let mut parallel = if devices.len() > 1 {
-        // The replicas copy the parameters, so they are drawn now, right after seeding the
-        // generator as the first step does (it is shared by every thread of the process, so
-        // no other draw may come between).
-        let (epoch, batch) = (state.epochs_done, state.progress.batches);
-        B::seed(device, step_seed(config.seed, epoch, batch));
-        let p = DataParallel::start(&state, &devices, config.method.bank_sharding)?;
+    let mut parallel = start_parallel(&mut state, config, &devices, resume_from.as_deref())?;
+    if let Some(p) = &parallel {
         progress.note(&format!(
-            "data-parallel: {} replicas ({:?})",
+            "data-parallel: {} replicas ({:?}){}",
             p.world(),
-            config.train.devices
+            config.train.devices,
+            if p.is_sharded() {
+                ", the bank split by rows"
+            } else {
+                ""
+            }
         ));
-        Some(p)
-    } else {
-        None
-    };
+    }
     for line in &data.notes {
         progress.note(line);
     }
@@ -178,7 +176,14 @@ pub fn train<B: AutodiffBackend>(
         )?;
         state = next;
         rates.push(m.views_per_s);
-        m.merge = merge_round(&mut state, config, epoch, train_labels.as_deref(), device)?;
+        let labels = train_labels.as_deref();
+        m.merge = merge_round(
+            &mut state,
+            (config, epoch),
+            labels,
+            parallel.as_ref(),
+            device,
+        )?;
         if m.merge.is_some() {
             if let Some(p) = &parallel {
                 p.share_groups(&state)?;
@@ -188,10 +193,7 @@ pub fn train<B: AutodiffBackend>(
         if should_evaluate(config, epoch)
             && let Some(e) = &evaluator
         {
-            m.knn_bank = Some(
-                e.against_bank(&state.model.valid(), &state.bank.inner(), device)?
-                    .into(),
-            );
+            m.knn_bank = Some(knn_against_bank(e, &state, parallel.as_ref(), device)?.into());
         }
         metrics::append(&folder.metrics(), &m)?;
         history.push(m.clone());
@@ -203,7 +205,7 @@ pub fn train<B: AutodiffBackend>(
         state.progress = EpochProgress::default();
         let every = config.checkpoint.every_epochs;
         if (epoch + 1) % every == 0 || epoch + 1 == config.train.epochs {
-            let path = state.save(&folder.checkpoints(), config)?;
+            let path = save_checkpoint(&mut state, (&folder, config), parallel.as_ref())?;
             step_checkpoints.saved();
             progress.note(&format!("checkpoint {}", path.display()));
         }
@@ -273,7 +275,7 @@ fn run_epoch<B: AutodiffBackend>(
         p.lr = lr;
         progress.step(value, p.views as f64 / p.seconds);
         if i + 1 < steps && step_checkpoints.due(state.step) {
-            let path = state.save(&folder.checkpoints(), config)?;
+            let path = save_checkpoint(&mut state, (folder, config), parallel.as_deref())?;
             step_checkpoints.saved();
             progress.note(&format!("checkpoint {}", path.display()));
         }
@@ -293,21 +295,82 @@ fn run_epoch<B: AutodiffBackend>(
     Ok((state, metrics))
 }
 
+/// Starts data-parallel training when `devices` has more than one device: replicas of `state`
+/// (whose model is drawn now, right after seeding the generator as the first step does: it is
+/// shared by every thread of the process, so no other draw may come between). A sharded bank's
+/// other rows come from checkpoint `resumed`, or are drawn as a fresh run draws them.
+fn start_parallel<B: AutodiffBackend>(
+    state: &mut TrainState<B>,
+    config: &TrainConfig,
+    devices: &[B::Device],
+    resumed: Option<&Path>,
+) -> Result<Option<DataParallel<B>>> {
+    if devices.len() < 2 {
+        return Ok(None);
+    }
+    let (epoch, batch) = (state.epochs_done, state.progress.batches);
+    B::seed(&devices[0], step_seed(config.seed, epoch, batch));
+    let n = state.bank_rows.total;
+    let rows_of = |rows, device: &B::Device| bank_shard((config, n), resumed, rows, device);
+    let sharding = config.method.bank_sharding;
+    DataParallel::start(state, devices, sharding, &rows_of).map(Some)
+}
+
+/// Writes a checkpoint of `state` in the run folder; a sharded bank is gathered from the
+/// replicas into host memory first.
+fn save_checkpoint<B: AutodiffBackend>(
+    state: &mut TrainState<B>,
+    (folder, config): (&RunFolder, &TrainConfig),
+    parallel: Option<&DataParallel<B>>,
+) -> Result<PathBuf> {
+    match parallel.filter(|p| p.is_sharded()) {
+        Some(p) => {
+            let bank = p.gather_bank(state)?;
+            state.save_with_bank(&folder.checkpoints(), config, &bank)
+        }
+        None => state.save(&folder.checkpoints(), config),
+    }
+}
+
+/// kNN of the evaluation queries against the bank rows: one device's bank, or the shards of a
+/// sharded bank searched on their devices.
+fn knn_against_bank<B: AutodiffBackend>(
+    evaluator: &KnnEvaluator,
+    state: &TrainState<B>,
+    parallel: Option<&DataParallel<B>>,
+    device: &B::Device,
+) -> Result<KnnAccuracy> {
+    let model = state.model.valid();
+    match parallel.filter(|p| p.is_sharded()) {
+        Some(p) => {
+            let search = |queries: Tensor<B::InnerBackend, 2>, k| {
+                p.query_neighbours(state, queries.into_data(), k)
+            };
+            let whole = || p.gather_bank(state);
+            evaluator.against_bank_with(&model, (state.bank_rows.total, search, whole), device)
+        }
+        None => evaluator.against_bank(&model, &state.bank.inner(), device),
+    }
+}
+
 /// The merging round that ends `epoch`, when the schedule has one.
 fn merge_round<B: AutodiffBackend>(
     state: &mut TrainState<B>,
-    config: &TrainConfig,
-    epoch: usize,
+    (config, epoch): (&TrainConfig, usize),
     labels: Option<&[u32]>,
+    parallel: Option<&DataParallel<B>>,
     device: &B::Device,
 ) -> Result<Option<MergeRecord>> {
+    if state.merger.is_none() || !config.merge.schedule.is_round(epoch) {
+        return Ok(None);
+    }
+    let neighbours = match parallel.filter(|p| p.is_sharded()) {
+        Some(p) => p.nearest_neighbours(state, 1)?,
+        None => nearest_neighbours(&state.bank.inner(), &KnnConfig::new(1))?,
+    };
     let Some(merger) = state.merger.as_mut() else {
         return Ok(None);
     };
-    if !config.merge.schedule.is_round(epoch) {
-        return Ok(None);
-    }
-    let neighbours = nearest_neighbours(&state.bank.inner(), &KnnConfig::new(1))?;
     let report = merger.round(&neighbours, labels)?;
     state.groups = Some(merger.group_tensor::<B>(device));
     Ok(Some(MergeRecord::from(&report)))

@@ -10,9 +10,11 @@
 //! - [`sharded`] (`method.bank_sharding = "sharded"`): replica r computes the similarities of the
 //!   whole batch against its range of the bank's rows only, and the softmax's row maxima and sums
 //!   are combined across replicas (PartialFC), so the loss stays the full softmax; each replica
-//!   updates its own rows. Replica 0 keeps every row (evaluation, merge rounds and checkpoints
-//!   read it), so the `[B·K, N]` similarities and their passes are split W ways, not yet the
-//!   bank's storage on device 0.
+//!   updates its own rows. Every replica, replica 0 included, holds only its rows, so the bank's
+//!   storage is split W ways with its `[B·K, N]` similarities.
+//! - [`bank_shards`]: a sharded bank as a whole: the kNN monitor and the merge rounds search
+//!   every shard on its own device and combine the top lists; checkpoints gather the rows into
+//!   host memory, and a resumed replica reads only its rows of the saved bank.
 //! - [`DataParallel`]: one thread per device beyond the first; the caller's thread is replica 0
 //!   and keeps the run's [`TrainState`](crate::state::TrainState), from which checkpoints,
 //!   evaluation and merge rounds work as on one device (the groups are then sent to the others).
@@ -26,6 +28,7 @@
 //! SyncBatchNorm: each replica normalises its shard with its own batch statistics, and the
 //! running statistics saved in checkpoints are replica 0's.
 
+mod bank_shards;
 pub mod devices;
 mod gather;
 mod replica;
@@ -36,7 +39,7 @@ mod workers;
 pub use devices::parse_devices;
 pub use gather::gather_updates;
 pub use replica::{Replica, ShardStep};
-pub use workers::DataParallel;
+pub use workers::{DataParallel, RowsOf};
 
 #[cfg(test)]
 mod tests;

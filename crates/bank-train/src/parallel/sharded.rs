@@ -55,7 +55,7 @@ impl<B: AutodiffBackend> Replica<B> {
     /// The step with a sharded bank: forward its shard of the batch, gather every replica's
     /// features and indices, the closed-form loss and `∂L/∂features` of the whole batch over
     /// the sharded softmax, backward from its own rows of that gradient, gradients summed, SGD,
-    /// then the update of its bank rows (replica 0, which keeps every row, updates all). Returns
+    /// then the update of its bank rows (all of them where a replica holds every row). Returns
     /// the whole batch's loss, the same on every replica.
     ///
     /// # Errors

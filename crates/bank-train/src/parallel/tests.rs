@@ -2,9 +2,10 @@
 //! shard forwarded separately (BatchNorm's batch statistics are per shard in both), the scaled
 //! gradients accumulated, one SGD step, one bank update with every shard's rows.
 
+use std::ops::Range;
 use std::sync::Mutex;
 
-use bank_core::ViewLayout;
+use bank_core::{MemoryBank, ViewLayout};
 use bank_data::HostBatch;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
@@ -117,15 +118,22 @@ fn rows(state: &TrainState<A>) -> Vec<f32> {
     state.bank.rows().into_data().to_vec::<f32>().unwrap()
 }
 
+/// `DataParallel::start`'s source of rows a state does not hold: these tests' states hold every
+/// row, so it is never asked.
+fn no_other_rows(rows: Range<usize>, _: &Device<A>) -> crate::Result<MemoryBank<A>> {
+    panic!("asked for rows {rows:?}, but the state holds every row")
+}
+
 #[test]
 fn two_replicas_match_one_device_and_keep_identical_banks() {
     let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let config = two_views_with_consistency();
     let n = 48;
-    let start = TrainState::<A>::new(&config, n, &device).unwrap();
+    let mut start = TrainState::<A>::new(&config, n, &device).unwrap();
     let world = 2;
-    let mut parallel = DataParallel::start(&start, &[device, device], Replicated).unwrap();
+    let mut parallel =
+        DataParallel::start(&mut start, &[device, device], Replicated, &no_other_rows).unwrap();
     // A copy of replica 0's starting point (its parameters are drawn by now).
     let mut single = TrainState::<A>::new(&config, n, &device).unwrap();
     single.model = start.model.clone();
@@ -251,8 +259,8 @@ fn replicas_from_different_starts_are_refused() {
     }
 }
 
-/// What one data-parallel run left after each step: loss, parameters, replica 0's bank, and
-/// the other replicas' banks.
+/// What one data-parallel run left after each step: loss, parameters, the whole bank (replica
+/// 0's, or gathered from the shards), and the other replicas' banks.
 type Trace = Vec<(f64, Vec<f32>, Vec<f32>, Vec<Vec<f32>>)>;
 
 /// Trains `start` for the given batches on `world` CPU replicas with `sharding`.
@@ -267,14 +275,28 @@ fn data_parallel_run(
     state.model = start.model.clone();
     state.bank = start.bank.clone();
     state.groups = start.groups.clone();
-    let mut parallel = DataParallel::start(&state, &vec![device; world], sharding).unwrap();
+    let devices = vec![device; world];
+    let mut parallel = DataParallel::start(&mut state, &devices, sharding, &no_other_rows).unwrap();
+    let n = state.bank_rows.total;
+    let own = match sharding {
+        Replicated => 0..n,
+        Sharded => bank_losses::ShardColumns::split(n, world, 0).rows,
+    };
     let mut trace = Vec::new();
     for (step, host) in batches.iter().enumerate() {
         let loss;
         (state, loss) = parallel.step(state, host, 0.05, 0.1).unwrap();
+        // Replica 0 holds its rows only.
+        assert_eq!(state.bank.num_rows(), own.len());
+        assert_eq!(state.bank_rows.rows, own);
+        let whole = parallel
+            .gather_bank(&state)
+            .unwrap()
+            .to_device::<A>(&device);
+        let whole = whole.unwrap().rows().into_data().to_vec().unwrap();
         let others = parallel.replica_banks().unwrap();
         let others = others.into_iter().map(|b| b.to_vec().unwrap()).collect();
-        trace.push((loss, params(&state.model), rows(&state), others));
+        trace.push((loss, params(&state.model), whole, others));
         assert_eq!(state.step, step + 1);
     }
     trace
@@ -283,7 +305,8 @@ fn data_parallel_run(
 /// A bank sharded over 3 replicas (50 rows: 17, 17, 16) against the replicated bank: the same
 /// loss, parameters and bank to float tolerance over 4 steps (K = 2, consistency 0.5, with and
 /// without merge groups that span the shards; the last batch leaves replica 2 without
-/// samples), and every shard's rows bit for bit replica 0's rows of its range.
+/// samples), with every replica, replica 0 included, holding only its rows, each shard bit for
+/// bit that range of the gathered bank.
 #[test]
 fn a_sharded_bank_trains_as_the_replicated_one() {
     let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
@@ -324,10 +347,64 @@ fn a_sharded_bank_trains_as_the_replicated_one() {
                 assert_eq!(
                     shard[..],
                     got.2[rows.start * d..rows.end * d],
-                    "{at}: shard {} differs from replica 0's rows",
+                    "{at}: shard {} differs from its rows of the gathered bank",
                     rank + 1
                 );
             }
         }
     }
+}
+
+/// The searches of a sharded bank (3 replicas, 50 rows: 17, 17, 16) against the same searches of
+/// the whole bank on one device: the kNN monitor's query search and the merge rounds' all-rows
+/// search, each row left out of its own list.
+#[test]
+fn a_sharded_bank_is_searched_as_the_whole_bank() {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let config = two_views_with_consistency();
+    let (n, world) = (50, 3);
+    let mut state = TrainState::<A>::new(&config, n, &device).unwrap();
+    let whole = state.bank.inner();
+    let devices = vec![device; world];
+    let parallel = DataParallel::start(&mut state, &devices, Sharded, &no_other_rows).unwrap();
+    assert!(parallel.is_sharded());
+    assert_eq!(state.bank.num_rows(), 17);
+    let gathered = parallel
+        .gather_bank(&state)
+        .unwrap()
+        .to_device::<A>(&device)
+        .unwrap();
+    let values = |t: Tensor<_, 2>| t.into_data().to_vec::<f32>().unwrap();
+    assert_eq!(values(gathered.inner().rows()), values(whole.rows()));
+
+    // The same neighbours; similarities to rounding (another GEMM blocking).
+    let same = |got: bank_mining::Neighbours, want: bank_mining::Neighbours, at: String| {
+        assert_eq!((got.k, &got.indices), (want.k, &want.indices), "{at}");
+        let d = max_diff(&got.similarities, &want.similarities);
+        assert!(d < 1e-6, "{at}: similarities differ by {d}");
+    };
+    for k in [1, 3] {
+        let want = bank_mining::nearest_neighbours(&whole, &bank_mining::KnnConfig::new(k));
+        let got = parallel.nearest_neighbours(&state, k).unwrap();
+        same(got, want.unwrap(), format!("all rows, k = {k}"));
+    }
+    let queries = unit_queries(9, &device);
+    for k in [1, 5, 20] {
+        let want =
+            bank_mining::query_neighbours(&whole, queries.clone(), &bank_mining::KnnConfig::new(k));
+        let got = parallel
+            .query_neighbours(&state, queries.clone().into_data(), k)
+            .unwrap();
+        assert_eq!(got, want.unwrap(), "queries, k = {k}");
+    }
+}
+
+/// `m` random unit queries of dimension 128.
+fn unit_queries(m: usize, device: &Device<A>) -> Tensor<burn::backend::NdArray, 2> {
+    bank_core::MemoryBankConfig::new(m, 128)
+        .with_seed(99)
+        .init::<burn::backend::NdArray>(device)
+        .unwrap()
+        .rows()
 }

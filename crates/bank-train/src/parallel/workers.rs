@@ -1,8 +1,11 @@
 //! The replicas' threads and the step that deals a batch to them.
 
+use std::ops::Range;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
+use bank_core::{HostBank, MemoryBank};
 use bank_data::HostBatch;
 use bank_losses::ShardColumns;
 use burn::collective::{CollectiveConfig, PeerId, finish_collective, register, reset_collective};
@@ -10,6 +13,7 @@ use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use super::bank_shards::shard_neighbours;
 use super::sync::check_same_start;
 use super::{Replica, ShardStep};
 use crate::config::BankSharding;
@@ -18,18 +22,32 @@ use crate::state::TrainState;
 use crate::{Error, Result};
 
 /// What the run's thread sends a replica.
-enum Job {
+pub(super) enum Job {
     /// Take part in this step.
     Step(Box<ShardStep>),
     /// New merge groups (bank row → group id), after a merge round.
     Groups(Vec<i64>),
     /// Send back a copy of the bank's rows.
     Bank(Sender<TensorData>),
+    /// Send back the bank's rows in their storage precision.
+    Rows(Sender<HostBank>),
+    /// Send back the top-`k` of these queries (`[M, D]` f32) among the replica's bank rows.
+    Query {
+        queries: Arc<TensorData>,
+        k: usize,
+        reply: Sender<Result<bank_mining::ShardNeighbours>>,
+    },
 }
 
+/// Where a replica's rows of a sharded bank come from when replica 0's state does not hold them:
+/// `rows_of(range, device)` makes the rows `range` on `device`.
+pub type RowsOf<'a, B> = dyn Fn(Range<usize>, &Device<B>) -> Result<MemoryBank<B>> + 'a;
+
 /// A replica's thread.
-struct Worker {
-    rank: usize,
+pub(super) struct Worker {
+    pub(super) rank: usize,
+    /// The bank rows it holds.
+    pub(super) columns: ShardColumns,
     jobs: Option<Sender<Job>>,
     results: Receiver<Result<f64>>,
     handle: Option<JoinHandle<()>>,
@@ -40,57 +58,83 @@ struct Worker {
 ///
 /// Dropping it ends the threads and the collective session.
 pub struct DataParallel<B: AutodiffBackend> {
-    workers: Vec<Worker>,
-    device: B::Device,
-    /// Replica 0's columns of the bank (every row unless sharded).
-    columns: ShardColumns,
+    pub(super) workers: Vec<Worker>,
+    pub(super) device: B::Device,
+    /// Replica 0's rows of the bank (every row unless sharded).
+    pub(super) columns: ShardColumns,
 }
 
 impl<B: AutodiffBackend> DataParallel<B> {
     /// Starts replicas 1..W as copies of `state` on `devices[1..]`; `state` (on `devices[0]`)
-    /// is replica 0. With [`BankSharding::Sharded`], replica r > 0 receives only its range of
-    /// the bank's rows ([`ShardColumns::split`]); replica 0 keeps every row. Registers every
-    /// replica with burn-collective (the process's collective session of backend `B` is reset
-    /// first: one data-parallel run per process at a time), then checks that all start from the
-    /// same parameters and bank.
+    /// is replica 0. Registers every replica with burn-collective (the process's collective
+    /// session of backend `B` is reset first: one data-parallel run per process at a time),
+    /// then checks that all start from the same parameters and bank.
+    ///
+    /// With [`BankSharding::Sharded`] each replica holds only its range of the bank's rows
+    /// ([`ShardColumns::split`]), replica 0 included: no device holds the whole bank. A state
+    /// holding every row gives each replica its rows and keeps its own; a state built for the
+    /// sharded run ([`TrainState::bank_rows`] already replica 0's) holds no other rows, so
+    /// `rows_of(range, device)` makes them ([`crate::state::bank_shard`]: from the checkpoint
+    /// resumed, or drawn as a fresh run draws them).
     ///
     /// # Errors
-    /// [`Error::Collective`] when a registration or the start check fails.
+    /// [`Error::Collective`] when a registration or the start check fails; bank errors from
+    /// `rows_of`, or a state whose rows are neither every row nor replica 0's.
     pub fn start(
-        state: &TrainState<B>,
+        state: &mut TrainState<B>,
         devices: &[B::Device],
         sharding: BankSharding,
+        rows_of: &RowsOf<'_, B>,
     ) -> Result<Self> {
         let world = devices.len();
         let config = CollectiveConfig::default().with_num_devices(world);
         reset_collective::<B::InnerBackend>();
         materialize(&state.model);
-        let n = state.bank.num_rows();
+        let n = state.bank_rows.total;
         let columns = |rank| match sharding {
             BankSharding::Replicated => ShardColumns::whole(n),
             BankSharding::Sharded => ShardColumns::split(n, world, rank),
         };
+        // With every row at hand, the shards are cut from one host copy.
+        let whole = state.bank_rows.is_whole().then(|| state.bank.to_host());
+        let shard = |rank: usize, device: &B::Device| -> Result<MemoryBank<B>> {
+            let c: ShardColumns = columns(rank);
+            match &whole {
+                _ if c.is_whole() => Ok(state.bank.clone().to_device(device)),
+                Some(host) => Ok(host.rows_range(c.rows)?.to_device(device)?),
+                None => rows_of(c.rows, device),
+            }
+        };
         let mut workers = Vec::with_capacity(world.saturating_sub(1));
         for (rank, device) in devices.iter().enumerate().skip(1) {
-            let columns = columns(rank);
-            let bank = if columns.is_whole() {
-                state.bank.clone()
-            } else {
-                state.bank.rows_range(columns.rows.clone())?
-            };
             let replica = Replica {
                 rank,
                 device: device.clone(),
                 model: state.model.clone().fork(device),
                 optim: state.optim.clone(),
-                bank: bank.to_device(device),
-                columns,
+                bank: shard(rank, device)?,
+                columns: columns(rank),
                 groups: state.groups.clone().map(|g| g.to_device(device)),
                 consistency: state.consistency,
             };
             workers.push(spawn(replica, config.clone(), world));
         }
         let device = devices[0].clone();
+        let own = columns(0);
+        if state.bank_rows.rows != own.rows {
+            if whole.is_none() {
+                return Err(Error::Config {
+                    field: "method.bank_sharding".into(),
+                    reason: format!(
+                        "the run's state holds bank rows {:?}, neither all {n} nor replica 0's \
+                         {:?}",
+                        state.bank_rows.rows, own.rows
+                    ),
+                });
+            }
+            state.bank = shard(0, &device)?;
+            state.bank_rows = own.clone();
+        }
         register::<B::InnerBackend>(PeerId::from(0), device.clone(), config).map_err(|e| {
             Error::Collective {
                 op: "register",
@@ -98,12 +142,11 @@ impl<B: AutodiffBackend> DataParallel<B> {
                 reason: format!("{e:?}"),
             }
         })?;
-        let columns = columns(0);
-        check_same_start((&state.model, &state.bank, &columns), (0, world), &device)?;
+        check_same_start((&state.model, &state.bank, &own), (0, world), &device)?;
         Ok(Self {
             workers,
             device,
-            columns,
+            columns: own,
         })
     }
 
@@ -234,7 +277,7 @@ impl<B: AutodiffBackend> Drop for DataParallel<B> {
 }
 
 impl Worker {
-    fn send(&self, job: Job) -> Result<()> {
+    pub(super) fn send(&self, job: Job) -> Result<()> {
         let stopped = || Error::Replica {
             rank: self.rank,
             reason: "its thread has ended".into(),
@@ -273,7 +316,7 @@ fn spawn<B: AutodiffBackend>(
     config: CollectiveConfig,
     world: usize,
 ) -> Worker {
-    let rank = replica.rank;
+    let (rank, columns) = (replica.rank, replica.columns.clone());
     let (jobs, inbox) = channel::<Job>();
     let (outbox, results) = channel::<Result<f64>>();
     let handle = std::thread::spawn(move || {
@@ -296,6 +339,7 @@ fn spawn<B: AutodiffBackend>(
     });
     Worker {
         rank,
+        columns,
         jobs: Some(jobs),
         results,
         handle: Some(handle),
@@ -331,6 +375,14 @@ fn serve<B: AutodiffBackend>(
             }
             Job::Bank(reply) => {
                 let _ = reply.send(replica.bank.rows().inner().into_data());
+            }
+            Job::Rows(reply) => {
+                let _ = reply.send(replica.bank.to_host());
+            }
+            Job::Query { queries, k, reply } => {
+                let first = replica.columns.rows.start;
+                let found = shard_neighbours(&replica.bank, first, &queries, k, &replica.device);
+                let _ = reply.send(found);
             }
         }
     }

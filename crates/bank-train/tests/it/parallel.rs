@@ -82,3 +82,55 @@ fn two_replica_run_resumes_and_its_checkpoints_resume_onto_one_device() {
     let diff = max_diff(&bank_rows(&resumed), &bank_rows(&straight));
     assert!(diff > 1e-3, "one device should differ from two, by {diff}");
 }
+
+/// Every epoch's metrics of a finished run: loss, kNN against the bank, merge round.
+fn epochs(dir: &Path) -> Vec<bank_train::metrics::EpochMetrics> {
+    fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A run with the bank sharded over three replicas, from scratch (each replica draws only its
+/// rows), against the same run with the bank replicated: the same losses to float tolerance,
+/// the same kNN against the bank (searched shard by shard and combined) and the same merge
+/// rounds (the all-rows search across the shards), and a checkpoint with the whole bank
+/// (gathered); killed in epoch 2, it resumes sharded (each replica reading its rows of the
+/// saved bank) to the run it would have been.
+#[test]
+fn a_sharded_run_evaluates_merges_and_checkpoints_as_the_replicated_run() {
+    let root = tempfile::tempdir().unwrap();
+    let three = config(&["cpu", "cpu", "cpu"]);
+    let replicated = root.path().join("replicated");
+    run(&replicated, false, &three).unwrap();
+    let mut sharded_config = three.clone();
+    sharded_config.method.bank_sharding = BankSharding::Sharded;
+    let sharded = root.path().join("sharded");
+    let loss = run(&sharded, false, &sharded_config).unwrap();
+
+    let (want, got) = (epochs(&replicated), epochs(&sharded));
+    assert_eq!(got.len(), 2);
+    for (w, g) in want.iter().zip(&got) {
+        let at = format!("epoch {}", g.epoch);
+        assert!(
+            (g.loss - w.loss).abs() <= 1e-4 * w.loss.abs(),
+            "{at}: loss {} vs {}",
+            g.loss,
+            w.loss
+        );
+        assert!(g.knn_bank.is_some(), "{at}: no kNN");
+        assert_eq!(g.knn_bank, w.knn_bank, "{at}: kNN");
+        assert!(g.merge.is_some(), "{at}: no merge round");
+        assert_eq!(g.merge, w.merge, "{at}: merge round");
+    }
+    let diff = max_diff(&bank_rows(&sharded), &bank_rows(&replicated));
+    assert!(diff < 1e-4, "checkpointed banks differ by {diff}");
+
+    lose_epoch_two(&sharded);
+    let again = run(&sharded, true, &sharded_config).unwrap();
+    assert!(
+        (again - loss).abs() <= 1e-5 * loss.abs(),
+        "resumed sharded: {again} vs {loss}"
+    );
+}
