@@ -560,11 +560,15 @@ impl TrainConfig {
                 "consistency needs train.views >= 2",
             );
         }
-        if self.method.loss == LossKind::Nce && self.train.devices.len() > 1 {
+        if self.method.loss == LossKind::Nce
+            && self.method.bank_sharding == BankSharding::Sharded
+            && self.train.devices.len() > 1
+        {
             return bad(
-                "train.devices",
-                format!("{:?}", self.train.devices),
-                "data-parallel training needs method.loss = \"softmax\"",
+                "method.bank_sharding",
+                "\"sharded\"".into(),
+                "NCE draws its noise rows from the whole bank: it needs method.bank_sharding = \
+                 \"replicated\" (or method.loss = \"softmax\")",
             );
         }
         if self.method.loss == LossKind::Nce && self.method.nce_noise == 0 {

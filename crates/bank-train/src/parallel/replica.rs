@@ -2,7 +2,7 @@
 
 use bank_core::MemoryBank;
 use bank_data::HostBatch;
-use bank_losses::{ConsistencyLoss, ShardColumns};
+use bank_losses::{ConsistencyLoss, NceLoss, ShardColumns, nce_similarities};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -37,6 +37,8 @@ pub struct Replica<B: AutodiffBackend> {
     pub groups: Option<Tensor<B, 1, Int>>,
     /// λ·consistency, when on.
     pub consistency: Option<ConsistencyLoss>,
+    /// NCE with its normaliser Z, when the loss is NCE.
+    pub nce: Option<NceLoss<B>>,
 }
 
 /// One replica's part of a step.
@@ -56,6 +58,9 @@ pub struct ShardStep {
     pub lr: f64,
     /// Temperature τ.
     pub tau: f64,
+    /// With NCE: the noise indices of its rows, `[rows, m]` row-major (drawn once for the
+    /// whole batch).
+    pub noise: Option<Vec<i64>>,
 }
 
 impl<B: AutodiffBackend> Replica<B> {
@@ -68,11 +73,13 @@ impl<B: AutodiffBackend> Replica<B> {
     ///
     /// # Errors
     /// Loss and bank errors; [`Error::Collective`] when an all-reduce fails.
-    pub fn step(mut self, job: &ShardStep) -> Result<(Self, f64)> {
+    pub fn step(self, job: &ShardStep) -> Result<(Self, f64)> {
         if !self.columns.is_whole() {
             return self.sharded_step(job);
         }
-        let views = job.shard.layout.views;
+        if self.nce.is_some() {
+            return self.nce_step(job);
+        }
         let (grads, loss, local) = if job.shard.layout.samples == 0 {
             let zero = Tensor::zeros([1], &self.device);
             (zero_grads(&self.model), zero, None)
@@ -90,6 +97,55 @@ impl<B: AutodiffBackend> Replica<B> {
             let local = (batch.indices.inner(), features.detach().inner());
             (grads, loss.mul_scalar(job.share), Some(local))
         };
+        self.finish(job, grads, (loss, local))
+    }
+
+    /// The step with NCE: its rows' loss against the noise rows drawn for them, Z estimated from
+    /// the whole batch (its noise sums all-reduced, so every replica's Z stays the same), the
+    /// gradient scaled by its share, then as the softmax step.
+    fn nce_step(mut self, job: &ShardStep) -> Result<(Self, f64)> {
+        let mut nce = self.nce.take().expect("an NCE replica");
+        let rank = self.rank;
+        let combine = |t: Tensor<B, 1>| -> Result<Tensor<B, 1>> {
+            let total = sum(rank, t.inner(), "all-reduce of NCE's noise sums")?;
+            Ok(Tensor::from_inner(total))
+        };
+        let (grads, loss, local) = match (&job.noise, job.shard.layout.samples) {
+            (Some(noise), samples) if samples > 0 => {
+                let batch = job.shard.to_device::<B>(&self.device);
+                let features = self.model.forward(batch.images.clone());
+                let rows = batch.layout.rows();
+                let m = noise.len() / rows;
+                let noise = TensorData::new(noise.clone(), [rows, m]);
+                let noise = Tensor::<B, 2, Int>::from_data(noise, &self.device);
+                let indices = batch.indices.clone();
+                let sims = nce_similarities(&self.bank, features.clone(), indices, noise)?;
+                let loss = nce.forward_shared(Some(sims), &self.device, combine)?;
+                let loss = loss.expect("a loss for its rows");
+                let grads = loss.clone().mul_scalar(job.share).backward();
+                let grads = GradientsParams::from_grads(grads, &self.model);
+                let local = (batch.indices.inner(), features.detach().inner());
+                (grads, loss.inner().mul_scalar(job.share), Some(local))
+            }
+            _ => {
+                nce.forward_shared(None, &self.device, combine)?;
+                let zero = Tensor::zeros([1], &self.device);
+                (zero_grads(&self.model), zero, None)
+            }
+        };
+        self.nce = Some(nce);
+        self.finish(job, grads, (loss, local))
+    }
+
+    /// The end of every replicated step: gradients summed over the replicas, SGD, the bank
+    /// update gathered from every replica, the batch loss summed from the shares.
+    fn finish(
+        mut self,
+        job: &ShardStep,
+        grads: GradientsParams,
+        (loss, local): (Tensor<B::InnerBackend, 1>, Option<Update<B>>),
+    ) -> Result<(Self, f64)> {
+        let views = job.shard.layout.views;
         let grads = sum_gradients(grads, &self.model, self.rank)?;
         self.model = self.optim.step(job.lr, self.model, grads);
         let dim = self.bank.dim();
@@ -109,6 +165,12 @@ impl<B: AutodiffBackend> Replica<B> {
         Ok((self, loss.into_scalar().elem::<f64>()))
     }
 }
+
+/// A replica's rows for the bank update: bank indices `[M_r]` and detached features `[M_r, D]`.
+type Update<B> = (
+    Tensor<<B as AutodiffBackend>::InnerBackend, 1, Int>,
+    Tensor<<B as AutodiffBackend>::InnerBackend, 2>,
+);
 
 /// Zero gradients for every float parameter of `model`: an empty shard's contribution, so that
 /// its replica still takes part in the all-reduce with the same parameters as the others.

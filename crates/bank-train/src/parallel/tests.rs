@@ -408,3 +408,88 @@ fn unit_queries(m: usize, device: &Device<A>) -> Tensor<burn::backend::NdArray, 
         .unwrap()
         .rows()
 }
+
+/// The data-parallel NCE step done on one device: every shard forwarded on its own, the shards'
+/// rows taking the batch's noise rows in replica order (drawn first, as replica 0 draws them),
+/// one NCE loss over all the rows, so Z comes from the whole batch.
+fn accumulated_nce_step(state: &mut TrainState<A>, host: &HostBatch, world: usize, lr: f64) -> f64 {
+    let device = Default::default();
+    let nce = state.nce.as_mut().expect("an NCE run");
+    let m = nce.config().noise;
+    let noise = nce.sample_noise(host.layout.rows(), &device);
+    let (mut pos, mut neg, mut indices, mut features) = (vec![], vec![], vec![], vec![]);
+    let mut offset = 0;
+    for rank in 0..world {
+        let shard = host.shard(rank, world);
+        if shard.layout.samples == 0 {
+            continue;
+        }
+        let rows = shard.layout.rows();
+        let batch = shard.to_device::<A>(&device);
+        let f = state.model.forward(batch.images.clone());
+        let mine = noise.clone().slice([offset..offset + rows, 0..m]);
+        let (p, n) =
+            bank_losses::nce_similarities(&state.bank, f.clone(), batch.indices.clone(), mine)
+                .unwrap();
+        pos.push(p);
+        neg.push(n);
+        indices.push(batch.indices);
+        features.push(f.detach());
+        offset += rows;
+    }
+    let nce = state.nce.as_mut().unwrap();
+    let loss = nce
+        .forward(Tensor::cat(pos, 0), Tensor::cat(neg, 0))
+        .unwrap();
+    let grads = GradientsParams::from_grads(loss.backward(), &state.model);
+    state.model = state.optim.step(lr, state.model.clone(), grads);
+    let views = host.layout.views;
+    state
+        .bank
+        .update(Tensor::cat(indices, 0), Tensor::cat(features, 0), views)
+        .unwrap();
+    loss.into_scalar().elem::<f64>()
+}
+
+/// NCE on two replicas against its one-device implementation: the same loss, parameters, bank
+/// and normaliser Z after every step (the first sets Z, the others smooth it), the last batch
+/// leaving replica 1 without samples (it still takes part in Z's all-reduce).
+#[test]
+fn nce_on_two_replicas_matches_one_device() {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let overrides = ["method.loss=\"nce\"".into(), "method.nce_noise=8".into()];
+    let config = TrainConfig::load(None, &overrides).unwrap();
+    let n = 48;
+    let mut start = TrainState::<A>::new(&config, n, &device).unwrap();
+    let world = 2;
+    let mut parallel =
+        DataParallel::start(&mut start, &[device, device], Replicated, &no_other_rows).unwrap();
+    let mut single = TrainState::<A>::new(&config, n, &device).unwrap();
+    single.model = start.model.clone();
+    single.bank = start.bank.clone();
+    let mut state = start;
+    let mut rng = StdRng::seed_from_u64(5);
+    for (step, samples) in [6, 5, 7, 1].into_iter().enumerate() {
+        let host = batch(&mut rng, n, samples, 1);
+        let lr = 0.05;
+        // The same draws of the noise on both sides.
+        <A as Backend>::seed(&device, 40 + step as u64);
+        let want = accumulated_nce_step(&mut single, &host, world, lr);
+        <A as Backend>::seed(&device, 40 + step as u64);
+        let got;
+        (state, got) = parallel.step(state, &host, lr, 0.1).unwrap();
+        let at = format!("step {step}");
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "{at}: loss {got} against {want}"
+        );
+        let dp = max_diff(&params(&state.model), &params(&single.model));
+        assert!(dp < 1e-5, "{at}: parameters differ by {dp}");
+        let db = max_diff(&rows(&state), &rows(&single));
+        assert!(db < 1e-5, "{at}: banks differ by {db}");
+        let z = |s: &TrainState<A>| s.nce.as_ref().unwrap().z().unwrap();
+        let (zg, zw) = (z(&state), z(&single));
+        assert!((zg - zw).abs() <= 1e-5 * zw, "{at}: Z {zg} against {zw}");
+    }
+}

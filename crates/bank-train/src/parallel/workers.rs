@@ -116,6 +116,7 @@ impl<B: AutodiffBackend> DataParallel<B> {
                 columns: columns(rank),
                 groups: state.groups.clone().map(|g| g.to_device(device)),
                 consistency: state.consistency,
+                nce: state.nce.clone().map(|n| n.to_device(device)),
             };
             workers.push(spawn(replica, config.clone(), world));
         }
@@ -169,7 +170,26 @@ impl<B: AutodiffBackend> DataParallel<B> {
         lr: f64,
         tau: f64,
     ) -> Result<(TrainState<B>, f64)> {
-        let mut jobs = self.shard(batch, lr, tau).into_iter();
+        // NCE's noise for the whole batch, drawn on replica 0 as one device would draw it.
+        let noise = match &state.nce {
+            Some(nce) => {
+                let drawn = nce
+                    .sample_noise(batch.layout.rows(), &self.device)
+                    .into_data();
+                let values =
+                    drawn
+                        .convert::<i64>()
+                        .to_vec::<i64>()
+                        .map_err(|e| Error::Replica {
+                            rank: 0,
+                            reason: format!("cannot read NCE's noise indices: {e:?}"),
+                        })?;
+                Some((values, nce.config().noise))
+            }
+            None => None,
+        };
+        let noise = noise.as_ref().map(|(v, m)| (v.as_slice(), *m));
+        let mut jobs = self.shard(batch, (lr, tau), noise).into_iter();
         let own = jobs.next().expect("replica 0's part");
         for (worker, job) in self.workers.iter().zip(jobs) {
             worker.send(Job::Step(Box::new(job)))?;
@@ -183,12 +203,14 @@ impl<B: AutodiffBackend> DataParallel<B> {
             columns: self.columns.clone(),
             groups: state.groups,
             consistency: state.consistency,
+            nce: state.nce,
         };
         let (replica, loss) = replica.step(&own)?;
         state.model = replica.model;
         state.optim = replica.optim;
         state.bank = replica.bank;
         state.groups = replica.groups;
+        state.nce = replica.nce;
         for worker in &self.workers {
             worker.receive()?; // the same batch loss, or the replica's error
         }
@@ -238,15 +260,23 @@ impl<B: AutodiffBackend> DataParallel<B> {
             .collect()
     }
 
-    /// Every replica's part of `batch`.
-    fn shard(&self, batch: &HostBatch, lr: f64, tau: f64) -> Vec<ShardStep> {
+    /// Every replica's part of `batch`; with NCE, each replica's rows of `noise` (the batch's
+    /// noise indices, `[B·K, m]` row-major, in the order of the replicas' rows).
+    fn shard(
+        &self,
+        batch: &HostBatch,
+        (lr, tau): (f64, f64),
+        noise: Option<(&[i64], usize)>,
+    ) -> Vec<ShardStep> {
         let world = self.world();
         let samples = batch.layout.samples.max(1) as f64;
         let mut offset = 0;
         (0..world)
             .map(|rank| {
                 let shard = batch.shard(rank, world);
+                let own = shard.layout.rows();
                 let job = ShardStep {
+                    noise: noise.map(|(all, m)| all[offset * m..(offset + own) * m].to_vec()),
                     share: shard.layout.samples as f64 / samples,
                     offset,
                     rows: batch.layout.rows(),

@@ -134,3 +134,29 @@ fn a_sharded_run_evaluates_merges_and_checkpoints_as_the_replicated_run() {
         "resumed sharded: {again} vs {loss}"
     );
 }
+
+/// NCE on two replicas (the resume recipe without consistency and merging, which need the full
+/// softmax): killed in epoch 2 and resumed on two replicas, the run it would have been (Z comes
+/// back from the checkpoint to every replica).
+#[test]
+fn an_nce_run_on_two_replicas_resumes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nce = config(&["cpu", "cpu"]);
+    nce.method.loss = bank_train::config::LossKind::Nce;
+    nce.method.nce_noise = 16;
+    nce.method.consistency = 0.0;
+    nce.merge.enabled = false;
+    let straight = root.path().join("straight");
+    let loss = run(&straight, false, &nce).unwrap();
+    assert!(loss.is_finite());
+    let resumed = root.path().join("resumed");
+    run(&resumed, false, &nce).unwrap();
+    lose_epoch_two(&resumed);
+    let again = run(&resumed, true, &nce).unwrap();
+    assert!(
+        (again - loss).abs() <= 1e-4 * loss.abs(),
+        "{again} vs {loss}"
+    );
+    let diff = max_diff(&bank_rows(&resumed), &bank_rows(&straight));
+    assert!(diff < 1e-3, "banks differ by {diff}");
+}
