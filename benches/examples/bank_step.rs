@@ -210,7 +210,9 @@ fn main() -> anyhow::Result<()> {
     })?;
     let (f, bank) = (x.features.clone().inner(), x.bank.rows().inner());
     let matmul_ms = time(args.warmup, args.steps, || {
-        let _ = f.clone().matmul(bank.clone().transpose());
+        let product = f.clone().matmul(bank.clone().transpose());
+        // One value read back, so that a lazy backend computes the product.
+        let _ = product.slice([0..1, 0..1]).into_data();
         sync()
     })?;
     let [n, d] = bank.dims();

@@ -44,6 +44,9 @@ impl<B: Backend> MemoryBank<B> {
     }
 
     /// Loads a bank saved by [`MemoryBank::save`] onto `device`.
+    ///
+    /// # Errors
+    /// As [`MemoryBank::load_with`].
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         Ok(Self::load_with(path, device)?.0)
     }
@@ -73,6 +76,9 @@ impl<B: Backend> MemoryBank<B> {
     }
 
     /// Loads a bank and checks that it has `num_rows` rows of dimension `dim`.
+    ///
+    /// # Errors
+    /// As [`MemoryBank::load_with`], and a bank of another shape (naming the file).
     pub fn load_expecting(
         path: impl AsRef<Path>,
         device: &B::Device,

@@ -25,14 +25,20 @@ pub struct ShardNeighbours {
 /// With `own_rows = Some(q0)`, query `q` is row `q0 + q` of the bank and is not its own
 /// neighbour (an all-rows search of a shard whose first row is `q0`).
 ///
+/// The shards must not overlap (each bank row in one shard at most).
+///
 /// # Errors
-/// [`Error::InvalidValue`] naming `shards` when there are none, or when they list neighbours for
-/// different numbers of queries.
+/// [`Error::InvalidValue`] naming `k` when it is 0 or the shards together list fewer than `k`
+/// other rows for a query; naming `shards` when there are none, or when they list neighbours
+/// for different numbers of queries.
 pub fn combine_shards(
     k: usize,
     shards: &[ShardNeighbours],
     own_rows: Option<usize>,
 ) -> Result<Neighbours> {
+    if k == 0 {
+        return Err(invalid("k", 0, "must be at least 1"));
+    }
     let queries = shards
         .first()
         .map(|s| s.neighbours.len())
@@ -48,7 +54,7 @@ pub fn combine_shards(
     // lower index arrives first, which is what the selection's tie rule needs.
     let mut order: Vec<&ShardNeighbours> = shards.iter().collect();
     order.sort_by_key(|s| s.first);
-    let lists = (0..queries)
+    let lists: Vec<TopK> = (0..queries)
         .map(|q| {
             let mut top = TopK::new(k);
             let own = own_rows.map(|q0| q0 + q);
@@ -64,6 +70,13 @@ pub fn combine_shards(
             top
         })
         .collect();
+    if lists.iter().any(|l| l.items.len() < k) {
+        return Err(invalid(
+            "k",
+            k,
+            "the shards list fewer neighbours than k for a query (k above the bank's other rows?)",
+        ));
+    }
     Ok(Neighbours::from_lists(k, lists))
 }
 
@@ -170,5 +183,11 @@ mod tests {
         };
         let err = combine_shards(1, &[one(2), one(3)], None).unwrap_err();
         assert!(err.to_string().contains("shards"), "{err}");
+        let err = combine_shards(0, &[one(2)], None).unwrap_err();
+        assert!(err.to_string().contains("`k`"), "{err}");
+        // One row listed, and it is the query's own: nothing left for k = 1.
+        let err = combine_shards(1, &[one(1)], Some(0)).unwrap_err();
+        assert!(err.to_string().contains("fewer neighbours"), "{err}");
+        assert!(combine_shards(1, &[one(1)], Some(1)).is_ok());
     }
 }

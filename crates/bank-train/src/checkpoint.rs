@@ -13,14 +13,13 @@
 //! of the next epoch; they sort in training order.
 
 use std::fs;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bank_core::{Attachment, HostBank, MemoryBank, write_atomic};
 use burn::module::Module;
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Entry, MANIFEST_FILE, Manifest};
@@ -212,21 +211,21 @@ where
     B: AutodiffBackend,
     O: Optimizer<EmbeddingNet<B>, B>,
 {
-    Ok(load_rows(ckpt, model, optim, None, device)?.0)
+    let (model, optim, bank, attachments) = load_host(ckpt, model, optim, device)?;
+    Ok((model, optim, bank.to_device(device)?, attachments))
 }
 
-/// [`load`] with only the bank rows `rows` on `device` (all of them for `None`): one device's
-/// shard of a bank split by rows. Also returns how many rows the saved bank has.
+/// [`load`] with the bank left in host memory (a sharded run's replicas each take their rows of
+/// it).
 ///
 /// # Errors
-/// As [`load`], and a range beyond the saved bank's rows (naming the bank file).
-pub fn load_rows<B, O>(
+/// As [`load`].
+pub fn load_host<B, O>(
     ckpt: &Path,
     model: EmbeddingNet<B>,
     optim: O,
-    rows: Option<Range<usize>>,
     device: &B::Device,
-) -> Result<(Restored<B, O>, usize)>
+) -> Result<(EmbeddingNet<B>, O, HostBank, Vec<Attachment>)>
 where
     B: AutodiffBackend,
     O: Optimizer<EmbeddingNet<B>, B>,
@@ -242,46 +241,21 @@ where
     let record = Recorder::<B>::load(&recorder, manifest.read_verified(ckpt, OPTIM_FILE)?, device)
         .map_err(|e| decode(OPTIM_FILE, e))?;
     let optim = optim.load_record(record);
-    manifest.read_verified(ckpt, BANK_FILE)?;
-    let (host, attachments) = HostBank::load_with(ckpt.join(BANK_FILE))?;
-    let total = host.num_rows();
-    let bank = bank_rows_on(&host, rows, ckpt, device)?;
-    Ok(((model, optim, bank, attachments), total))
+    let (bank, attachments) = load_bank(ckpt, &manifest)?;
+    Ok((model, optim, bank, attachments))
 }
 
-/// The bank rows `rows` of checkpoint `ckpt` on `device` (a data-parallel replica's shard), the
-/// bank file verified against the checksum list first.
+/// The bank of checkpoint `ckpt` in host memory, verified against the checksum list first.
 ///
 /// # Errors
-/// A missing or damaged bank file, or a range beyond its rows (naming the file).
-pub fn load_bank_rows<B: Backend>(
-    ckpt: &Path,
-    rows: Range<usize>,
-    device: &B::Device,
-) -> Result<MemoryBank<B>> {
-    Manifest::read(ckpt)?.read_verified(ckpt, BANK_FILE)?;
-    let (host, _) = HostBank::load_with(ckpt.join(BANK_FILE))?;
-    bank_rows_on(&host, Some(rows), ckpt, device)
+/// A missing or damaged bank file or checksum list (naming it).
+pub fn load_host_bank(ckpt: &Path) -> Result<HostBank> {
+    Ok(load_bank(ckpt, &Manifest::read(ckpt)?)?.0)
 }
 
-fn bank_rows_on<B: Backend>(
-    host: &HostBank,
-    rows: Option<Range<usize>>,
-    ckpt: &Path,
-    device: &B::Device,
-) -> Result<MemoryBank<B>> {
-    match rows {
-        Some(r) if r != (0..host.num_rows()) => {
-            let part = host.rows_range(r).map_err(|e| {
-                Error::checkpoint(
-                    ckpt.join(BANK_FILE),
-                    format!("{e} ({} rows)", host.num_rows()),
-                )
-            })?;
-            Ok(part.to_device(device)?)
-        }
-        _ => Ok(host.to_device(device)?),
-    }
+fn load_bank(ckpt: &Path, manifest: &Manifest) -> Result<(HostBank, Vec<Attachment>)> {
+    manifest.read_verified(ckpt, BANK_FILE)?;
+    Ok(HostBank::load_with(ckpt.join(BANK_FILE))?)
 }
 
 /// Verifies every file of checkpoint `ckpt` against its checksum list (what a reader of the

@@ -64,19 +64,20 @@ pub fn own_bank_rows(config: &TrainConfig, n: usize) -> ShardColumns {
     }
 }
 
-/// The bank rows `rows` of the run on `device`: from checkpoint `ckpt`, or as the fresh run draws
-/// them. A data-parallel replica's shard, made without the other rows reaching its device.
+/// The bank rows `rows` of the run on `device`: from the bank `saved` (a checkpoint's, in host
+/// memory), or as the fresh run draws them. A data-parallel replica's shard, made without the
+/// other rows reaching its device.
 ///
 /// # Errors
-/// Invalid bank settings; a missing or damaged bank file, or rows beyond it.
+/// Invalid bank settings, or rows beyond the saved bank.
 pub fn bank_shard<B: Backend>(
     (config, n): (&TrainConfig, usize),
-    ckpt: Option<&Path>,
+    saved: Option<&HostBank>,
     rows: Range<usize>,
     device: &B::Device,
 ) -> Result<MemoryBank<B>> {
-    match ckpt {
-        Some(ckpt) => checkpoint::load_bank_rows(ckpt, rows, device),
+    match saved {
+        Some(bank) => Ok(bank.rows_range(rows)?.to_device(device)?),
         None => Ok(bank_config(config, n).init_rows(rows, device)?),
     }
 }
@@ -163,18 +164,25 @@ impl<B: AutodiffBackend> TrainState<B> {
     pub fn restore(self, ckpt: &Path, device: &B::Device) -> Result<Self> {
         let (n, dim) = (self.bank_rows.total, self.bank.dim());
         let state = checkpoint::read_state(ckpt)?;
-        let rows = (!self.bank_rows.is_whole()).then(|| self.bank_rows.rows.clone());
-        let ((model, optim, bank, attachments), saved) =
-            checkpoint::load_rows(ckpt, self.model, self.optim, rows, device)?;
-        if (saved, bank.dim()) != (n, dim) {
+        let (model, optim, host, attachments) =
+            checkpoint::load_host(ckpt, self.model, self.optim, device)?;
+        let bank_file = ckpt.join("bank.safetensors");
+        if (host.num_rows(), host.dim()) != (n, dim) {
             return Err(Error::checkpoint(
-                ckpt.join("bank.safetensors"),
+                bank_file,
                 format!(
-                    "the bank is {saved}×{} but the dataset has {n} images and model.dim is {dim}",
-                    bank.dim()
+                    "the bank is {}×{} but the dataset has {n} images and model.dim is {dim}",
+                    host.num_rows(),
+                    host.dim()
                 ),
             ));
         }
+        let bank = if self.bank_rows.is_whole() {
+            host.to_device(device)?
+        } else {
+            host.rows_range(self.bank_rows.rows.clone())?
+                .to_device(device)?
+        };
         let mut merger = match self.merger {
             Some(m) => Some(Merger::from_attachments(
                 n,
@@ -225,8 +233,29 @@ impl<B: AutodiffBackend> TrainState<B> {
     /// [`Error::NonFiniteState`] (nothing written) when a parameter, running statistic or bank
     /// value is NaN or infinite; IO errors naming the path.
     pub fn save(&mut self, dir: &Path, config: &TrainConfig) -> Result<PathBuf> {
+        self.holds_whole_bank()?;
         let bank = self.bank.to_host();
         self.save_with_bank(dir, config, &bank)
+    }
+
+    /// `Ok` when `bank` holds every row; an error naming `method.bank_sharding` when it holds one
+    /// device's shard (a sharded data-parallel state, which only `DataParallel` steps and
+    /// [`TrainState::save_with_bank`] saves).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a shard.
+    pub fn holds_whole_bank(&self) -> Result<()> {
+        if self.bank_rows.is_whole() {
+            return Ok(());
+        }
+        Err(Error::Config {
+            field: "method.bank_sharding".into(),
+            reason: format!(
+                "this state holds bank rows {:?} of {}: a sharded bank trains with its replicas \
+                 (DataParallel) and is saved gathered",
+                self.bank_rows.rows, self.bank_rows.total
+            ),
+        })
     }
 
     /// [`TrainState::save`] with the whole bank given in host memory: the shards of a bank split

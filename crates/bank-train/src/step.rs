@@ -117,6 +117,7 @@ pub fn train_step<B: AutodiffBackend>(
     tau: f64,
     device: &B::Device,
 ) -> Result<(TrainState<B>, f64)> {
+    state.holds_whole_bank()?;
     let features = state.model.forward(batch.images.clone());
     let (grads, loss) = match state.nce.as_mut() {
         Some(nce) => nce_grads(nce, &state.bank, &batch, features.clone(), device)?,

@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint::{self, EpochProgress};
-use crate::config::TrainConfig;
+use crate::config::{BankSharding, TrainConfig};
 use crate::data_source::{TrainData, ViewSpec};
 use crate::evaluate::KnnEvaluator;
 use crate::feasibility::check_against_data;
@@ -311,8 +311,13 @@ fn start_parallel<B: AutodiffBackend>(
     let (epoch, batch) = (state.epochs_done, state.progress.batches);
     B::seed(&devices[0], step_seed(config.seed, epoch, batch));
     let n = state.bank_rows.total;
-    let rows_of = |rows, device: &B::Device| bank_shard((config, n), resumed, rows, device);
     let sharding = config.method.bank_sharding;
+    // Read once: every replica's rows are cut from it.
+    let saved = match resumed {
+        Some(ckpt) if sharding == BankSharding::Sharded => Some(checkpoint::load_host_bank(ckpt)?),
+        _ => None,
+    };
+    let rows_of = |rows, device: &B::Device| bank_shard((config, n), saved.as_ref(), rows, device);
     DataParallel::start(state, devices, sharding, &rows_of).map(Some)
 }
 

@@ -60,7 +60,7 @@ impl<B: AutodiffBackend> DataParallel<B> {
 
     /// The top-`k` rows of the whole bank for each of `queries` (`[M, D]` f32 in host memory):
     /// every replica searches its own rows on its device, replica 0 in `state`, and the lists
-    /// are combined. The same neighbours as a search of the whole bank (ties to the lower index).
+    /// are combined (with a replicated bank, replica 0 searches alone). The same neighbours as a search of the whole bank (ties to the lower index).
     ///
     /// # Errors
     /// Search errors; [`Error::Replica`] when a replica's thread has stopped.
@@ -87,7 +87,12 @@ impl<B: AutodiffBackend> DataParallel<B> {
         };
         let own = state.bank.rows().inner().into_data();
         let mut part = self.search(state, own, k, Some(self.columns.rows.start))?;
-        for worker in &self.workers {
+        let others = if self.is_sharded() {
+            &self.workers[..]
+        } else {
+            &[]
+        };
+        for worker in others {
             all.indices.append(&mut part.indices);
             all.similarities.append(&mut part.similarities);
             let rows = ask(worker, Job::Bank)?;
@@ -109,8 +114,14 @@ impl<B: AutodiffBackend> DataParallel<B> {
     ) -> Result<Neighbours> {
         let queries = Arc::new(queries);
         let each = k + usize::from(own_rows.is_some());
-        let mut replies = Vec::with_capacity(self.workers.len());
-        for worker in &self.workers {
+        // Replicated, replica 0 holds every row: no other replica is asked.
+        let others = if self.is_sharded() {
+            &self.workers[..]
+        } else {
+            &[]
+        };
+        let mut replies = Vec::with_capacity(others.len());
+        for worker in others {
             let (reply, answer) = channel();
             let job = Job::Query {
                 queries: Arc::clone(&queries),
@@ -136,7 +147,10 @@ impl<B: AutodiffBackend> DataParallel<B> {
 }
 
 /// Sends `worker` the job `make(reply)` and waits for its answer.
-fn ask<T>(worker: &Worker, make: impl FnOnce(std::sync::mpsc::Sender<T>) -> Job) -> Result<T> {
+pub(super) fn ask<T>(
+    worker: &Worker,
+    make: impl FnOnce(std::sync::mpsc::Sender<T>) -> Job,
+) -> Result<T> {
     let (reply, answer) = channel();
     worker.send(make(reply))?;
     answer.recv().map_err(|_| stopped(worker.rank))

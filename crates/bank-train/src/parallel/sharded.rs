@@ -55,7 +55,7 @@ impl<B: AutodiffBackend> Replica<B> {
     /// The step with a sharded bank: forward its shard of the batch, gather every replica's
     /// features and indices, the closed-form loss and `∂L/∂features` of the whole batch over
     /// the sharded softmax, backward from its own rows of that gradient, gradients summed, SGD,
-    /// then the update of its bank rows (all of them where a replica holds every row). Returns
+    /// then the update of its bank rows. Returns
     /// the whole batch's loss, the same on every replica.
     ///
     /// # Errors
@@ -106,27 +106,14 @@ impl<B: AutodiffBackend> Replica<B> {
         let grads = sum_gradients(grads, &self.model, self.rank)?;
         self.model = self.optim.step(job.lr, self.model, grads);
         let (indices, gathered) = (Tensor::from_inner(indices), Tensor::from_inner(gathered));
-        if self.holds_every_row() {
-            self.bank.update(indices, gathered, views)?;
-        } else {
-            let first = self.columns.rows.start;
-            self.bank.update_shard(indices, gathered, views, first)?;
-        }
+        let first = self.columns.rows.start;
+        self.bank.update_shard(indices, gathered, views, first)?;
         Ok((self, out.loss.into_scalar().elem::<f64>()))
     }
 
-    /// Whether this replica's bank has every row (replicated banks, and replica 0's).
-    pub(super) fn holds_every_row(&self) -> bool {
-        self.bank.num_rows() == self.columns.total
-    }
-
-    /// The rows of its shard, `[N_r, D]`, on the inner backend.
+    /// The rows of its shard, `[N_r, D]`, on the inner backend: its whole bank, since every
+    /// replica of a sharded run holds its rows only.
     fn shard_rows(&self) -> Tensor<B::InnerBackend, 2> {
-        let rows = self.bank.inner().rows();
-        if self.holds_every_row() {
-            rows.slice([self.columns.rows.clone(), 0..self.bank.dim()])
-        } else {
-            rows
-        }
+        self.bank.inner().rows()
     }
 }

@@ -77,7 +77,8 @@ pub(crate) fn sum_gradients<B: AutodiffBackend>(
     }
 }
 
-/// Fails unless every replica starts from the same parameters and bank: each sends a
+/// Fails unless every replica starts from the same parameters and bank (a sharded bank's rows
+/// are not compared: no replica holds them all): each sends a
 /// fingerprint (the sum of its parameters, and the sum of the bank rows it computes
 /// similarities against: every row, or its shard's), and each compares the sum of all of them
 /// with what it expects from its own: its parameter sum times the replica count, and, when it

@@ -409,25 +409,31 @@ fn unit_queries(m: usize, device: &Device<A>) -> Tensor<burn::backend::NdArray, 
         .rows()
 }
 
-/// The data-parallel NCE step done on one device: every shard forwarded on its own, the shards'
-/// rows taking the batch's noise rows in replica order (drawn first, as replica 0 draws them),
+/// The data-parallel NCE step done on one device: every shard forwarded on its own, each view
+/// taking the noise row of its place in the whole batch (drawn first, as one device draws it),
 /// one NCE loss over all the rows, so Z comes from the whole batch.
 fn accumulated_nce_step(state: &mut TrainState<A>, host: &HostBatch, world: usize, lr: f64) -> f64 {
     let device = Default::default();
     let nce = state.nce.as_mut().expect("an NCE run");
-    let m = nce.config().noise;
     let noise = nce.sample_noise(host.layout.rows(), &device);
     let (mut pos, mut neg, mut indices, mut features) = (vec![], vec![], vec![], vec![]);
-    let mut offset = 0;
+    let views = host.layout.views;
     for rank in 0..world {
         let shard = host.shard(rank, world);
         if shard.layout.samples == 0 {
             continue;
         }
-        let rows = shard.layout.rows();
+        // The batch rows of its samples' views (sample-major), found by the samples' bank rows.
+        let places: Vec<i64> = shard
+            .samples
+            .iter()
+            .map(|id| host.samples.iter().position(|s| s == id).unwrap())
+            .flat_map(|p| (0..views).map(move |v| (p * views + v) as i64))
+            .collect();
+        let places = Tensor::<A, 1, Int>::from_data(places.as_slice(), &device);
         let batch = shard.to_device::<A>(&device);
         let f = state.model.forward(batch.images.clone());
-        let mine = noise.clone().slice([offset..offset + rows, 0..m]);
+        let mine = noise.clone().select(0, places);
         let (p, n) =
             bank_losses::nce_similarities(&state.bank, f.clone(), batch.indices.clone(), mine)
                 .unwrap();
@@ -435,7 +441,6 @@ fn accumulated_nce_step(state: &mut TrainState<A>, host: &HostBatch, world: usiz
         neg.push(n);
         indices.push(batch.indices);
         features.push(f.detach());
-        offset += rows;
     }
     let nce = state.nce.as_mut().unwrap();
     let loss = nce
@@ -443,11 +448,11 @@ fn accumulated_nce_step(state: &mut TrainState<A>, host: &HostBatch, world: usiz
         .unwrap();
     let grads = GradientsParams::from_grads(loss.backward(), &state.model);
     state.model = state.optim.step(lr, state.model.clone(), grads);
-    let views = host.layout.views;
     state
         .bank
         .update(Tensor::cat(indices, 0), Tensor::cat(features, 0), views)
         .unwrap();
+
     loss.into_scalar().elem::<f64>()
 }
 
@@ -458,7 +463,11 @@ fn accumulated_nce_step(state: &mut TrainState<A>, host: &HostBatch, world: usiz
 fn nce_on_two_replicas_matches_one_device() {
     let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
-    let overrides = ["method.loss=\"nce\"".into(), "method.nce_noise=8".into()];
+    let overrides = [
+        "method.loss=\"nce\"".into(),
+        "method.nce_noise=8".into(),
+        "train.views=2".into(),
+    ];
     let config = TrainConfig::load(None, &overrides).unwrap();
     let n = 48;
     let mut start = TrainState::<A>::new(&config, n, &device).unwrap();
@@ -471,7 +480,7 @@ fn nce_on_two_replicas_matches_one_device() {
     let mut state = start;
     let mut rng = StdRng::seed_from_u64(5);
     for (step, samples) in [6, 5, 7, 1].into_iter().enumerate() {
-        let host = batch(&mut rng, n, samples, 1);
+        let host = batch(&mut rng, n, samples, 2);
         let lr = 0.05;
         // The same draws of the noise on both sides.
         <A as Backend>::seed(&device, 40 + step as u64);

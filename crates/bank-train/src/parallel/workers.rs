@@ -96,7 +96,8 @@ impl<B: AutodiffBackend> DataParallel<B> {
             BankSharding::Sharded => ShardColumns::split(n, world, rank),
         };
         // With every row at hand, the shards are cut from one host copy.
-        let whole = state.bank_rows.is_whole().then(|| state.bank.to_host());
+        let sharded = sharding == BankSharding::Sharded;
+        let whole = (sharded && state.bank_rows.is_whole()).then(|| state.bank.to_host());
         let shard = |rank: usize, device: &B::Device| -> Result<MemoryBank<B>> {
             let c: ShardColumns = columns(rank);
             match &whole {
@@ -105,25 +106,14 @@ impl<B: AutodiffBackend> DataParallel<B> {
                 None => rows_of(c.rows, device),
             }
         };
-        let mut workers = Vec::with_capacity(world.saturating_sub(1));
-        for (rank, device) in devices.iter().enumerate().skip(1) {
-            let replica = Replica {
-                rank,
-                device: device.clone(),
-                model: state.model.clone().fork(device),
-                optim: state.optim.clone(),
-                bank: shard(rank, device)?,
-                columns: columns(rank),
-                groups: state.groups.clone().map(|g| g.to_device(device)),
-                consistency: state.consistency,
-                nce: state.nce.clone().map(|n| n.to_device(device)),
-            };
-            workers.push(spawn(replica, config.clone(), world));
-        }
         let device = devices[0].clone();
         let own = columns(0);
-        if state.bank_rows.rows != own.rows {
-            if whole.is_none() {
+        // Every bank is made before any thread starts: a replica that failed to start would
+        // leave the others waiting for it in the start check.
+        let own_bank = match (state.bank_rows.rows == own.rows, &whole) {
+            (true, _) => None,
+            (false, Some(_)) => Some(shard(0, &device)?),
+            (false, None) => {
                 return Err(Error::Config {
                     field: "method.bank_sharding".into(),
                     reason: format!(
@@ -133,7 +123,30 @@ impl<B: AutodiffBackend> DataParallel<B> {
                     ),
                 });
             }
-            state.bank = shard(0, &device)?;
+        };
+        let banks = devices
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(rank, device)| shard(rank, device))
+            .collect::<Result<Vec<_>>>()?;
+        let mut workers = Vec::with_capacity(world.saturating_sub(1));
+        for ((rank, device), bank) in devices.iter().enumerate().skip(1).zip(banks) {
+            let replica = Replica {
+                rank,
+                device: device.clone(),
+                model: state.model.clone().fork(device),
+                optim: state.optim.clone(),
+                bank,
+                columns: columns(rank),
+                groups: state.groups.clone().map(|g| g.to_device(device)),
+                consistency: state.consistency,
+                nce: state.nce.clone().map(|n| n.to_device(device)),
+            };
+            workers.push(spawn(replica, config.clone(), world));
+        }
+        if let Some(bank) = own_bank {
+            state.bank = bank;
             state.bank_rows = own.clone();
         }
         register::<B::InnerBackend>(PeerId::from(0), device.clone(), config).map_err(|e| {
@@ -242,26 +255,19 @@ impl<B: AutodiffBackend> DataParallel<B> {
     }
 
     /// The bank rows of replicas 1..W (their shards' rows when sharded), read back to the host
-    /// (to check that they agree with replica 0's).
+    /// as f32 (to compare the replicas' banks).
     ///
     /// # Errors
     /// [`Error::Replica`] when a replica's thread has stopped.
     pub fn replica_banks(&self) -> Result<Vec<TensorData>> {
         self.workers
             .iter()
-            .map(|worker| {
-                let (reply, answer) = channel();
-                worker.send(Job::Bank(reply))?;
-                answer.recv().map_err(|_| Error::Replica {
-                    rank: worker.rank,
-                    reason: "its thread ended before sending its bank".into(),
-                })
-            })
+            .map(|worker| super::bank_shards::ask(worker, Job::Bank))
             .collect()
     }
 
     /// Every replica's part of `batch`; with NCE, each replica's rows of `noise` (the batch's
-    /// noise indices, `[B·K, m]` row-major, in the order of the replicas' rows).
+    /// noise indices, `[B·K, m]` row-major: row r's noise is what one device pairs with row r).
     fn shard(
         &self,
         batch: &HostBatch,
@@ -274,9 +280,8 @@ impl<B: AutodiffBackend> DataParallel<B> {
         (0..world)
             .map(|rank| {
                 let shard = batch.shard(rank, world);
-                let own = shard.layout.rows();
                 let job = ShardStep {
-                    noise: noise.map(|(all, m)| all[offset * m..(offset + own) * m].to_vec()),
+                    noise: noise.map(|(all, m)| noise_rows(all, m, batch, (rank, world))),
                     share: shard.layout.samples as f64 / samples,
                     offset,
                     rows: batch.layout.rows(),
@@ -290,6 +295,18 @@ impl<B: AutodiffBackend> DataParallel<B> {
             })
             .collect()
     }
+}
+
+/// The noise rows (`m` indices each, of the whole batch's `all`) of the batch rows that replica
+/// `rank` of `world` trains on, in its shard's order: its samples' views, as
+/// [`HostBatch::shard`] deals them. Each view keeps the noise one device pairs it with.
+fn noise_rows(all: &[i64], m: usize, batch: &HostBatch, (rank, world): (usize, usize)) -> Vec<i64> {
+    let layout = batch.layout;
+    (rank..layout.samples)
+        .step_by(world)
+        .flat_map(|s| (0..layout.views).map(move |v| layout.row(s, v)))
+        .flat_map(|row| all[row * m..(row + 1) * m].iter().copied())
+        .collect()
 }
 
 impl<B: AutodiffBackend> Drop for DataParallel<B> {
