@@ -124,21 +124,29 @@ fn no_other_rows(rows: Range<usize>, _: &Device<A>) -> crate::Result<MemoryBank<
     panic!("asked for rows {rows:?}, but the state holds every row")
 }
 
+/// Two CPU replicas of a fresh state of `config` with `n` bank rows (replicated), replica 0's
+/// state, and a one-device copy of its starting point (its parameters are drawn by then).
+fn two_replicas_and_one_device(
+    config: &TrainConfig,
+    n: usize,
+) -> (DataParallel<A>, TrainState<A>, TrainState<A>) {
+    let device = Default::default();
+    let mut start = TrainState::<A>::new(config, n, &device).unwrap();
+    let parallel =
+        DataParallel::start(&mut start, &[device, device], Replicated, &no_other_rows).unwrap();
+    let mut single = TrainState::<A>::new(config, n, &device).unwrap();
+    single.model = start.model.clone();
+    single.bank = start.bank.clone();
+    (parallel, start, single)
+}
+
 #[test]
 fn two_replicas_match_one_device_and_keep_identical_banks() {
     let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
-    let device = Default::default();
     let config = two_views_with_consistency();
     let n = 48;
-    let mut start = TrainState::<A>::new(&config, n, &device).unwrap();
     let world = 2;
-    let mut parallel =
-        DataParallel::start(&mut start, &[device, device], Replicated, &no_other_rows).unwrap();
-    // A copy of replica 0's starting point (its parameters are drawn by now).
-    let mut single = TrainState::<A>::new(&config, n, &device).unwrap();
-    single.model = start.model.clone();
-    single.bank = start.bank.clone();
-    let mut state = start;
+    let (mut parallel, mut state, mut single) = two_replicas_and_one_device(&config, n);
     let mut rng = StdRng::seed_from_u64(7);
     // Even and odd shards, then a batch of one sample: replica 1 gets nothing to train on.
     for (step, samples) in [6, 5, 7, 1].into_iter().enumerate() {
@@ -470,14 +478,8 @@ fn nce_on_two_replicas_matches_one_device() {
     ];
     let config = TrainConfig::load(None, &overrides).unwrap();
     let n = 48;
-    let mut start = TrainState::<A>::new(&config, n, &device).unwrap();
     let world = 2;
-    let mut parallel =
-        DataParallel::start(&mut start, &[device, device], Replicated, &no_other_rows).unwrap();
-    let mut single = TrainState::<A>::new(&config, n, &device).unwrap();
-    single.model = start.model.clone();
-    single.bank = start.bank.clone();
-    let mut state = start;
+    let (mut parallel, mut state, mut single) = two_replicas_and_one_device(&config, n);
     let mut rng = StdRng::seed_from_u64(5);
     for (step, samples) in [6, 5, 7, 1].into_iter().enumerate() {
         let host = batch(&mut rng, n, samples, 2);
