@@ -14,7 +14,7 @@
 //!   storage is split W ways with its `[B·K, N]` similarities.
 //! - [`bank_shards`]: a sharded bank as a whole: the kNN monitor and the merge rounds search
 //!   every shard on its own device and combine the top lists; checkpoints gather the rows into
-//!   host memory, and a resumed replica reads only its rows of the saved bank.
+//!   host memory, and on resume each device receives only its rows of the saved bank.
 //! - [`DataParallel`]: one thread per device beyond the first; the caller's thread is replica 0
 //!   and keeps the run's [`TrainState`](crate::state::TrainState), from which checkpoints,
 //!   evaluation and merge rounds work as on one device (the groups are then sent to the others).
