@@ -149,11 +149,16 @@ impl HostBank {
 
     /// Whether every value is finite.
     pub fn is_finite(&self) -> bool {
-        self.rows
-            .clone()
-            .convert::<f32>()
-            .as_slice::<f32>()
-            .is_ok_and(|v| v.iter().all(|x| x.is_finite()))
+        match self.rows.as_slice::<f32>() {
+            Ok(v) => v.iter().all(|x| x.is_finite()),
+            // f16 rows: converted to f32 first (a copy).
+            Err(_) => self
+                .rows
+                .clone()
+                .convert::<f32>()
+                .as_slice::<f32>()
+                .is_ok_and(|v| v.iter().all(|x| x.is_finite())),
+        }
     }
 
     /// The bank on `device`.
