@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release -p membank-benches --example bank_step -- DIR [--views 2] [--steps 10] \
-//!     [--warmup 2] [--tau 0.1] [--momentum 0.5] [--out OUT]
+//!     [--warmup 2] [--tau 0.1] [--momentum 0.5] [--block-rows 0] [--out OUT]
 //! ```
 //! DIR holds `bank.npy` (`[N, D]` float32 unit rows), `features.npy` (`[B·K, D]` float32 unit
 //! rows, sample-major as in `bank_core::ViewLayout`) and `indices.npy` (`[B]` int64, distinct bank
@@ -15,7 +15,9 @@
 //! same step runs `--warmup` + `--steps` times on the bank it keeps updating, as training does,
 //! and the bare matmul as many times. Every timing ends with the device synchronised. Prints one
 //! JSON line with the median milliseconds of each, the counterpart of `bank_step_torch.py`
-//! (`cargo xtask bench compare bank` runs both).
+//! (`cargo xtask bench compare bank` runs both), and on Linux the resident memory before the
+//! steps and its peak during them (before the bare matmul, whose `[B·K, N]` product would
+//! dominate it). `--block-rows R` reads the bank in blocks of R rows (`method.bank_block_rows`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,6 +55,9 @@ struct Args {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Bank rows per block of the similarities (0: all at once; `method.bank_block_rows`).
+    #[arg(long, default_value_t = 0)]
+    block_rows: usize,
     /// Where to write the first step's gradient, updated rows and loss.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -199,8 +204,9 @@ fn main() -> anyhow::Result<()> {
     }
     let device = Default::default();
     let mut x = load(&args, &device)?;
-    let objective = SoftmaxObjective::new(args.tau)?;
+    let objective = SoftmaxObjective::new(args.tau)?.with_block_rows(args.block_rows);
     sync()?;
+    let rss_before = memory::reset_peak();
     let (loss, grad) = step(&objective, &mut x)?;
     if let Some(out) = &args.out {
         write_first(out, loss, grad, &x)?;
@@ -208,6 +214,7 @@ fn main() -> anyhow::Result<()> {
     let step_ms = time(args.warmup, args.steps, || {
         step(&objective, &mut x).map(|_| ())
     })?;
+    let step_peak = memory::peak();
     let (f, bank) = (x.features.clone().inner(), x.bank.rows().inner());
     let matmul_ms = time(args.warmup, args.steps, || {
         let product = f.clone().matmul(bank.clone().transpose());
@@ -217,12 +224,41 @@ fn main() -> anyhow::Result<()> {
     })?;
     let [n, d] = bank.dims();
     println!(
-        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"rows\": {n}, \"dim\": {d}, \"batch_rows\": {}, \"views\": {}, \"loss\": {loss}, \"step_ms\": {}, \"matmul_ms\": {}}}",
+        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"rows\": {n}, \"dim\": {d}, \"batch_rows\": {}, \"views\": {}, \"loss\": {loss}, \"step_ms\": {}, \"matmul_ms\": {}, \"rss_before_steps_mb\": {}, \"peak_rss_steps_mb\": {}}}",
         <Bench as Backend>::name(&device),
         x.layout.rows(),
         x.layout.views,
         median(step_ms),
-        median(matmul_ms)
+        median(matmul_ms),
+        memory::json(rss_before),
+        memory::json(step_peak)
     );
     Ok(())
+}
+
+/// The process's resident memory (Linux: `/proc/self/status`); `None` elsewhere.
+mod memory {
+    /// A field of `/proc/self/status` in MB.
+    fn status_mb(field: &str) -> Option<f64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// The resident memory now, after resetting the peak (`VmHWM`) to it.
+    pub fn reset_peak() -> Option<f64> {
+        std::fs::write("/proc/self/clear_refs", "5").ok()?;
+        status_mb("VmRSS:")
+    }
+
+    /// The peak resident memory since [`reset_peak`].
+    pub fn peak() -> Option<f64> {
+        status_mb("VmHWM:")
+    }
+
+    /// A JSON number rounded to MB, or `null`.
+    pub fn json(mb: Option<f64>) -> String {
+        mb.map_or("null".into(), |v| format!("{v:.0}"))
+    }
 }

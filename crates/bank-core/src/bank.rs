@@ -267,8 +267,14 @@ impl<B: Backend> MemoryBank<B> {
         (new - old) / count
     }
 
+    /// Adds `delta` to the rows `rows_at`. The rows are moved out of `self` first, so that a
+    /// backend may update them in place: `self.rows.clone().select_assign(..)` would hold a
+    /// second handle on them and make it copy the whole bank at every step.
     fn add_to_rows(&mut self, rows_at: Tensor<B, 1, Int>, delta: Tensor<B, 2>) {
-        self.rows = self.rows.clone().select_assign(
+        let empty = Tensor::<B, 2>::empty([0, self.dim()], &self.rows.device());
+        let empty = empty.cast(self.rows.dtype());
+        let rows = std::mem::replace(&mut self.rows, empty);
+        self.rows = rows.select_assign(
             0,
             rows_at,
             delta.cast(storage_dtype::<B>(self.precision)),

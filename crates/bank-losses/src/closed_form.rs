@@ -22,6 +22,7 @@
 use bank_core::{MemoryBank, ViewLayout};
 use burn::prelude::*;
 
+use crate::blocked::BlockedEval;
 use crate::error::{check_layout, check_len, positive};
 use crate::shards::{ShardColumns, ShardReduce, WholeBank};
 use crate::{ConsistencyLoss, Error, Result};
@@ -53,6 +54,7 @@ pub struct LossAndGrad<B: Backend> {
 pub struct SoftmaxObjective {
     temperature: f64,
     consistency: Option<ConsistencyLoss>,
+    block_rows: usize,
 }
 
 impl SoftmaxObjective {
@@ -65,6 +67,7 @@ impl SoftmaxObjective {
         Ok(Self {
             temperature,
             consistency: None,
+            block_rows: 0,
         })
     }
 
@@ -72,6 +75,30 @@ impl SoftmaxObjective {
     pub fn with_consistency(mut self, consistency: Option<ConsistencyLoss>) -> Self {
         self.consistency = consistency.filter(|c| c.weight != 0.0);
         self
+    }
+
+    /// Reads the bank in blocks of `rows` rows (0: all at once, the default), so that no more
+    /// than `[M, rows]` similarities exist at once instead of `[M, N]`. Costs one (with
+    /// consistency two) more `[M, D] × [D, N]` product per step (`blocked.rs`); the result is
+    /// the same to rounding. With a sharded bank every shard must use the same setting.
+    pub fn with_block_rows(mut self, rows: usize) -> Self {
+        self.block_rows = rows;
+        self
+    }
+
+    /// Temperature τ.
+    pub fn temperature(&self) -> f64 {
+        self.temperature
+    }
+
+    /// The consistency term, when on.
+    pub fn consistency(&self) -> Option<ConsistencyLoss> {
+        self.consistency
+    }
+
+    /// Bank rows per block (0: all at once).
+    pub fn block_rows(&self) -> usize {
+        self.block_rows
     }
 
     /// The loss of `features` against `bank` (rows follow [`ViewLayout`], targets are each row's
@@ -93,33 +120,49 @@ impl SoftmaxObjective {
         layout: ViewLayout,
     ) -> Result<LossAndGrad<B>> {
         let columns = ShardColumns::whole(bank.num_rows());
-        let shard = (bank.rows(), &columns);
-        self.eval_shard(shard, features, targets, positives, layout, &mut WholeBank)
+        self.eval_shard(
+            (bank, &columns),
+            features,
+            targets,
+            positives,
+            layout,
+            &mut WholeBank,
+        )
     }
 
-    /// [`SoftmaxObjective::eval`] on one shard of a bank split by rows (PartialFC): `rows` are
-    /// the bank rows `columns.rows` of the whole bank, `features` and `targets` the whole
+    /// [`SoftmaxObjective::eval`] on one shard of a bank split by rows (PartialFC): `bank`
+    /// holds the bank rows `columns.rows` of the whole bank, `features` and `targets` the whole
     /// batch's (the same on every shard). The row statistics are combined with `reduce`, so
     /// every shard returns the same loss and the same `∂L/∂features` (the sum of the shards'
     /// `∂L/∂z · V_shard / τ`) as one device holding the whole bank would, to rounding.
     ///
     /// # Shapes
-    /// - `rows`: `[N_s, D]`, `N_s = columns.rows.len()`
+    /// - `bank`: `[N_s, D]`, `N_s = columns.rows.len()`
     /// - `features`: `[M, D]`, `targets`: `[M]` (indices of the whole bank); groups `[N]`
     ///
     /// # Errors
     /// As [`SoftmaxObjective::eval`], and `reduce`'s errors.
     pub fn eval_shard<B: Backend, R: ShardReduce<B>>(
         &self,
-        (rows, columns): (Tensor<B, 2>, &ShardColumns),
+        (bank, columns): (&MemoryBank<B>, &ShardColumns),
         features: Tensor<B, 2>,
         targets: Tensor<B, 1, Int>,
         positives: &Positives<B>,
         layout: ViewLayout,
         reduce: &mut R,
     ) -> std::result::Result<LossAndGrad<B>, R::Error> {
+        if self.block_rows > 0 {
+            let blocked = BlockedEval {
+                objective: self,
+                bank,
+                columns,
+                block: self.block_rows,
+            };
+            return blocked.eval(features, targets, positives, layout, reduce);
+        }
         let tau = self.temperature;
-        check_shard(&rows, &features, columns)?;
+        check_shard([bank.num_rows(), bank.dim()], &features, columns)?;
+        let rows = bank.rows();
         let logits = (features / tau).matmul(rows.clone().transpose());
         let m = logits.dims()[0];
         check_layout(logits.dims(), layout)?;
@@ -192,13 +235,13 @@ impl SoftmaxObjective {
     }
 }
 
-/// Fails unless `rows` are `columns`' rows and `features` have their dimension.
-fn check_shard<B: Backend>(
-    rows: &Tensor<B, 2>,
+/// Fails unless bank rows of shape `[n, d]` are `columns`' rows and `features` have their
+/// dimension.
+pub(crate) fn check_shard<B: Backend>(
+    [n, d]: [usize; 2],
     features: &Tensor<B, 2>,
     columns: &ShardColumns,
 ) -> Result<()> {
-    let [n, d] = rows.dims();
     if n != columns.rows.len() || columns.rows.end > columns.total {
         return Err(Error::Shape {
             what: "bank rows",

@@ -20,6 +20,7 @@
 //!
 //! Invariant: this crate knows nothing of data or models; it sees similarities, indices and groups.
 
+mod blocked;
 mod closed_form;
 mod consistency;
 mod error;

@@ -247,6 +247,11 @@ pub struct MethodConfig {
     pub bank_precision: bank_core::Precision,
     /// How data-parallel replicas hold the bank (with one device the choice changes nothing).
     pub bank_sharding: BankSharding,
+    /// Bank rows per block of the softmax step's similarities (0: all at once). A device then
+    /// holds `[B·K, bank_block_rows]` similarities at a time instead of `[B·K, N]` (sharded:
+    /// `N/W`), 4 bytes each, for one (two with consistency) more `[B·K, D] × [D, N]` product
+    /// per step. The loss is the same to rounding.
+    pub bank_block_rows: usize,
 }
 
 /// How the replicas of data-parallel training hold the bank.
@@ -400,6 +405,7 @@ impl Default for MethodConfig {
             consistency: 0.0,
             bank_precision: bank_core::Precision::F32,
             bank_sharding: BankSharding::Replicated,
+            bank_block_rows: 0,
         }
     }
 }
@@ -569,6 +575,14 @@ impl TrainConfig {
                 "\"sharded\"".into(),
                 "NCE draws its noise rows from the whole bank: it needs method.bank_sharding = \
                  \"replicated\" (or method.loss = \"softmax\")",
+            );
+        }
+        if self.method.loss == LossKind::Nce && self.method.bank_block_rows > 0 {
+            return bad(
+                "method.bank_block_rows",
+                self.method.bank_block_rows.to_string(),
+                "blocks split the full softmax's similarities; NCE never forms them: set it to \
+                 0 (or method.loss = \"softmax\")",
             );
         }
         if self.method.loss == LossKind::Nce && self.method.nce_noise == 0 {

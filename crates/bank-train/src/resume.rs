@@ -17,6 +17,7 @@ pub const CHANGEABLE_ON_RESUME: &[&str] = &[
     "train.threads",
     "train.devices",
     "method.bank_sharding",
+    "method.bank_block_rows",
     "optim.lr",
     "eval.every_epochs",
     "eval.k",

@@ -102,6 +102,8 @@ pub struct TrainState<B: AutodiffBackend> {
     pub nce: Option<NceLoss<B>>,
     /// The consistency term, when λ > 0.
     pub consistency: Option<ConsistencyLoss>,
+    /// Bank rows per block of the softmax's similarities (`method.bank_block_rows`; 0: all).
+    pub block_rows: usize,
     /// Epochs completed.
     pub epochs_done: usize,
     /// Optimiser steps taken.
@@ -149,6 +151,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             groups,
             nce,
             consistency,
+            block_rows: method.bank_block_rows,
             epochs_done: 0,
             step: 0,
             progress: EpochProgress::default(),
@@ -205,6 +208,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             groups,
             nce,
             consistency: self.consistency,
+            block_rows: self.block_rows,
             epochs_done: state.epochs_done,
             step: state.step,
             progress: state.progress,

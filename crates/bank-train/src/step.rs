@@ -45,7 +45,9 @@ pub(crate) fn softmax_grads<B: AutodiffBackend>(
     tau: f64,
     share: f64,
 ) -> Result<LossGrads<B>> {
-    let objective = SoftmaxObjective::new(tau)?.with_consistency(target.consistency);
+    let objective = SoftmaxObjective::new(tau)?
+        .with_consistency(target.consistency)
+        .with_block_rows(target.block_rows);
     let positives = match target.groups {
         Some(g) => Positives::Groups(g.clone().inner()),
         None => Positives::Own,
@@ -90,6 +92,8 @@ pub(crate) struct SoftmaxTarget<'a, B: AutodiffBackend> {
     pub groups: Option<&'a Tensor<B, 1, Int>>,
     /// λ·consistency, when on.
     pub consistency: Option<ConsistencyLoss>,
+    /// Bank rows per block of the similarities (0: all at once).
+    pub block_rows: usize,
 }
 
 impl<'a, B: AutodiffBackend> SoftmaxTarget<'a, B> {
@@ -99,6 +103,7 @@ impl<'a, B: AutodiffBackend> SoftmaxTarget<'a, B> {
             bank: &state.bank,
             groups: state.groups.as_ref(),
             consistency: state.consistency,
+            block_rows: state.block_rows,
         }
     }
 }

@@ -89,8 +89,10 @@ fn closed_form_matches_reference_and_finite_differences<B: Backend>(device: &B::
     let groups: Vec<u32> = (0..n as u32).map(|j| j / 4).collect();
     let g_i64: Vec<i64> = groups.iter().map(|&g| g as i64).collect();
     let group_ids = || Positives::Groups(indices::<B>(&g_i64, device));
-    for tau in [0.1, 0.05] {
-        let plain = SoftmaxObjective::new(tau).unwrap();
+    // Block 0 evaluates all rows at once; 5 leaves a short last block; 1 makes every block miss
+    // most rows' groups (only masked logits in a block).
+    for (tau, block) in [(0.1, 0), (0.05, 0), (0.1, 5), (0.05, 1)] {
+        let plain = SoftmaxObjective::new(tau).unwrap().with_block_rows(block);
         let with_c = plain.with_consistency(Some(ConsistencyLoss::new(0.5).unwrap()));
         let shape = (n, d, tau);
         check::<B>(
@@ -144,22 +146,25 @@ fn closed_form_matches_reference_and_finite_differences<B: Backend>(device: &B::
     let layout = ViewLayout::new(2, 3);
     let samples = [9usize, 2];
     let targets = layout.expand(&samples);
-    let with_c = SoftmaxObjective::new(0.1)
-        .unwrap()
-        .with_consistency(Some(ConsistencyLoss::new(1.5).unwrap()));
-    check::<B>(
-        "instance + consistency, K = 3",
-        with_c,
-        Positives::Own,
-        layout,
-        (n, d, 0.1),
-        &samples,
-        |s| {
-            crate::reference::instance(s, n, 0.1, &targets)
-                + crate::reference::consistency(s, n, 0.1, 3, 1.5)
-        },
-        device,
-    );
+    for block in [0, 7] {
+        let with_c = SoftmaxObjective::new(0.1)
+            .unwrap()
+            .with_block_rows(block)
+            .with_consistency(Some(ConsistencyLoss::new(1.5).unwrap()));
+        check::<B>(
+            "instance + consistency, K = 3",
+            with_c,
+            Positives::Own,
+            layout,
+            (n, d, 0.1),
+            &samples,
+            |s| {
+                crate::reference::instance(s, n, 0.1, &targets)
+                    + crate::reference::consistency(s, n, 0.1, 3, 1.5)
+            },
+            device,
+        );
+    }
 }
 
 on_backends!(closed_form_matches_reference_and_finite_differences);
@@ -175,14 +180,16 @@ fn closed_form_stays_finite_at_small_temperature<B: Backend>(device: &B::Device)
     let features = bank.select(indices::<B>(&[0, 0, 5, 5, 9, 9, 1999, 1999], device));
     let targets = indices::<B>(&[0, 0, 5, 5, 9, 9, 1999, 1999], device);
     let groups: Vec<i64> = (0..n as i64).map(|j| j / 2).collect();
-    for positives in [
+    let own_and_groups = [
         Positives::Own,
         Positives::Groups(indices::<B>(&groups, device)),
-    ] {
+    ];
+    for (positives, block) in own_and_groups.iter().flat_map(|p| [(p, 0), (p, 300)]) {
         let out = SoftmaxObjective::new(0.01)
             .unwrap()
+            .with_block_rows(block)
             .with_consistency(Some(ConsistencyLoss::new(0.5).unwrap()))
-            .eval(&bank, features.clone(), targets.clone(), &positives, layout)
+            .eval(&bank, features.clone(), targets.clone(), positives, layout)
             .unwrap();
         let loss = scalar(out.loss);
         assert!(loss.is_finite() && loss >= 0.0, "loss {loss}");
@@ -197,15 +204,34 @@ fn closed_form_shape_errors_name_what_is_wrong() {
     type B = burn::backend::NdArray;
     let device = Default::default();
     let bank = MemoryBankConfig::new(10, 4).init::<B>(&device).unwrap();
-    let objective = SoftmaxObjective::new(0.1).unwrap();
     let f = Tensor::<B, 2>::zeros([4, 4], &device);
     let t = indices::<B>(&[0, 1, 2, 3], &device);
     let layout = ViewLayout::new(2, 2);
+    for block in [0, 3] {
+        let objective = SoftmaxObjective::new(0.1).unwrap().with_block_rows(block);
+        shape_errors(&objective, &bank, (f.clone(), t.clone()), layout, &device);
+    }
+    assert!(
+        SoftmaxObjective::new(0.0)
+            .unwrap_err()
+            .to_string()
+            .contains("temperature")
+    );
+}
+
+/// Wrong targets, group ids and views each give an error naming them.
+fn shape_errors<B: Backend>(
+    objective: &SoftmaxObjective,
+    bank: &bank_core::MemoryBank<B>,
+    (f, t): (Tensor<B, 2>, Tensor<B, 1, Int>),
+    layout: ViewLayout,
+    device: &B::Device,
+) {
     let err = objective
         .eval(
-            &bank,
+            bank,
             f.clone(),
-            indices::<B>(&[0, 1], &device),
+            indices::<B>(&[0, 1], device),
             &Positives::Own,
             layout,
         )
@@ -213,23 +239,17 @@ fn closed_form_shape_errors_name_what_is_wrong() {
     assert!(err.to_string().contains("targets"), "{err}");
     let err = objective
         .eval(
-            &bank,
+            bank,
             f.clone(),
             t.clone(),
-            &Positives::Groups(indices::<B>(&[0; 3], &device)),
+            &Positives::Groups(indices::<B>(&[0; 3], device)),
             layout,
         )
         .unwrap_err();
     assert!(err.to_string().contains("groups"), "{err}");
     let err = objective
         .with_consistency(Some(ConsistencyLoss::new(0.5).unwrap()))
-        .eval(&bank, f, t, &Positives::Own, ViewLayout::new(4, 1))
+        .eval(bank, f, t, &Positives::Own, ViewLayout::new(4, 1))
         .unwrap_err();
     assert!(err.to_string().contains("views"), "{err}");
-    assert!(
-        SoftmaxObjective::new(0.0)
-            .unwrap_err()
-            .to_string()
-            .contains("temperature")
-    );
 }

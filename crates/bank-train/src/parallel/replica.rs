@@ -37,6 +37,8 @@ pub struct Replica<B: AutodiffBackend> {
     pub groups: Option<Tensor<B, 1, Int>>,
     /// λ·consistency, when on.
     pub consistency: Option<ConsistencyLoss>,
+    /// Bank rows per block of the similarities (0: all at once).
+    pub block_rows: usize,
     /// NCE with its normaliser Z, when the loss is NCE.
     pub nce: Option<NceLoss<B>>,
 }
@@ -90,6 +92,7 @@ impl<B: AutodiffBackend> Replica<B> {
                 bank: &self.bank,
                 groups: self.groups.as_ref(),
                 consistency: self.consistency,
+                block_rows: self.block_rows,
             };
             let (grads, loss) =
                 softmax_grads(target, &batch, features.clone(), job.tau, job.share)?;

@@ -78,13 +78,15 @@ impl<B: AutodiffBackend> Replica<B> {
             (job.offset, job.rows, dim),
             &self.device,
         )?;
-        let objective = SoftmaxObjective::new(job.tau)?.with_consistency(self.consistency);
+        let objective = SoftmaxObjective::new(job.tau)?
+            .with_consistency(self.consistency)
+            .with_block_rows(self.block_rows);
         let positives = match &self.groups {
             Some(g) => Positives::Groups(g.clone().inner()),
             None => Positives::Own,
         };
         let out = objective.eval_shard(
-            (self.shard_rows(), &self.columns),
+            (&self.bank.inner(), &self.columns),
             gathered.clone(),
             indices.clone(),
             &positives,
@@ -109,11 +111,5 @@ impl<B: AutodiffBackend> Replica<B> {
         let first = self.columns.rows.start;
         self.bank.update_shard(indices, gathered, views, first)?;
         Ok((self, out.loss.into_scalar().elem::<f64>()))
-    }
-
-    /// The rows of its shard, `[N_r, D]`, on the inner backend: its whole bank, since every
-    /// replica of a sharded run holds its rows only.
-    fn shard_rows(&self) -> Tensor<B::InnerBackend, 2> {
-        self.bank.inner().rows()
     }
 }

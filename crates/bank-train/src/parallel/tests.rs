@@ -143,10 +143,14 @@ fn two_replicas_and_one_device(
 #[test]
 fn two_replicas_match_one_device_and_keep_identical_banks() {
     let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
-    let config = two_views_with_consistency();
+    let mut config = two_views_with_consistency();
+    // The replicas read the bank in blocks of 7 rows (7 blocks, the last short), the one device
+    // all at once.
+    config.method.bank_block_rows = 7;
     let n = 48;
     let world = 2;
     let (mut parallel, mut state, mut single) = two_replicas_and_one_device(&config, n);
+    single.block_rows = 0;
     let mut rng = StdRng::seed_from_u64(7);
     // Even and odd shards, then a batch of one sample: replica 1 gets nothing to train on.
     for (step, samples) in [6, 5, 7, 1].into_iter().enumerate() {
@@ -283,6 +287,7 @@ fn data_parallel_run(
     state.model = start.model.clone();
     state.bank = start.bank.clone();
     state.groups = start.groups.clone();
+    state.block_rows = start.block_rows;
     let devices = vec![device; world];
     let mut parallel = DataParallel::start(&mut state, &devices, sharding, &no_other_rows).unwrap();
     let n = state.bank_rows.total;
@@ -314,7 +319,8 @@ fn data_parallel_run(
 /// loss, parameters and bank to float tolerance over 4 steps (K = 2, consistency 0.5, with and
 /// without merge groups that span the shards; the last batch leaves replica 2 without
 /// samples), with every replica, replica 0 included, holding only its rows, each shard bit for
-/// bit that range of the gathered bank.
+/// bit that range of the gathered bank. The same with the shards read in blocks of 5 rows
+/// (`method.bank_block_rows`: 4 blocks a shard, the last short).
 #[test]
 fn a_sharded_bank_trains_as_the_replicated_one() {
     let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
@@ -336,8 +342,14 @@ fn a_sharded_bank_trains_as_the_replicated_one() {
         }
         let replicated = data_parallel_run((&start, &config), world, Replicated, &batches);
         let sharded = data_parallel_run((&start, &config), world, Sharded, &batches);
-        for (step, (want, got)) in replicated.iter().zip(&sharded).enumerate() {
-            let at = format!("merged {merged}, step {step}");
+        start.block_rows = 5;
+        let blocked = data_parallel_run((&start, &config), world, Sharded, &batches);
+        let runs = [("sharded", sharded), ("sharded in blocks", blocked)];
+        let steps = runs
+            .iter()
+            .flat_map(|(what, run)| replicated.iter().zip(run).map(move |s| (what, s)));
+        for (step, (what, (want, got))) in steps.enumerate() {
+            let at = format!("{what}, merged {merged}, step {}", step % batches.len());
             assert!(
                 (got.0 - want.0).abs() <= 1e-5 * want.0.abs(),
                 "{at}: loss {} against {}",

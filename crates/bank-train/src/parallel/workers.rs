@@ -141,6 +141,7 @@ impl<B: AutodiffBackend> DataParallel<B> {
                 columns: columns(rank),
                 groups: state.groups.clone().map(|g| g.to_device(device)),
                 consistency: state.consistency,
+                block_rows: state.block_rows,
                 nce: state.nce.clone().map(|n| n.to_device(device)),
             };
             workers.push(spawn(replica, config.clone(), world));
@@ -216,6 +217,7 @@ impl<B: AutodiffBackend> DataParallel<B> {
             columns: self.columns.clone(),
             groups: state.groups,
             consistency: state.consistency,
+            block_rows: state.block_rows,
             nce: state.nce,
         };
         let (replica, loss) = replica.step(&own)?;

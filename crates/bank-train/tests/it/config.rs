@@ -57,6 +57,13 @@ fn invalid_values_and_unknown_fields_are_named() {
     assert!(err(&["method.temperature=0"]).contains("method.temperature"));
     assert!(err(&["train.batch_size=0"]).contains("train.batch_size"));
     assert!(err(&["method.consistency=0.5"]).contains("train.views >= 2"));
+    let e = err(&["method.loss=\"nce\"", "method.bank_block_rows=4096"]);
+    assert!(
+        e.contains("method.bank_block_rows") && e.contains("4096"),
+        "{e}"
+    );
+    let e = err(&["method.bank_block_rows=-1"]);
+    assert!(e.contains("bank_block_rows"), "{e}");
     let e = err(&["optim.learning_rate=0.1"]);
     assert!(e.contains("learning_rate"), "{e}");
     let e = err(&["model.arch=resnet99"]);

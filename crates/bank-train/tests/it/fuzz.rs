@@ -176,6 +176,7 @@ fn overrides() -> impl Strategy<Value = Vec<String>> {
         "method.loss",
         "method.temperature",
         "method.bank_precision",
+        "method.bank_block_rows",
         "merge.enabled",
         "merge.schedule.fraction_start",
         "eval.k",
