@@ -147,6 +147,15 @@ impl HostBank {
         })
     }
 
+    /// Every row as f32, row-major `[N·D]` (a copy; f16 rows are converted).
+    pub fn rows_f32(&self) -> Vec<f32> {
+        self.rows
+            .clone()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("converted to f32")
+    }
+
     /// Whether every value is finite.
     pub fn is_finite(&self) -> bool {
         match self.rows.as_slice::<f32>() {

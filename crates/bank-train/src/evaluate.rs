@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bank_core::{HostBank, MemoryBank, MemoryBankConfig};
 use bank_data::{Dataset, EvalConfig, LoaderConfig, MultiViewLoader, Transform};
-use bank_mining::{KnnConfig, Neighbours, query_neighbours};
+use bank_mining::{KnnConfig, Neighbours, ShardNeighbours, combine_shards, query_neighbours};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
@@ -135,19 +135,19 @@ impl KnnEvaluator {
     }
 
     /// [`KnnEvaluator::against_bank`] for a bank of `rows` rows that no device holds whole (split
-    /// across data-parallel devices): `search(queries, k)` finds the queries' top-`k` rows, and
-    /// when the reference images are only some of the bank's rows, `whole()` gathers the bank
-    /// into host memory, from which those rows are taken.
+    /// across data-parallel devices, or in host memory): `search(queries, k)` finds the queries'
+    /// top-`k` rows, and when the reference images are only some of the bank's rows,
+    /// `rows_of(rows)` brings those rows into host memory.
     ///
     /// # Errors
-    /// Bank or image errors, and those of `search` and `whole`.
+    /// Bank or image errors, and those of `search` and `rows_of`.
     pub fn against_bank_with<B: Backend>(
         &self,
         model: &EmbeddingNet<B>,
-        (n, search, whole): (
+        (n, search, rows_of): (
             usize,
             impl FnOnce(Tensor<B, 2>, usize) -> Result<Neighbours>,
-            impl FnOnce() -> Result<HostBank>,
+            impl FnOnce(&[usize]) -> Result<HostBank>,
         ),
         device: &B::Device,
     ) -> Result<KnnAccuracy> {
@@ -158,8 +158,26 @@ impl KnnEvaluator {
         if is_every_row(rows, n) {
             return knn_accuracy_with(n, queries, self.votes(), search);
         }
-        let reference = whole()?.select(rows)?.to_device::<B>(device)?;
+        let reference = rows_of(rows)?.to_device::<B>(device)?;
         self.vote(&reference, queries)
+    }
+
+    /// [`KnnEvaluator::against_bank`] for a bank in host memory (`bank-train eval`), searched
+    /// `block` rows at a time on `device` (0: all at once): no more than `block` rows reach the
+    /// device together ([`search_host_bank`]).
+    ///
+    /// # Errors
+    /// As [`KnnEvaluator::against_bank_with`].
+    pub fn against_host_bank<B: Backend>(
+        &self,
+        model: &EmbeddingNet<B>,
+        bank: &HostBank,
+        block: usize,
+        device: &B::Device,
+    ) -> Result<KnnAccuracy> {
+        let search = search_host_bank::<B>(bank, block, device);
+        let rows_of = |rows: &[usize]| Ok(bank.select(rows)?);
+        self.against_bank_with(model, (bank.num_rows(), search, rows_of), device)
     }
 
     /// The bank rows standing for the reference images (`None`: the reference is not part of
@@ -237,6 +255,33 @@ impl KnnEvaluator {
     }
 }
 
+/// `search(queries, k)` over a bank in host memory: `block` rows at a time (0: all at once) go
+/// to `device`, each block is searched there, and the blocks' top lists are combined
+/// ([`bank_mining::combine_shards`]: the same neighbours as one search of the whole bank).
+///
+/// # Errors
+/// The search's errors (a `k` larger than the bank, queries of another width), and a block that
+/// cannot reach the device.
+pub fn search_host_bank<'a, B: Backend>(
+    bank: &'a HostBank,
+    block: usize,
+    device: &'a B::Device,
+) -> impl FnOnce(Tensor<B, 2>, usize) -> Result<Neighbours> + 'a {
+    move |queries, k| {
+        let n = bank.num_rows();
+        let block = if block == 0 { n } else { block };
+        let mut parts = Vec::new();
+        for first in (0..n).step_by(block) {
+            let rows = first..(first + block).min(n);
+            let config = KnnConfig::new(k.min(rows.len()));
+            let shard = bank.rows_range(rows)?.to_device::<B>(device)?;
+            let neighbours = query_neighbours(&shard, queries.clone(), &config)?;
+            parts.push(ShardNeighbours { first, neighbours });
+        }
+        Ok(combine_shards(k, &parts, None)?)
+    }
+}
+
 /// Whether `rows` are the bank's `n` rows in order (the reference set is the training set).
 fn is_every_row(rows: &[usize], n: usize) -> bool {
     rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r)
@@ -268,6 +313,47 @@ mod tests {
     use super::*;
 
     type B = burn::backend::NdArray;
+
+    /// A bank in host memory searched block by block (blocks of 7 and 1 rows, and all at once)
+    /// gives the neighbours of one search of the whole bank on the device; with duplicated rows,
+    /// ties go to the lower index across block borders too.
+    #[test]
+    fn a_host_bank_searched_in_blocks_finds_the_whole_banks_neighbours() {
+        let device = Default::default();
+        let bank = MemoryBankConfig::new(40, 16)
+            .with_seed(5)
+            .init::<B>(&device)
+            .unwrap();
+        // Rows 6 and 7 (one block border for blocks of 7) and 20 equal to row 3.
+        let dup = |r: usize| bank.rows().slice([3..4, 0..16]).expand([r, 16]);
+        let rows = Tensor::cat(
+            vec![
+                bank.rows().slice([0..6, 0..16]),
+                dup(2),
+                bank.rows().slice([8..20, 0..16]),
+                dup(1),
+                bank.rows().slice([21..40, 0..16]),
+            ],
+            0,
+        );
+        let mut bank = bank;
+        bank.set_rows(rows).unwrap();
+        let queries = bank.rows().slice([0..9, 0..16]) * 0.9
+            + MemoryBankConfig::new(9, 16)
+                .with_seed(6)
+                .init::<B>(&device)
+                .unwrap()
+                .rows()
+                * 0.1;
+        let host = bank.to_host();
+        for k in [1, 5, 40] {
+            let want = query_neighbours(&bank, queries.clone(), &KnnConfig::new(k)).unwrap();
+            for block in [0, 7, 1] {
+                let got = search_host_bank::<B>(&host, block, &device)(queries.clone(), k).unwrap();
+                assert_eq!(got.indices, want.indices, "k {k}, blocks of {block} rows");
+            }
+        }
+    }
 
     #[test]
     fn zero_embeddings_are_collapsed_unit_ones_are_not() {

@@ -415,7 +415,7 @@ fn eval(
     })?;
     let device = Default::default();
     let model = bank_train::state::model_config(&config).init::<Train>(&device);
-    let (model, _, bank, _) = checkpoint::load(
+    let (model, _, bank, _) = checkpoint::load_host(
         &ckpt,
         model,
         bank_train::optimizer::<Train>(&config),
@@ -428,7 +428,6 @@ fn eval(
         &data,
     )?;
     let model = burn::module::AutodiffModule::valid(&model);
-    let bank = bank.inner();
     println!("checkpoint {}", ckpt.display());
     let inputs = runner::Inputs::<Train> {
         model: &model,

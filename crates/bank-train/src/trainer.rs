@@ -351,8 +351,8 @@ fn knn_against_bank<B: AutodiffBackend>(
             let search = |queries: Tensor<B::InnerBackend, 2>, k| {
                 p.query_neighbours(state, queries.into_data(), k)
             };
-            let whole = || p.gather_bank(state);
-            evaluator.against_bank_with(&model, (state.bank_rows.total, search, whole), device)
+            let rows_of = |rows: &[usize]| Ok(p.gather_bank(state)?.select(rows)?);
+            evaluator.against_bank_with(&model, (state.bank_rows.total, search, rows_of), device)
         }
         None => evaluator.against_bank(&model, &state.bank.inner(), device),
     }

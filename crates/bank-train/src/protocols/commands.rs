@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use bank_core::{Attachment, MemoryBank};
+use bank_core::{Attachment, HostBank};
 use bank_data::Dataset;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::export::{self, Array, Export, Named};
-use super::features::{compute_features, host};
+use super::features::compute_features;
 use crate::config::TrainConfig;
 use crate::data_source::TrainData;
 use crate::model::EmbeddingNet;
@@ -34,8 +34,8 @@ pub struct LoadedRun<B: AutodiffBackend> {
     pub checkpoint: PathBuf,
     /// The network, inference copy.
     pub model: EmbeddingNet<B::InnerBackend>,
-    /// The bank.
-    pub bank: MemoryBank<B::InnerBackend>,
+    /// The bank, in host memory (no device holds it whole).
+    pub bank: HostBank,
     /// The bank's attachments (merge groups and rounds).
     pub attachments: Vec<Attachment>,
 }
@@ -57,12 +57,12 @@ pub fn load_run<B: AutodiffBackend>(
     };
     let model = crate::state::model_config(&config).init::<B>(device);
     let (model, _, bank, attachments) =
-        checkpoint::load(&ckpt, model, crate::optimizer::<B>(&config), device)?;
+        checkpoint::load_host(&ckpt, model, crate::optimizer::<B>(&config), device)?;
     Ok(LoadedRun {
         config,
         checkpoint: ckpt,
         model: model.valid(),
-        bank: bank.inner(),
+        bank,
         attachments,
     })
 }
@@ -110,15 +110,18 @@ pub fn export_run<B: AutodiffBackend>(
     let n = dataset.len();
     let mut arrays = Vec::new();
     if split == Split::Bank {
-        let rows = run.bank.rows();
-        let [rows_n, d] = rows.dims();
+        let (rows_n, d) = (run.bank.num_rows(), run.bank.dim());
         if rows_n != n {
             return Err(Error::checkpoint(
                 &run.checkpoint,
                 format!("the bank has {rows_n} rows but the training set {n} images"),
             ));
         }
-        arrays.push(named("embedding", vec![n, d], Array::F32(host(rows))));
+        arrays.push(named(
+            "embedding",
+            vec![n, d],
+            Array::F32(run.bank.rows_f32()),
+        ));
         if let Some(groups) = run.attachments.iter().find(|a| a.name == "groups") {
             let g = groups.values.iter().map(|&v| i64::from(v)).collect();
             arrays.push(named("merge_groups", vec![n], Array::I64(g)));

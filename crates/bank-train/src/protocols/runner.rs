@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use bank_core::{MemoryBank, MemoryBankConfig};
+use bank_core::{HostBank, MemoryBankConfig};
 use bank_mining::{KnnConfig, query_neighbours};
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
@@ -60,8 +60,9 @@ pub struct ProtocolReport {
 pub struct Inputs<'a, B: AutodiffBackend> {
     /// The trained network (inference copy).
     pub model: &'a EmbeddingNet<B::InnerBackend>,
-    /// The bank, for kNN against it.
-    pub bank: Option<&'a MemoryBank<B::InnerBackend>>,
+    /// The bank in host memory, for kNN against it: searched `method.bank_block_rows` rows at a
+    /// time on the device (0: all at once).
+    pub bank: Option<&'a HostBank>,
     /// Reference (training split) and query (test split) sets.
     pub eval: &'a EvalData,
     /// The view settings.
@@ -108,7 +109,9 @@ pub fn run<B: AutodiffBackend>(
     if want(Protocol::Knn) {
         let evaluator = KnnEvaluator::new(inputs.eval, inputs.view, config)?;
         if let (Some(bank), true) = (inputs.bank, evaluator.has_bank_rows()) {
-            report.knn_bank = Some(evaluator.against_bank(inputs.model, bank, device)?);
+            let block = config.method.bank_block_rows;
+            let knn = evaluator.against_host_bank(inputs.model, bank, block, device)?;
+            report.knn_bank = Some(knn);
         }
         report.knn_recomputed = Some(knn_recomputed::<B>(
             &reference, &queries, classes, config, device,

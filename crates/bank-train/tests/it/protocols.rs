@@ -548,8 +548,10 @@ mod in_a_run {
         export_run(&run, &data, Split::Bank, &root.path().join("bank"), &device).unwrap();
         let bytes = std::fs::read(root.path().join("bank.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let rows: Vec<f32> = run
-            .bank
+        // The checkpoint's bank file read on the device, not the host copy the export wrote from.
+        let bank_file = run.checkpoint.join("bank.safetensors");
+        let rows: Vec<f32> = bank_core::MemoryBank::<FastTrain>::load(&bank_file, &device)
+            .unwrap()
             .rows()
             .into_data()
             .convert::<f32>()
