@@ -127,6 +127,7 @@ impl<B: Backend> BlockedEval<'_, B> {
         let m = features.dims()[0];
         check_layout([m, self.columns.total], layout)?;
         check_len("targets", targets.dims(), m)?;
+        self.check_inputs(layout)?;
         let mask = self.group_mask(targets.clone(), positives)?;
         let scaled = features / tau;
         let norm = self.normalisers(&scaled, mask.as_ref(), reduce)?;
@@ -155,6 +156,27 @@ impl<B: Backend> BlockedEval<'_, B> {
             loss,
             features_grad: reduce.sum(grad)? / tau,
         })
+    }
+
+    /// What the passes assume, checked before any of them (and before any combination across
+    /// shards, so that a refusal cannot leave the other shards waiting): rows to read, and at
+    /// least 2 views with consistency on.
+    fn check_inputs(&self, layout: ViewLayout) -> crate::Result<()> {
+        if self.columns.rows.is_empty() {
+            return Err(Error::Shape {
+                what: "bank rows",
+                expected: "at least one row".into(),
+                actual: vec![0, self.bank.dim()],
+            });
+        }
+        if self.objective.consistency().is_some() && layout.views < 2 {
+            return Err(Error::InvalidValue {
+                field: "views",
+                value: layout.views.to_string(),
+                reason: "consistency needs at least 2 views per sample",
+            });
+        }
+        Ok(())
     }
 
     /// The blocks' row ranges, local to this device's rows.
@@ -260,14 +282,6 @@ impl<B: Backend> BlockedEval<'_, B> {
         reduce: &mut R,
     ) -> Result<Tensor<B, 3>, R::Error> {
         let (b, k) = (layout.samples, layout.views);
-        if k < 2 {
-            return Err(Error::InvalidValue {
-                field: "views",
-                value: k.to_string(),
-                reason: "consistency needs at least 2 views per sample",
-            }
-            .into());
-        }
         let mut s: Option<Tensor<B, 3>> = None;
         for rows in self.blocks() {
             let (z, _) = self.logits(scaled, rows)?;
@@ -278,7 +292,7 @@ impl<B: Backend> BlockedEval<'_, B> {
                 None => part,
             });
         }
-        reduce.sum(s.expect("a shard holds at least one row"))
+        reduce.sum(s.expect("check_inputs: at least one row"))
     }
 
     /// Pass 3: `Σ_blocks ∂L/∂z_b · V_b`, `[M, D]`, without the one-hot targets' part.

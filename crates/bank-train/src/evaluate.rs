@@ -164,7 +164,8 @@ impl KnnEvaluator {
 
     /// [`KnnEvaluator::against_bank`] for a bank in host memory (`bank-train eval`), searched
     /// `block` rows at a time on `device` (0: all at once): no more than `block` rows reach the
-    /// device together ([`search_host_bank`]).
+    /// device together ([`search_host_bank`]), except when the reference images are only some
+    /// of the bank's rows: those rows then go to the device together.
     ///
     /// # Errors
     /// As [`KnnEvaluator::against_bank_with`].
@@ -269,7 +270,7 @@ pub fn search_host_bank<'a, B: Backend>(
 ) -> impl FnOnce(Tensor<B, 2>, usize) -> Result<Neighbours> + 'a {
     move |queries, k| {
         let n = bank.num_rows();
-        let block = if block == 0 { n } else { block };
+        let block = if block == 0 { n.max(1) } else { block };
         let mut parts = Vec::new();
         for first in (0..n).step_by(block) {
             let rows = first..(first + block).min(n);

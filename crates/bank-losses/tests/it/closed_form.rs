@@ -184,16 +184,30 @@ fn closed_form_stays_finite_at_small_temperature<B: Backend>(device: &B::Device)
         Positives::Own,
         Positives::Groups(indices::<B>(&groups, device)),
     ];
-    for (positives, block) in own_and_groups.iter().flat_map(|p| [(p, 0), (p, 300)]) {
-        let out = SoftmaxObjective::new(0.01)
-            .unwrap()
-            .with_block_rows(block)
-            .with_consistency(Some(ConsistencyLoss::new(0.5).unwrap()))
-            .eval(&bank, features.clone(), targets.clone(), positives, layout)
-            .unwrap();
-        let loss = scalar(out.loss);
+    for positives in &own_and_groups {
+        // All rows at once, then in blocks of 300 (the last one short): the same, and finite.
+        let [(loss, grad), (blocked_loss, blocked_grad)] = [0, 300].map(|block| {
+            let out = SoftmaxObjective::new(0.01)
+                .unwrap()
+                .with_block_rows(block)
+                .with_consistency(Some(ConsistencyLoss::new(0.5).unwrap()))
+                .eval(&bank, features.clone(), targets.clone(), positives, layout)
+                .unwrap();
+            (scalar(out.loss), values(out.features_grad))
+        });
         assert!(loss.is_finite() && loss >= 0.0, "loss {loss}");
-        assert!(values(out.features_grad).iter().all(|g| g.is_finite()));
+        assert!(grad.iter().all(|g| g.is_finite()));
+        assert!(
+            (blocked_loss - loss).abs() <= 1e-4 * (1.0 + loss.abs()),
+            "blocks: loss {blocked_loss} against {loss}"
+        );
+        let scale = grad.iter().fold(1e-3f32, |a, g| a.max(g.abs()));
+        for (i, (b, g)) in blocked_grad.iter().zip(&grad).enumerate() {
+            assert!(
+                (b - g).abs() <= 1e-4 * scale,
+                "blocks: ∂L/∂f[{i}] {b} against {g}"
+            );
+        }
     }
 }
 
