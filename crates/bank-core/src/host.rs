@@ -161,12 +161,7 @@ impl HostBank {
         match self.rows.as_slice::<f32>() {
             Ok(v) => v.iter().all(|x| x.is_finite()),
             // f16 rows: converted to f32 first (a copy).
-            Err(_) => self
-                .rows
-                .clone()
-                .convert::<f32>()
-                .as_slice::<f32>()
-                .is_ok_and(|v| v.iter().all(|x| x.is_finite())),
+            Err(_) => self.rows_f32().iter().all(|x| x.is_finite()),
         }
     }
 

@@ -96,11 +96,6 @@ impl SoftmaxObjective {
         self.consistency
     }
 
-    /// Bank rows per block (0: all at once).
-    pub fn block_rows(&self) -> usize {
-        self.block_rows
-    }
-
     /// The loss of `features` against `bank` (rows follow [`ViewLayout`], targets are each row's
     /// bank index) and its gradient with respect to `features`.
     ///
