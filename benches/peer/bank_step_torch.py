@@ -6,12 +6,13 @@
         bank.npy ([N, D] float32 unit rows), features.npy ([B·K, D] float32 unit rows, the K views
         of a sample in consecutive rows) and indices.npy ([B] int64, distinct bank rows), seeded;
     python bank_step_torch.py step DIR [--views 2] [--tau 0.1] [--momentum 0.5] [--threads 2]
-                                   [--steps 10] [--warmup 2] [--check MEMBANK_OUT]
+                                   [--steps 10] [--warmup 2] [--check MEMBANK_OUT] [--device cuda]
         the step as a PyTorch user writes it: logits = f @ bankᵀ / τ, cross_entropy against each
         row's bank index, backward to f (a leaf), then the bank update once per sample
         (bank[i] = normalise(m·bank[i] + (1−m)·mean of its K views), index_copy_); and a bare
         f @ bankᵀ. The step runs warmup + steps times on the bank it keeps updating, as training
-        does; prints the median milliseconds of each. With --check, the first step's loss, ∂L/∂f
+        does; prints the median milliseconds of each (on a GPU, each timing ends with
+        torch.cuda.synchronize()). With --check, the first step's loss, ∂L/∂f
         and updated rows (from the initial bank) are compared with those membank wrote
         (`bank_step --out`): the largest differences, relative to the largest value of each.
 
@@ -45,6 +46,7 @@ def parse():
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--check", default=None)
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     return p.parse_args()
 
 
@@ -83,9 +85,11 @@ def run(a):
 
     torch.set_num_threads(a.threads)
     bank_np, feats_np, idx_np = load(a)
-    bank = torch.from_numpy(bank_np).clone()
-    feats = torch.from_numpy(feats_np)
-    idx = torch.from_numpy(idx_np)
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {a.device}: this torch sees no CUDA device")
+    bank = torch.from_numpy(bank_np).clone().to(a.device)
+    feats = torch.from_numpy(feats_np).to(a.device)
+    idx = torch.from_numpy(idx_np).to(a.device)
     targets = idx.repeat_interleave(a.views)
     b, d = idx.numel(), bank.shape[1]
 
@@ -102,25 +106,31 @@ def run(a):
     loss, grad = step()
     first_rows = bank[idx].clone()
 
+    def sync():
+        if bank.is_cuda:
+            torch.cuda.synchronize(bank.device)
+
     def timed(fn):
         ms = []
         for i in range(a.warmup + a.steps):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             if i >= a.warmup:
                 ms.append((time.perf_counter() - start) * 1e3)
         return statistics.median(ms)
 
     step_ms = timed(step)
     matmul_ms = timed(lambda: feats @ bank.t())
-    rec = {"tool": "pytorch", "torch": torch.__version__, "threads": a.threads, "rows": bank.shape[0], "dim": d,
+    rec = {"tool": "pytorch", "torch": torch.__version__, "device": a.device, "threads": a.threads, "rows": bank.shape[0], "dim": d,
            "batch_rows": feats.shape[0], "views": a.views, "loss": loss, "step_ms": step_ms, "matmul_ms": matmul_ms}
     if a.check:
         theirs_grad = np.load(os.path.join(a.check, "grad.npy"))
         theirs_rows = np.load(os.path.join(a.check, "rows.npy"))
         with open(os.path.join(a.check, "loss.json")) as fh:
             theirs_loss = json.load(fh)["loss"]
-        for name, ours, theirs in (("grad", grad.numpy(), theirs_grad), ("rows", first_rows.numpy(), theirs_rows)):
+        for name, ours, theirs in (("grad", grad.cpu().numpy(), theirs_grad), ("rows", first_rows.cpu().numpy(), theirs_rows)):
             if theirs.shape != ours.shape:
                 raise SystemExit(f"{a.check}: {name}.npy has shape {theirs.shape}, expected {ours.shape}")
             rec[f"{name}_rel_diff"] = float(np.abs(ours - theirs).max() / np.abs(ours).max())

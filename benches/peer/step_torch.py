@@ -13,10 +13,13 @@ The same step as membank's `bank_train::step::train_step` with its default metho
   - one host read per step: the loss (`loss.item()`), as membank reads its loss.
 
 Input: pre-generated synthetic batches (4, cycled): images N(0, 1) [B*K, 3, 32, 32] in membank's
-view layout (row s*K + k is view k of sample s), B distinct random bank indices each. No
-augmentation on the step thread. Warm-up steps are excluded from the timing. Prints one JSON line.
+view layout (row s*K + k is view k of sample s), B distinct random bank indices each, already on
+the device. No augmentation on the step thread. Warm-up steps are excluded from the timing.
+`--device cuda` runs on the GPU with PyTorch's defaults (cuDNN's convolutions, which may use TF32;
+no `cudnn.benchmark`); `loss.item()` waits for the device, as membank's loss read does. Prints one
+JSON line.
 
-    python step_torch.py --arch resnet18 --views 2 --batch 128 --bank 5000 --steps 20
+    python step_torch.py --arch resnet18 --views 2 --batch 128 --bank 5000 --steps 20 [--device cuda]
 """
 import argparse
 import json
@@ -43,12 +46,15 @@ def parse():
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a = p.parse_args()
     for name in ("views", "batch", "bank", "steps", "threads"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1, not {getattr(a, name)}")
     if a.batch > a.bank:
         p.error(f"--batch {a.batch} exceeds --bank {a.bank}: a batch holds distinct samples")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {a.device}: this torch sees no CUDA device")
     return a
 
 
@@ -82,12 +88,12 @@ def model_of(arch, dim):
 
 
 def batches(a, gen, count=4):
-    """`count` synthetic batches: (images [B*K, 3, 32, 32], indices [B])."""
+    """`count` synthetic batches on `a.device`: (images [B*K, 3, 32, 32], indices [B])."""
     out = []
     for _ in range(count):
         idx = torch.randperm(a.bank, generator=gen)[: a.batch]
         x = torch.randn(a.batch * a.views, 3, 32, 32, generator=gen)
-        out.append((x, idx))
+        out.append((x.to(a.device), idx.to(a.device)))
     return out
 
 
@@ -108,10 +114,10 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
-    model = model_of(a.arch, 128)
+    model = model_of(a.arch, 128).to(a.device)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, dampening=0.0, weight_decay=5e-4)
-    bank = F.normalize(torch.randn(a.bank, 128, generator=gen), dim=1)
+    bank = F.normalize(torch.randn(a.bank, 128, generator=gen), dim=1).to(a.device)
     data = batches(a, gen)
     first_loss = None
     for i in range(a.warmup):
@@ -124,7 +130,8 @@ def main():
     seconds = time.perf_counter() - start
     views = a.steps * a.batch * a.views
     print(json.dumps({
-        "tool": "pytorch", "torch": torch.__version__, "threads": a.threads, "arch": a.arch,
+        "tool": "pytorch", "torch": torch.__version__, "device": a.device, "threads": a.threads,
+        "arch": a.arch,
         "views": a.views, "batch": a.batch, "bank": a.bank, "steps": a.steps, "warmup": a.warmup,
         "ln_bank": math.log(a.bank), "first_loss": first_loss, "last_loss": loss,
         "seconds": seconds, "views_per_s": views / seconds,

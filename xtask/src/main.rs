@@ -114,6 +114,10 @@ enum Task {
         /// Skip the LibTorch run even when the Python environment exists.
         #[arg(long)]
         no_tch: bool,
+        /// Also run the tensor crates' tests on CUDA (device 0): needs an NVIDIA GPU with its
+        /// driver, and the CUDA toolkit's NVRTC and headers (CUDA_PATH, else /usr/local/cuda).
+        #[arg(long)]
+        cuda: bool,
     },
     /// SIGKILL `bank-train` at random moments and inside checkpoint writes, resume it each time,
     /// and compare its metrics and final bank with an uninterrupted run (the suite's kill test,
@@ -313,13 +317,20 @@ fn main() -> Result<()> {
             .args(args);
             run(cmd)
         }
-        Task::Test { cpu_only, no_tch } => {
+        Task::Test {
+            cpu_only,
+            no_tch,
+            cuda,
+        } => {
             run(cargo(&["test", "--workspace"]))?;
             if cpu_only {
                 eprintln!("xtask: skipping the wgpu tests (--cpu-only)");
             } else {
                 ensure_vulkan_driver()?;
                 run(tensor_crate_tests(Backend::Wgpu))?;
+            }
+            if cuda {
+                run(tensor_crate_tests(Backend::Cuda))?;
             }
             if no_tch {
                 eprintln!("xtask: skipping the LibTorch (tch) tests (--no-tch)");

@@ -8,6 +8,7 @@ use burn::tensor::{Element, FloatDType, IndexingUpdateOp};
 
 use crate::{
     Error, Precision, Result, SimilarityChunks, ViewLayout, l2_normalize, shard_positions,
+    tf32::tf32_exact_matmul,
 };
 
 /// N unit rows of dimension D on a device, one per training image.
@@ -255,11 +256,12 @@ impl<B: Backend> MemoryBank<B> {
 
         // same[r, s] = 1 when rows r and s carry the same index; each row then sees the mean of
         // every feature of its sample, and writes 1/count of the change, so the row moves once.
+        // The product is split so that a matmul that rounds to TF32 (CUDA's) keeps f32 accuracy.
         let column = indices.clone().unsqueeze_dim::<2>(1).expand([rows, rows]);
         let line = indices.unsqueeze_dim::<2>(0).expand([rows, rows]);
         let same = column.equal(line).float();
         let count = same.clone().sum_dim(1); // [R, 1]
-        let mean = same.matmul(features) / count.clone();
+        let mean = tf32_exact_matmul(same, features) / count.clone();
 
         let old = self.select(rows_at);
         let m = self.momentum;

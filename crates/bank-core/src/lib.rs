@@ -24,6 +24,7 @@ mod norm;
 mod persist;
 mod precision;
 mod shard;
+mod tf32;
 
 pub use bank::MemoryBank;
 pub use chunks::SimilarityChunks;

@@ -5,18 +5,19 @@ use burn::prelude::*;
 
 /// Instantiates a generic test `fn name<B: Backend>(device: &B::Device)` once per backend:
 /// ndarray and flex, or wgpu alone with `--features wgpu`, or LibTorch (CPU device) alone with
-/// `--features tch` (the CPU run already covers the CPU backends, and each instantiation costs
-/// minutes of compile time).
+/// `--features tch`, or CUDA (device 0) alone with `--features cuda` (the CPU run already covers
+/// the CPU backends, and each instantiation costs minutes of compile time). CUDA needs a GPU and
+/// its driver, so nothing runs it unless asked: `cargo xtask test --cuda`.
 macro_rules! on_backends {
     ($($test:ident),* $(,)?) => {
         $(
             mod $test {
-                #[cfg(not(any(feature = "wgpu", feature = "tch")))]
+                #[cfg(not(any(feature = "wgpu", feature = "tch", feature = "cuda")))]
                 #[test]
                 fn ndarray() {
                     super::$test::<burn::backend::NdArray>(&Default::default());
                 }
-                #[cfg(not(any(feature = "wgpu", feature = "tch")))]
+                #[cfg(not(any(feature = "wgpu", feature = "tch", feature = "cuda")))]
                 #[test]
                 fn flex() {
                     super::$test::<burn::backend::Flex>(&Default::default());
@@ -31,13 +32,19 @@ macro_rules! on_backends {
                 fn tch() {
                     super::$test::<burn::backend::LibTorch>(&Default::default());
                 }
+                #[cfg(feature = "cuda")]
+                #[test]
+                fn cuda() {
+                    super::$test::<burn::backend::Cuda>(&Default::default());
+                }
             }
         )*
     };
 }
 
 /// Like [`on_backends!`] for `fn name<B: AutodiffBackend>(device: &B::Device)`: ndarray and flex,
-/// or wgpu alone with `--features wgpu`, or LibTorch alone with `--features tch`.
+/// or wgpu alone with `--features wgpu`, or LibTorch alone with `--features tch`, or CUDA alone
+/// with `--features cuda`.
 ///
 /// Not `NdArray<f64>`: burn keeps the default float dtype per device, and ndarray's f32 and f64
 /// backends share one device, so mixing them in one test binary makes f32 tensors come out f64.
@@ -45,12 +52,12 @@ macro_rules! on_autodiff_backends {
     ($($test:ident),* $(,)?) => {
         $(
             mod $test {
-                #[cfg(not(any(feature = "wgpu", feature = "tch")))]
+                #[cfg(not(any(feature = "wgpu", feature = "tch", feature = "cuda")))]
                 #[test]
                 fn ndarray() {
                     super::$test::<burn::backend::Autodiff<burn::backend::NdArray>>(&Default::default());
                 }
-                #[cfg(not(any(feature = "wgpu", feature = "tch")))]
+                #[cfg(not(any(feature = "wgpu", feature = "tch", feature = "cuda")))]
                 #[test]
                 fn flex() {
                     super::$test::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default());
@@ -64,6 +71,11 @@ macro_rules! on_autodiff_backends {
                 #[test]
                 fn tch() {
                     super::$test::<burn::backend::Autodiff<burn::backend::LibTorch>>(&Default::default());
+                }
+                #[cfg(feature = "cuda")]
+                #[test]
+                fn cuda() {
+                    super::$test::<burn::backend::Autodiff<burn::backend::Cuda>>(&Default::default());
                 }
             }
         )*
@@ -97,6 +109,18 @@ pub fn normalize_rows(m: &mut [f64], cols: usize) {
 }
 
 /// Largest absolute difference.
+/// The largest relative error one matmul input may carry on `B`: f32's 2⁻²⁴, or TF32's 2⁻¹⁰
+/// on CUDA, whose tensor-core matmuls read f32 operands as TF32 (burn-cuda 0.21, cubek-matmul's
+/// `adjust_dtypes`; truncation, the worse of the hardware's two behaviours). A product of two
+/// such inputs is then off by up to `2 · roundoff` of `|a·b|`.
+pub fn matmul_input_roundoff<B: Backend>(device: &B::Device) -> f64 {
+    if B::name(device).to_lowercase().contains("cuda") {
+        2f64.powi(-10)
+    } else {
+        2f64.powi(-24)
+    }
+}
+
 pub fn max_diff(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()
