@@ -4,10 +4,12 @@
 # method, kNN against the bank after every epoch).
 #
 #   bash scripts/gpu_recipe.sh [--data DIR] [--runs DIR] [--minutes 10] [--bin DIR]
-#                              [--parts step,bank,recipe] [--config FILE]
+#                              [--parts profile,recipe,step,bank] [--config FILE]
 #
-# Parts (all by default; the recipe runs first, as it is the longest), each bounded so that the
-# whole ends within --minutes:
+# Parts (all by default, in this order), each bounded so that the whole ends within --minutes:
+#   profile one ResNet-18 step run (B = 128, K = 1, 2 + 3 steps, each step's time as it ends)
+#           under CUBECL_DEBUG_LOG: cubecl's compilations, autotuning and kernel timings go to
+#           cubecl.log (gzipped), to see where a step's time goes;
 #   recipe  configs/cifar10_resnet18_short.toml as `bank-train ablation --variants vanilla` and
 #           `--variants full`, both at once on the one GPU, until the time kept for the other
 #           parts; then the ablation report (ablation.md, ablation.png);
@@ -26,7 +28,8 @@
 # another); without one, the membank side still runs. CUDA is found through CUDA_PATH, else
 # /usr/local/cuda, else the directory above `nvcc`; NVRTC (which compiles membank's kernels at
 # run time) must be in it or in torch's nvidia packages.
-# Everything goes to --runs (default runs/gpu): gpu.log, step.jsonl, bank.jsonl and the runs.
+# Everything goes to --runs (default runs/gpu): gpu.log, cubecl.log.gz, step.jsonl, bank.jsonl
+# and the runs.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +37,7 @@ DATA=${MEMBANK_DATA:-$ROOT/../shared/data}
 RUNS=$ROOT/runs/gpu
 MINUTES=10
 BIN=""
-PARTS=step,bank,recipe
+PARTS=profile,recipe,step,bank
 CONFIG=$ROOT/configs/cifar10_resnet18_short.toml
 PYTHON=${MEMBANK_PYTHON:-python3}
 
@@ -121,6 +124,15 @@ else
     echo "gpu_recipe: no python3 with a CUDA torch: the PyTorch side is skipped"
 fi
 
+# --- part profile -----------------------------------------------------------------------------
+if has_part profile; then
+    echo; echo "== profile: ResNet-18, B = 128, K = 1, 2 + 3 steps under CUBECL_DEBUG_LOG"
+    rm -f "$RUNS/cubecl.log" "$RUNS/cubecl.log.gz"
+    (cd "$ROOT" && CUBECL_DEBUG_LOG=$RUNS/cubecl.log bounded 120 "$BIN/step_views" --arch resnet18 \
+        --views 1 --batch 128 --bank 5000 --steps 3 --warmup 2 --log-steps 2>&1 | grep -v WARN)
+    [ -f "$RUNS/cubecl.log" ] && gzip -f "$RUNS/cubecl.log" && ls -la "$RUNS/cubecl.log.gz"
+fi
+
 # --- part recipe ------------------------------------------------------------------------------
 if has_part recipe; then
     echo; echo "== recipe: $(basename "$CONFIG"), vanilla NPID and the full method at once, $(left) s left"
@@ -147,7 +159,7 @@ if has_part step; then
     for round in 1 2; do
         for k in 1 2; do
             common=(--arch resnet18 --views "$k" --batch 128 --bank 5000 --steps 30 --warmup 10)
-            (cd "$ROOT" && bounded 150 "$BIN/step_views" "${common[@]}") | tee -a "$RUNS/step.jsonl"
+            (cd "$ROOT" && bounded 150 "$BIN/step_views" "${common[@]}" --log-steps) | tee -a "$RUNS/step.jsonl"
             rc=${PIPESTATUS[0]}
             [ "$rc" = 0 ] || echo "gpu_recipe: membank's step (K = $k) stopped with status $rc (124: out of time)"
             [ $TORCH = 1 ] && bounded 90 "$PYTHON" "$ROOT/benches/peer/step_torch.py" "${common[@]}" \
@@ -193,6 +205,9 @@ if step:
         ratio = f"{med['membank'] / med['pytorch']:.2f}x" if med["membank"] and med["pytorch"] else "-"
         print(f"  K={k}: membank {med['membank']}, PyTorch {med['pytorch']}, membank/PyTorch {ratio}; "
               f"loss {loss['membank']} / {loss['pytorch']}")
+        for r in side["membank"]:
+            if "step_ms" in r:
+                print(f"    membank ms per step (warm-up first): {r['step_ms']}")
 bank = lines(os.path.join(runs, "bank.jsonl"))
 if bank:
     print("bank step (median ms):")

@@ -11,7 +11,9 @@
 //! pre-generated batches, cycled: N(0, 1) images `[B·K, 3, 32, 32]` in the `ViewLayout` of K
 //! views and B distinct random bank indices each, already on the device; no augmentation on the
 //! step thread. W warm-up steps are excluded from the timing. Prints one JSON line, the
-//! counterpart of `benches/peer/step_torch.py` (`cargo xtask bench compare step` runs both).
+//! counterpart of `benches/peer/step_torch.py` (`cargo xtask bench compare step` runs both),
+//! with every step's milliseconds (`step_ms`, warm-up included: the first steps hold the
+//! kernels' compilation and autotuning on a GPU backend).
 
 use std::time::Instant;
 
@@ -56,6 +58,10 @@ struct Args {
     /// Seed of the model, the bank and the batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Print each step's milliseconds and loss to stderr as it ends (warm-up steps included);
+    /// the JSON line has them too (`step_ms`).
+    #[arg(long)]
+    log_steps: bool,
 }
 
 /// A host batch of `layout.samples` distinct random indices below `bank` and N(0, 1) images.
@@ -104,20 +110,27 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let (lr, tau) = (config.optim.lr, config.method.temperature);
     let mut losses = Vec::with_capacity(args.warmup + args.steps);
+    let mut step_ms = Vec::with_capacity(args.warmup + args.steps);
     let mut start = Instant::now();
     for i in 0..args.warmup + args.steps {
         if i == args.warmup {
             start = Instant::now();
         }
+        let step_start = Instant::now();
         // The loss is the step's one device→host read: it also waits for the device.
         let (next, loss) = train_step(state, batches[i % BATCHES].clone(), lr, tau, &device)?;
         state = next;
         losses.push(loss);
+        step_ms.push(step_start.elapsed().as_secs_f64() * 1e3);
+        if args.log_steps {
+            eprintln!("step {}: {:.1} ms, loss {loss:.4}", i + 1, step_ms[i]);
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
+    let step_ms: Vec<String> = step_ms.iter().map(|ms| format!("{ms:.2}")).collect();
     let views = args.steps * layout.rows();
     println!(
-        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"arch\": \"{}\", \"views\": {}, \"batch\": {}, \"bank\": {}, \"steps\": {}, \"warmup\": {}, \"ln_bank\": {}, \"first_loss\": {}, \"last_loss\": {}, \"seconds\": {seconds}, \"views_per_s\": {}}}",
+        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"arch\": \"{}\", \"views\": {}, \"batch\": {}, \"bank\": {}, \"steps\": {}, \"warmup\": {}, \"ln_bank\": {}, \"first_loss\": {}, \"last_loss\": {}, \"seconds\": {seconds}, \"views_per_s\": {}, \"step_ms\": [{}]}}",
         <Bench as Backend>::name(&device),
         args.arch,
         args.views,
@@ -128,7 +141,8 @@ fn main() -> anyhow::Result<()> {
         (args.bank as f64).ln(),
         losses[0],
         losses[losses.len() - 1],
-        views as f64 / seconds
+        views as f64 / seconds,
+        step_ms.join(", ")
     );
     Ok(())
 }
