@@ -44,6 +44,8 @@ PYTHON=${MEMBANK_PYTHON:-python3}
 die() { echo "gpu_recipe: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
+        --data|--runs|--minutes|--bin|--parts|--config)
+            [ $# -ge 2 ] || die "$1 needs a value" ;;&
         --data) DATA=$2; shift 2 ;;
         --runs) RUNS=$2; shift 2 ;;
         --minutes) MINUTES=$2; shift 2 ;;
@@ -54,7 +56,8 @@ while [ $# -gt 0 ]; do
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
-[[ $MINUTES =~ ^[0-9]+$ ]] && [ "$MINUTES" -gt 0 ] || die "--minutes must be a whole number > 0, not '$MINUTES'"
+[[ $MINUTES =~ ^[0-9]+$ ]] && [ $((10#$MINUTES)) -gt 0 ] || die "--minutes must be a whole number > 0, not '$MINUTES'"
+MINUTES=$((10#$MINUTES))
 [ -f "$CONFIG" ] || die "--config $CONFIG: no such file"
 mkdir -p "$RUNS" || die "cannot create --runs $RUNS"
 RUNS=$(cd "$RUNS" && pwd)
@@ -100,18 +103,20 @@ if [ ${#lib_dirs[@]} -eq 0 ] && command -v "$PYTHON" >/dev/null; then
             < <(find "$site/nvidia" -maxdepth 4 -name 'libnvrtc.so*' | head -1)
     fi
 fi
-for d in "${lib_dirs[@]}"; do LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; done
+for d in ${lib_dirs[@]+"${lib_dirs[@]}"}; do LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; done
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
 echo "gpu_recipe: $(date -u +%FT%TZ), CUDA_PATH=${CUDA_PATH:-unset}, NVRTC in: ${lib_dirs[*]:-not found}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
 
 START=$(date +%s)
 DEADLINE=$((START + MINUTES * 60))
+PART_END=$DEADLINE
 left() { echo $((DEADLINE - $(date +%s))); }
-# `bounded SECONDS CMD...`: CMD under a timeout of SECONDS, never past the deadline.
+# `bounded SECONDS CMD...`: CMD under a timeout of SECONDS, never past the deadline nor past
+# the current part's end (PART_END).
 bounded() {
     local want=$1; shift
-    local l; l=$(left)
+    local l; l=$(( (PART_END < DEADLINE ? PART_END : DEADLINE) - $(date +%s) ))
     [ "$l" -lt "$want" ] && want=$l
     [ "$want" -lt 5 ] && { echo "gpu_recipe: no time left for: $*"; return 124; }
     timeout --signal=INT --kill-after=10 "$want" "$@"
@@ -129,7 +134,7 @@ if has_part profile; then
     echo; echo "== profile: ResNet-18, B = 128, K = 1, 2 + 3 steps under CUBECL_DEBUG_LOG"
     rm -f "$RUNS/cubecl.log" "$RUNS/cubecl.log.gz"
     (cd "$ROOT" && CUBECL_DEBUG_LOG=$RUNS/cubecl.log bounded 120 "$BIN/step_views" --arch resnet18 \
-        --views 1 --batch 128 --bank 5000 --steps 3 --warmup 2 --log-steps 2>&1 | grep -v WARN)
+        --views 1 --batch 128 --bank 5000 --steps 3 --warmup 2 --log-steps 2>&1 | grep --line-buffered -v WARN)
     [ -f "$RUNS/cubecl.log" ] && gzip -f "$RUNS/cubecl.log" && ls -la "$RUNS/cubecl.log.gz"
 fi
 
@@ -155,18 +160,22 @@ fi
 # --- part step --------------------------------------------------------------------------------
 if has_part step; then
     echo; echo "== step: ResNet-18, B = 128, N = 5,000, K = 1 and 2 (views/s; 2 alternating rounds)"
+    # The bank part keeps its share.
+    has_part bank && PART_END=$(( $(date +%s) + $(left) - 50 ))
     : > "$RUNS/step.jsonl"
     for round in 1 2; do
         for k in 1 2; do
             common=(--arch resnet18 --views "$k" --batch 128 --bank 5000 --steps 30 --warmup 10)
             (cd "$ROOT" && bounded 150 "$BIN/step_views" "${common[@]}" --log-steps) | tee -a "$RUNS/step.jsonl"
             rc=${PIPESTATUS[0]}
-            [ "$rc" = 0 ] || echo "gpu_recipe: membank's step (K = $k) stopped with status $rc (124: out of time)"
+            [ "$rc" = 0 ] || echo "gpu_recipe: membank's step (K = $k) stopped with status $rc (124 or 137: out of time)"
             [ $TORCH = 1 ] && bounded 90 "$PYTHON" "$ROOT/benches/peer/step_torch.py" "${common[@]}" \
                 --device cuda | tee -a "$RUNS/step.jsonl"
         done
     done
 fi
+
+PART_END=$DEADLINE
 
 # --- part bank --------------------------------------------------------------------------------
 if has_part bank; then

@@ -1,7 +1,8 @@
 //! Products that stay exact where the backend's matmul rounds f32 inputs to TF32.
 //!
 //! burn-cuda 0.21's tensor-core matmuls (cubek-matmul's `adjust_dtypes`) read f32 operands as
-//! TF32: 11 significant bits, a relative error of up to 2⁻¹¹ ≈ 4.9e-4 per input. For the bank's
+//! TF32: 11 significant bits, a relative error of up to 2⁻¹¹ per input when rounded to nearest
+//! and 2⁻¹⁰ when truncated. For the bank's
 //! `[B·K, N]` similarities that is the usual trade-off (PyTorch's `allow_tf32`), but the bank
 //! update averages a sample's views with a 0/1 matrix product, and there a TF32 rounding would
 //! move every updated row by up to ~5e-4 of its length. [`tf32_exact_matmul`] splits the dense
@@ -15,7 +16,8 @@ const HIGH_SCALE: f64 = 2048.0;
 /// Splits `x` into `hi + lo == x` (exactly, in f32), where `hi = round(x · 2¹¹) / 2¹¹`.
 ///
 /// For |x| ≤ 1 (unit rows), `hi` has at most 11 significant bits, so TF32 represents it exactly,
-/// and |lo| ≤ 2⁻¹², so TF32's rounding of `lo` costs at most 2⁻²³ absolute. Larger values are
+/// and |lo| ≤ 2⁻¹², so TF32's rounding of `lo` costs at most 2⁻²² absolute (2⁻²³ rounded to
+/// nearest). Larger values are
 /// split too, and then lose no more than an unsplit product would.
 ///
 /// # Shapes
@@ -26,9 +28,10 @@ pub(crate) fn split_tf32<B: Backend>(x: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B
     (hi, lo)
 }
 
-/// `a × x` computed as `a × hi + a × lo` ([`split_tf32`]): within ~1e-7 of the f32 product for
-/// |x| ≤ 1 even where the matmul rounds its inputs to TF32, provided `a`'s entries are exact in
-/// TF32 (small integers, as the 0/1 matrices this is for). Costs two matmuls instead of one.
+/// `a × x` computed as `a × hi + a × lo` ([`split_tf32`]): even where the matmul rounds its
+/// inputs to TF32, each term of a sum is off by at most 2⁻²² (|x| ≤ 1), so a mean over a
+/// sample's views stays within that of the f32 one; `a`'s entries must be exact in TF32 (small
+/// integers, as the 0/1 matrices this is for). Costs two matmuls instead of one.
 ///
 /// # Shapes
 /// - `a`: `[M, R]`, `x`: `[R, D]`; returns `[M, D]`.
@@ -95,7 +98,7 @@ mod tests {
         let hi = hi.into_data().to_vec::<f32>().unwrap();
         let lo = lo.into_data().to_vec::<f32>().unwrap();
         for i in 0..x.len() {
-            assert_eq!(hi[i] + lo[i], x[i], "hi + lo at {i}");
+            assert_eq!(hi[i] as f64 + lo[i] as f64, x[i] as f64, "hi + lo at {i}");
             assert_eq!(
                 to_tf32(hi[i]),
                 hi[i],
