@@ -22,9 +22,14 @@
 #           compares the first step's loss, gradient and updated rows with membank's.
 # At the end: the medians and ratios, and the kNN per epoch of each run.
 #
-# --bin DIR takes prebuilt binaries (DIR/bank-train, DIR/step_views, DIR/bank_step, built with
-# `--features cuda`); without it the script builds them with cargo first (not counted in
-# --minutes). The PyTorch side needs a python3 whose torch sees the GPU (MEMBANK_PYTHON names
+# --bin DIR takes prebuilt binaries (DIR/bank-train, DIR/step_views, DIR/bank_step), for a GPU
+# machine without Rust. Built elsewhere (glibc no newer than the GPU machine's) with
+#   CUDARC_CUDA_VERSION=13000 cargo build --release -p bank-train -p membank-benches \
+#       --no-default-features --features bank-train/cuda,membank-benches/cuda \
+#       --bin bank-train --example step_views --example bank_step
+# (the CUDA version the GPU machine's driver supports, as cudarc spells it; without nvcc cudarc
+# assumes its newest), then copied from target/release and target/release/examples. Without
+# --bin the script builds them with cargo first (not counted in --minutes). The PyTorch side needs a python3 whose torch sees the GPU (MEMBANK_PYTHON names
 # another); without one, the membank side still runs. CUDA is found through CUDA_PATH, else
 # /usr/local/cuda, else the directory above `nvcc`; NVRTC (which compiles membank's kernels at
 # run time) must be in it or in torch's nvidia packages.
@@ -52,7 +57,7 @@ while [ $# -gt 0 ]; do
         --bin) BIN=$2; shift 2 ;;
         --parts) PARTS=$2; shift 2 ;;
         --config) CONFIG=$2; shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
