@@ -11,10 +11,10 @@
         row's bank index, backward to f (a leaf), then the bank update once per sample
         (bank[i] = normalise(m·bank[i] + (1−m)·mean of its K views), index_copy_); and a bare
         f @ bankᵀ. The step runs warmup + steps times on the bank it keeps updating, as training
-        does; prints the median milliseconds of each (on a GPU, each timing ends with
-        torch.cuda.synchronize()). With --check, the first step's loss, ∂L/∂f
-        and updated rows (from the initial bank) are compared with those membank wrote
-        (`bank_step --out`): the largest differences, relative to the largest value of each.
+        does; prints the median milliseconds of each (on a GPU, each timing starts and ends
+        with torch.cuda.synchronize()). With --check, the first step's loss, ∂L/∂f and updated
+        rows (from the initial bank) are compared with those membank wrote (`bank_step --out`):
+        the largest differences, relative to the largest value of each.
 
 Prints one JSON line.
 """

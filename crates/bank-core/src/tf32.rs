@@ -2,10 +2,9 @@
 //!
 //! burn-cuda 0.21's tensor-core matmuls (cubek-matmul's `adjust_dtypes`) read f32 operands as
 //! TF32: 11 significant bits, a relative error of up to 2⁻¹¹ per input when rounded to nearest
-//! and 2⁻¹⁰ when truncated. For the bank's
-//! `[B·K, N]` similarities that is the usual trade-off (PyTorch's `allow_tf32`), but the bank
-//! update averages a sample's views with a 0/1 matrix product, and there a TF32 rounding would
-//! move every updated row by up to ~5e-4 of its length. [`tf32_exact_matmul`] splits the dense
+//! and 2⁻¹⁰ when truncated. For the bank's `[B·K, N]` similarities that is the usual trade-off
+//! (PyTorch's `allow_tf32`), but the bank update averages a sample's views with a 0/1 matrix
+//! product, and there a TF32 rounding would move every updated row by up to ~5e-4 of its length. [`tf32_exact_matmul`] splits the dense
 //! operand in two parts that TF32 carries (almost) exactly.
 
 use burn::prelude::*;
@@ -17,8 +16,7 @@ const HIGH_SCALE: f64 = 2048.0;
 ///
 /// For |x| ≤ 1 (unit rows), `hi` has at most 11 significant bits, so TF32 represents it exactly,
 /// and |lo| ≤ 2⁻¹², so TF32's rounding of `lo` costs at most 2⁻²² absolute (2⁻²³ rounded to
-/// nearest). Larger values are
-/// split too, and then lose no more than an unsplit product would.
+/// nearest). Larger values are split too, and then lose no more than an unsplit product would.
 ///
 /// # Shapes
 /// - `x`: `[M, D]`; returns two `[M, D]` tensors.
