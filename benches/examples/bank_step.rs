@@ -198,6 +198,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the bank-train binary does: LibTorch's freed tensors reused from glibc's heap.
+    bank_train::malloc::keep_freed_memory();
     let args = Args::parse();
     if args.steps == 0 {
         bail!("--steps must be > 0");

@@ -81,6 +81,8 @@ fn synthetic_batch(rng: &mut StdRng, layout: ViewLayout, bank: usize) -> HostBat
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the bank-train binary does: LibTorch's freed tensors reused from glibc's heap.
+    bank_train::malloc::keep_freed_memory();
     let args = Args::parse();
     if args.steps == 0 || args.batch == 0 || args.views == 0 {
         anyhow::bail!("--steps, --batch and --views must be > 0");

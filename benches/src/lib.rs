@@ -2,6 +2,11 @@
 //! one training step.
 
 use bank_core::{MemoryBank, MemoryBankConfig, ViewLayout};
+
+/// The allocator of the `bank-train` binary (see its `main.rs`), so that the examples and
+/// benchmarks measure what a run does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use burn::prelude::*;
 
 /// The backend the benchmarks run on: the most capable one among the enabled features

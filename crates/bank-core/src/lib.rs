@@ -19,6 +19,7 @@ mod chunks;
 mod config;
 mod error;
 mod host;
+pub mod host_gemm;
 mod layout;
 mod norm;
 mod persist;

@@ -8,6 +8,7 @@
 //! brought the all-rows search level with FAISS `IndexFlatIP`: the device path writes every
 //! similarity to memory, copies it to the host and reads it again.
 
+use bank_core::host_gemm::{self, MatRef};
 use rayon::prelude::*;
 
 use crate::Result;
@@ -85,9 +86,7 @@ fn block_top_k(
 /// all row-major.
 ///
 /// # Panics
-/// When a length is not a multiple of `d` or `out` is not `m × w` long: the checks that make
-/// the call below sound.
-#[allow(unsafe_code)]
+/// When a length is not a multiple of `d` or `out` is not `m × w` long.
 fn dot_transposed(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
     assert!(
         d > 0 && a.len().is_multiple_of(d) && b.len().is_multiple_of(d),
@@ -95,37 +94,8 @@ fn dot_transposed(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
     );
     let (m, w) = (a.len() / d, b.len() / d);
     assert_eq!(out.len(), m * w, "output of {m} x {w}");
-    if m == 0 || w == 0 {
-        return;
-    }
-    // SAFETY: `gemm` reads `a` at `i·d + p` for i < m, p < d (row stride d, column stride 1),
-    // `b` at `p + j·d` for p < d, j < w (the transpose: row stride 1, column stride d) and
-    // writes `out` at `i·w + j` (row stride w, column stride 1). The asserts above bound every
-    // such offset by the slice's length; `out` is borrowed mutably, so it aliases neither input.
-    // With `read_dst = false` the old contents of `out` are not read.
-    unsafe {
-        gemm::gemm(
-            m,
-            w,
-            d,
-            out.as_mut_ptr(),
-            1,
-            w as isize,
-            false,
-            a.as_ptr(),
-            1,
-            d as isize,
-            b.as_ptr(),
-            d as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let (lhs, rhs) = (MatRef::rows(a, d), MatRef::transposed(b, d));
+    host_gemm::gemm(m, w, d, out, w, false, lhs, rhs);
 }
 
 #[cfg(test)]

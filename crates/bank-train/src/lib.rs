@@ -22,6 +22,7 @@ pub mod evaluate;
 pub mod feasibility;
 mod finite;
 pub mod knn;
+pub mod malloc;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

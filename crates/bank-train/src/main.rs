@@ -32,6 +32,12 @@ type Inner = burn::backend::Flex;
 type Inner = burn::backend::NdArray;
 type Train = Autodiff<Inner>;
 
+/// mimalloc instead of glibc's malloc. glibc maps each allocation over its threshold (at most
+/// 32 MB) afresh and returns it on free, so every step faulted its largest tensors in again,
+/// page by page; on flex that took the small CNN's step at K = 2 from 1,190 to 640 views/s.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,
@@ -212,6 +218,9 @@ fn main() -> Result<()> {
         // Colour codes only on a terminal: logs sent to a file or a pipe stay plain text.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if !bank_train::malloc::keep_freed_memory() {
+        tracing::debug!("glibc's malloc settings not applied (not glibc)");
+    }
     match Cli::parse().command {
         Command::Train {
             config,

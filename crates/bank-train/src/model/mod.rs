@@ -2,11 +2,13 @@
 
 mod batch_norm;
 mod embedding;
+mod host;
 mod resnet;
 mod small_cnn;
 
 pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use embedding::{Arch, Backbone, EmbeddingNet, ModelConfig};
+pub use host::{conv2d, max_pool2d};
 pub use resnet::{BasicBlock, Bottleneck, ResNet, ResNetConfig, ResidualBlock, Stem};
 pub use small_cnn::{SmallCnn, SmallCnnConfig};
 
@@ -79,6 +81,6 @@ impl<B: Backend> ConvBn<B> {
     /// - input: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(self.conv.forward(x))
+        self.bn.forward(conv2d(&self.conv, x))
     }
 }

@@ -7,7 +7,7 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxP
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::ConvBn;
+use super::{ConvBn, max_pool2d};
 
 /// The first layers of the network.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -188,7 +188,7 @@ impl<B: Backend> ResNet<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let mut x = relu(self.stem.forward(x));
         if let Some(pool) = &self.max_pool {
-            x = pool.forward(x);
+            x = max_pool2d(pool, x);
         }
         for block in &self.blocks {
             x = block.forward(x);

@@ -6,7 +6,7 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxP
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::{ConvBn, PYTORCH_CONV_INIT};
+use super::{ConvBn, PYTORCH_CONV_INIT, max_pool2d};
 
 /// Configuration of [`SmallCnn`].
 #[derive(Config, Debug)]
@@ -47,8 +47,8 @@ impl<B: Backend> SmallCnn<B> {
     /// - input: `[N, C, H, W]` (C = the configured channels)
     /// - output: `[N, 128]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = self.pool.forward(relu(self.block1.forward(x)));
-        let x = self.pool.forward(relu(self.block2.forward(x)));
+        let x = max_pool2d(&self.pool, relu(self.block1.forward(x)));
+        let x = max_pool2d(&self.pool, relu(self.block2.forward(x)));
         let x = relu(self.block3.forward(x));
         self.gap.forward(x).flatten(1, 3)
     }

@@ -1,0 +1,201 @@
+//! f32 matrix products on host memory: a bounds-checked call into the `gemm` crate (the GEMM
+//! burn-flex itself multiplies with). The workspace's one `unsafe` call; bank-mining's host
+//! search and bank-train's host convolutions multiply through it.
+
+/// A read-only `rows × cols` matrix inside a slice: element `(i, j)` is at `i·row_stride +
+/// j·col_stride`, so a transposed view is the same slice with the strides swapped.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Distance between consecutive rows.
+    pub row_stride: usize,
+    /// Distance between consecutive columns.
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with rows `cols` long.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with rows `cols` long.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    /// Panics unless every element of a `rows × cols` matrix lies inside the slice.
+    fn check(&self, rows: usize, cols: usize, what: &str) {
+        let last = (rows - 1) * self.row_stride + (cols - 1) * self.col_stride;
+        assert!(
+            last < self.data.len(),
+            "{what}: a {rows} x {cols} matrix needs {} elements, the slice has {}",
+            last + 1,
+            self.data.len()
+        );
+    }
+}
+
+/// `dst = lhs · rhs` (`accumulate` false) or `dst += lhs · rhs` (true), where `lhs` is `m × k`,
+/// `rhs` is `k × n` and `dst` is row-major `m × n` with rows `dst_row_stride ≥ n` apart (the
+/// elements between rows are left alone). Runs on the calling thread: callers parallelise over
+/// independent products.
+///
+/// # Panics
+/// When a matrix does not fit in its slice or `dst_row_stride < n`: the checks that make the
+/// call into `gemm` sound.
+#[allow(unsafe_code)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    accumulate: bool,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        dst_row_stride >= n,
+        "dst rows {dst_row_stride} apart, {n} long"
+    );
+    let dst_len = (m - 1) * dst_row_stride + n;
+    assert!(
+        dst_len <= dst.len(),
+        "dst: {dst_len} elements needed, {} given",
+        dst.len()
+    );
+    if k == 0 {
+        if !accumulate {
+            for row in dst.chunks_mut(dst_row_stride).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    lhs.check(m, k, "lhs");
+    rhs.check(k, n, "rhs");
+    // SAFETY: `gemm` reads `lhs` at `i·rs + p·cs` for i < m, p < k and `rhs` at `p·rs + j·cs`
+    // for p < k, j < n; `check` bounds the largest such offset by the slice's length (strides
+    // are unsigned, so the smallest is 0). It writes (and with `read_dst`, reads) `dst` at
+    // `i·dst_row_stride + j` for i < m, j < n, bounded above by `dst_len`; since
+    // `dst_row_stride ≥ n`, no two (i, j) share an element. `dst` is borrowed mutably, so it
+    // aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|p| {
+                        f64::from(a.data[i * a.row_stride + p * a.col_stride])
+                            * f64::from(b.data[p * b.row_stride + j * b.col_stride])
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    /// Plain, transposed and accumulated products against the sums written out in f64, on
+    /// shapes that are not multiples of any kernel width, with a padded destination row.
+    #[test]
+    fn products_match_the_sums() {
+        for (m, n, k) in [(1, 1, 1), (3, 5, 7), (17, 33, 65), (9, 1, 4), (2, 3, 0)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
+                .collect();
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let lhs = if ta {
+                    MatRef::transposed(&a, m)
+                } else {
+                    MatRef::rows(&a, k)
+                };
+                let rhs = if tb {
+                    MatRef::transposed(&b, k)
+                } else {
+                    MatRef::rows(&b, n)
+                };
+                let want = naive(m, n, k, lhs, rhs);
+                let stride = n + 2;
+                let mut dst = vec![0.5f32; m * stride];
+                gemm(m, n, k, &mut dst, stride, true, lhs, rhs);
+                let mut fresh = vec![f32::NAN; m * stride];
+                gemm(m, n, k, &mut fresh, stride, false, lhs, rhs);
+                for i in 0..m {
+                    for j in 0..n {
+                        let w = want[i * n + j];
+                        let tol = 1e-5 * (1.0 + w.abs());
+                        assert!((f64::from(dst[i * stride + j]) - 0.5 - w).abs() <= tol);
+                        assert!((f64::from(fresh[i * stride + j]) - w).abs() <= tol);
+                    }
+                    if i + 1 < m {
+                        assert_eq!(dst[i * stride + n], 0.5, "padding written");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "rhs")]
+    fn a_short_operand_is_refused() {
+        let a = [1.0f32; 6];
+        let b = [1.0f32; 5];
+        let mut out = [0.0f32; 4];
+        gemm(
+            2,
+            2,
+            3,
+            &mut out,
+            2,
+            false,
+            MatRef::rows(&a, 3),
+            MatRef::rows(&b, 2),
+        );
+    }
+}
