@@ -24,6 +24,9 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+// Links the benchmarks' library, for its global allocator (mimalloc, as the binaries use).
+use membank_benches as _;
+
 use bank_data::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rayon::prelude::*;

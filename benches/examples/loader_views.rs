@@ -11,6 +11,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+// Links the benchmarks' library, for its global allocator (mimalloc, as the binaries use).
+use membank_benches as _;
+
 use bank_data::{
     AugmentConfig, DecodeOptions, FolderLayout, ImageIndex, LoaderConfig, MultiViewLoader,
     Normalize, ScanOptions, Transform,

@@ -2,12 +2,12 @@
 //! one training step.
 
 use bank_core::{MemoryBank, MemoryBankConfig, ViewLayout};
+use burn::prelude::*;
 
 /// The allocator of the `bank-train` binary (see its `main.rs`), so that the examples and
 /// benchmarks measure what a run does.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use burn::prelude::*;
 
 /// The backend the benchmarks run on: the most capable one among the enabled features
 /// (cuda > tch > wgpu > flex > ndarray).

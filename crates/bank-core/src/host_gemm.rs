@@ -1,17 +1,15 @@
 //! f32 matrix products on host memory: a bounds-checked call into the `gemm` crate (the GEMM
-//! burn-flex itself multiplies with). The workspace's one `unsafe` call; bank-mining's host
-//! search and bank-train's host convolutions multiply through it.
+//! burn-flex itself multiplies with). bank-mining's host search and bank-train's host
+//! convolutions multiply through it, so this is the workspace's one call into `gemm`.
 
-/// A read-only `rows × cols` matrix inside a slice: element `(i, j)` is at `i·row_stride +
-/// j·col_stride`, so a transposed view is the same slice with the strides swapped.
+/// A read-only matrix inside a slice: element `(i, j)` is at `i·row_stride + j·col_stride`, so
+/// a transposed view is the same slice with the strides swapped. Made by [`MatRef::rows`] or
+/// [`MatRef::transposed`]; its extent is checked against the slice when it is used.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
-    /// The elements.
-    pub data: &'a [f32],
-    /// Distance between consecutive rows.
-    pub row_stride: usize,
-    /// Distance between consecutive columns.
-    pub col_stride: usize,
+    data: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
 }
 
 impl<'a> MatRef<'a> {
@@ -33,16 +31,37 @@ impl<'a> MatRef<'a> {
         }
     }
 
-    /// Panics unless every element of a `rows × cols` matrix lies inside the slice.
-    fn check(&self, rows: usize, cols: usize, what: &str) {
-        let last = (rows - 1) * self.row_stride + (cols - 1) * self.col_stride;
+    /// The strides as `gemm` takes them, `(column, row)`.
+    ///
+    /// # Panics
+    /// Unless every element of a `rows × cols` matrix (both > 0) lies inside the slice, computed
+    /// without overflow, and both strides fit in an `isize`.
+    fn checked_strides(&self, rows: usize, cols: usize, what: &str) -> (isize, isize) {
+        let last = last_offset(rows, cols, self.row_stride, self.col_stride);
         assert!(
-            last < self.data.len(),
-            "{what}: a {rows} x {cols} matrix needs {} elements, the slice has {}",
-            last + 1,
+            last.is_some_and(|last| last < self.data.len()),
+            "{what}: a {rows} x {cols} matrix with strides ({}, {}) does not fit in {} elements",
+            self.row_stride,
+            self.col_stride,
             self.data.len()
         );
+        (stride(self.col_stride, what), stride(self.row_stride, what))
     }
+}
+
+/// `(rows − 1)·row_stride + (cols − 1)·col_stride`, or `None` on overflow.
+fn last_offset(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Option<usize> {
+    (rows - 1)
+        .checked_mul(row_stride)?
+        .checked_add((cols - 1).checked_mul(col_stride)?)
+}
+
+/// A stride as the `isize` `gemm` takes.
+///
+/// # Panics
+/// When it does not fit.
+fn stride(value: usize, what: &str) -> isize {
+    isize::try_from(value).unwrap_or_else(|_| panic!("{what}: stride {value} over isize::MAX"))
 }
 
 /// `dst = lhs · rhs` (`accumulate` false) or `dst += lhs · rhs` (true), where `lhs` is `m × k`,
@@ -72,12 +91,13 @@ pub fn gemm(
         dst_row_stride >= n,
         "dst rows {dst_row_stride} apart, {n} long"
     );
-    let dst_len = (m - 1) * dst_row_stride + n;
+    let dst_len = last_offset(m, n, dst_row_stride, 1).and_then(|last| last.checked_add(1));
     assert!(
-        dst_len <= dst.len(),
-        "dst: {dst_len} elements needed, {} given",
+        dst_len.is_some_and(|len| len <= dst.len()),
+        "dst: {m} rows {dst_row_stride} apart do not fit in {} elements",
         dst.len()
     );
+    let dst_rs = stride(dst_row_stride, "dst");
     if k == 0 {
         if !accumulate {
             for row in dst.chunks_mut(dst_row_stride).take(m) {
@@ -86,14 +106,14 @@ pub fn gemm(
         }
         return;
     }
-    lhs.check(m, k, "lhs");
-    rhs.check(k, n, "rhs");
+    let (lhs_cs, lhs_rs) = lhs.checked_strides(m, k, "lhs");
+    let (rhs_cs, rhs_rs) = rhs.checked_strides(k, n, "rhs");
     // SAFETY: `gemm` reads `lhs` at `i·rs + p·cs` for i < m, p < k and `rhs` at `p·rs + j·cs`
-    // for p < k, j < n; `check` bounds the largest such offset by the slice's length (strides
-    // are unsigned, so the smallest is 0). It writes (and with `read_dst`, reads) `dst` at
-    // `i·dst_row_stride + j` for i < m, j < n, bounded above by `dst_len`; since
-    // `dst_row_stride ≥ n`, no two (i, j) share an element. `dst` is borrowed mutably, so it
-    // aliases neither input.
+    // for p < k, j < n; `checked_strides` bounds the largest such offset, computed without
+    // overflow, by the slice's length (strides are unsigned and fit in an isize, so the smallest
+    // offset is 0). It writes (and with `read_dst`, reads) `dst` at `i·dst_row_stride + j` for
+    // i < m, j < n, bounded the same way by `dst_len`; since `dst_row_stride ≥ n`, no two (i, j)
+    // share an element. `dst` is borrowed mutably, so it aliases neither input.
     unsafe {
         gemm::gemm(
             m,
@@ -101,14 +121,14 @@ pub fn gemm(
             k,
             dst.as_mut_ptr(),
             1,
-            dst_row_stride as isize,
+            dst_rs,
             accumulate,
             lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
+            lhs_cs,
+            lhs_rs,
             rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
+            rhs_cs,
+            rhs_rs,
             1.0,
             1.0,
             false,
@@ -179,6 +199,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Strides whose extent overflows `usize` are refused, not wrapped into a small offset.
+    #[test]
+    fn overflowing_strides_are_refused() {
+        let a = [1.0f32; 4];
+        let wide = MatRef {
+            data: &a,
+            row_stride: usize::MAX,
+            col_stride: 1,
+        };
+        let mut out = [0.0f32; 4];
+        let lhs = std::panic::catch_unwind(move || {
+            let mut out = [0.0f32; 4];
+            gemm(
+                2,
+                2,
+                2,
+                &mut out,
+                2,
+                false,
+                wide,
+                MatRef::rows(&[1.0; 4], 2),
+            );
+        });
+        assert!(lhs.is_err(), "an lhs row stride of usize::MAX");
+        let dst = std::panic::catch_unwind(move || {
+            gemm(
+                2,
+                1,
+                2,
+                &mut out,
+                usize::MAX,
+                false,
+                MatRef::rows(&a, 2),
+                MatRef::rows(&a, 1),
+            );
+        });
+        assert!(dst.is_err(), "a dst row stride of usize::MAX");
     }
 
     #[test]

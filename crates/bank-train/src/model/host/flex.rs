@@ -143,10 +143,10 @@ impl Backward<Flex, 2> for HostConv2d {
     }
 }
 
-/// The max-pool's output shape `[N, C, Ho, Wo]` for a batch of `n`.
-fn pool_shape(g: &PoolGeometry, n: usize) -> [usize; 4] {
+/// The max-pool's output shape `[N, C, Ho, Wo]` for input `[N, C, ..]`.
+fn pool_shape(g: &PoolGeometry, [n, c]: [usize; 2]) -> [usize; 4] {
     let [ho, wo] = g.output().unwrap_or([0, 0]);
-    [n, g.planes / n.max(1), ho, wo]
+    [n, c, ho, wo]
 }
 
 /// The max-pool on `Autodiff<Flex>` or `Flex`; `Err(x)` on any other backend.
@@ -154,23 +154,23 @@ pub(super) fn max_pool2d<B: Backend>(
     x: Tensor<B, 4>,
     g: PoolGeometry,
 ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    let n = x.dims()[0];
+    let [n, c, _, _] = x.dims();
     if is::<B, Flex>() {
         let (y, _) = g.forward(elements(&host(&primitive(x))));
-        return Ok(wrap::<B, _>(flex_tensor(y, pool_shape(&g, n))));
+        return Ok(wrap::<B, _>(flex_tensor(y, pool_shape(&g, [n, c]))));
     }
     if !is::<B, Trained>() {
         return Err(x);
     }
     let x = tracked(x);
     let (y, arg) = g.forward(elements(&host(&x.primitive)));
-    let y = flex_tensor(y, pool_shape(&g, n));
+    let y = flex_tensor(y, pool_shape(&g, [n, c]));
     let y = match HostMaxPool2d
         .prepare::<NoCheckpointing>([x.node.clone()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((Arc::new(arg), g, n), y),
+        OpsKind::Tracked(prep) => prep.finish((Arc::new(arg), g, [n, c]), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Ok(wrap::<B, _>(y))
@@ -181,15 +181,15 @@ pub(super) fn max_pool2d<B: Backend>(
 struct HostMaxPool2d;
 
 impl Backward<Flex, 1> for HostMaxPool2d {
-    type State = (Arc<Vec<u32>>, PoolGeometry, usize);
+    type State = (Arc<Vec<u32>>, PoolGeometry, [usize; 2]);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = ops.parents;
         let grad = host(&grads.consume::<Flex>(&ops.node));
-        let (arg, g, n) = ops.state;
+        let (arg, g, [n, c]) = ops.state;
         if let Some(node) = node_x {
             let gx = g.backward(elements(&grad), &arg);
-            let shape = [n, g.planes / n.max(1), g.input[0], g.input[1]];
+            let shape = [n, c, g.input[0], g.input[1]];
             grads.register::<Flex>(node.id, flex_tensor(gx, shape));
         }
     }

@@ -187,6 +187,11 @@ mod tests {
                 .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
                 .with_bias(false);
             let x = values(shape.iter().product(), 1);
+            let on_host = config.init::<Host>(&Default::default());
+            assert!(
+                conv_geometry(&on_host, &tensor::<Host>(&x, shape)).is_some(),
+                "host path"
+            );
             let host = conv_run::<Host>(&config, &x, shape, true);
             let reference = conv_run::<Reference>(&config, &x, shape, false);
             for (what, (a, b)) in ["output", "dL/dx", "dL/dw"]
@@ -229,6 +234,14 @@ mod tests {
             conv_geometry(&with_bias, &tensor::<Host>(&x, shape)).is_none(),
             "bias: burn's"
         );
+        let pool = MaxPool2dConfig::new([2, 2]).init();
+        let empty = Tensor::<Host, 4>::zeros([0, 3, 4, 4], &Default::default());
+        assert!(pool_geometry(&pool, &empty).is_none(), "no planes: burn's");
+        let conv = Conv2dConfig::new([3, 4], [3, 3])
+            .with_bias(false)
+            .init::<Host>(&Default::default());
+        assert!(conv_geometry(&conv, &empty).is_some());
+        assert_eq!(conv2d(&conv, empty).dims(), [0, 4, 2, 2], "an empty batch");
     }
 
     /// Max-pools of the small CNN (2×2 / 2) and of ResNet's ImageNet stem (3×3 / 2, padding 1):
@@ -248,6 +261,11 @@ mod tests {
                 .iter()
                 .map(|v| v.round())
                 .collect();
+            let pool = config.init();
+            assert!(
+                pool_geometry(&pool, &tensor::<Host>(&x, shape)).is_some(),
+                "host path"
+            );
             let run = |host: bool| -> [Vec<f32>; 2] {
                 if host {
                     let xt = tensor::<Host>(&x, shape).require_grad();

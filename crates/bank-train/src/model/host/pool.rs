@@ -24,17 +24,19 @@ pub(crate) struct PoolGeometry {
 
 impl PoolGeometry {
     /// Output height and width, `(H + 2p − k) / s + 1`; `None` when the window does not fit,
-    /// a stride is 0, the padding is over half the window or a plane has 2³² positions or more.
+    /// a stride is 0, the padding is over half the window, there are no planes or pixels, or
+    /// a plane has 2³² positions or more (burn's path handles those).
     pub fn output(&self) -> Option<[usize; 2]> {
         let axis = |i: usize| {
             let padded = self.input[i] + 2 * self.padding[i];
             (self.stride[i] > 0
+                && self.input[i] > 0
                 && self.kernel[i] > 0
                 && 2 * self.padding[i] <= self.kernel[i]
                 && padded >= self.kernel[i])
                 .then(|| (padded - self.kernel[i]) / self.stride[i] + 1)
         };
-        let plane_fits = u32::try_from(self.input[0] * self.input[1]).is_ok();
+        let plane_fits = self.planes > 0 && u32::try_from(self.input[0] * self.input[1]).is_ok();
         plane_fits.then_some([axis(0)?, axis(1)?])
     }
 
@@ -222,9 +224,28 @@ mod tests {
     fn nan_propagates() {
         let g = geometry(1, [2, 4], [2, 2], [2, 2], [0, 0]);
         let x = [1.0, f32::NAN, 5.0, 2.0, 3.0, 4.0, 1.0, 0.0];
-        let (y, _) = g.forward(&x);
+        let (y, arg) = g.forward(&x);
         assert!(y[0].is_nan());
-        assert_eq!(y[1], 5.0);
+        assert_eq!((y[1], arg[0]), (5.0, 1));
+        // The general loop (3 × 3 / 1): the last NaN of a window is its maximum.
+        let g = geometry(1, [3, 4], [3, 3], [1, 1], [0, 0]);
+        let x = [
+            0.0,
+            9.0,
+            1.0,
+            2.0,
+            f32::NAN,
+            3.0,
+            4.0,
+            5.0,
+            6.0,
+            f32::NAN,
+            7.0,
+            8.0,
+        ];
+        let (y, arg) = g.forward(&x);
+        assert!(y[0].is_nan() && y[1].is_nan());
+        assert_eq!(arg, [9, 9]);
     }
 
     #[test]
