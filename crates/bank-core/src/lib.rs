@@ -10,6 +10,8 @@
 //! - [`MemoryBank::update`] applies `v_i ← normalise(m·v_i + (1−m)·mean_k f_i^(k))` once per sample.
 //! - [`ViewLayout`] is the single definition of how the `B·K` rows of a multi-view batch are laid out.
 //! - [`MemoryBank::save`] / [`MemoryBank::load`] persist the bank atomically with a checksum.
+//! - [`host_gemm`] and [`same_type`]: the shared pieces of the host paths that replace burn-flex's
+//!   own operations in the crates above (one GEMM call, the run-time backend check).
 //!
 //! Invariant: this crate does no file IO except its own persistence, and no crate above it restates
 //! the batch layout.
@@ -24,6 +26,7 @@ mod layout;
 mod norm;
 mod persist;
 mod precision;
+pub mod same_type;
 mod shard;
 mod tf32;
 

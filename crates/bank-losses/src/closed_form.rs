@@ -24,6 +24,7 @@ use burn::prelude::*;
 
 use crate::blocked::BlockedEval;
 use crate::error::{check_layout, check_len, positive};
+use crate::host_softmax;
 use crate::shards::{ShardColumns, ShardReduce, WholeBank};
 use crate::{ConsistencyLoss, Error, Result};
 
@@ -206,10 +207,10 @@ impl SoftmaxObjective {
         match positives {
             Positives::Own => {
                 let (column, inside) = columns.local(targets);
-                let shifted = Softmax::shift(logits, reduce)?;
-                let picked = shifted.clone().gather(1, column.clone());
+                let picked = logits.clone().gather(1, column.clone());
                 let keep_shifted = self.consistency.is_some();
-                let soft = Softmax::from_shifted(shifted, keep_shifted, reduce)?;
+                let (soft, max) = Softmax::new(logits, keep_shifted, columns, reduce)?;
+                let picked = picked - max;
                 let (loss, target_rows) = soft.instance(picked, (column, inside), rows, reduce)?;
                 Ok(PositivesTerm {
                     soft,
@@ -218,7 +219,7 @@ impl SoftmaxObjective {
                 })
             }
             Positives::Groups(groups) => {
-                let soft = Softmax::from_shifted(Softmax::shift(logits, reduce)?, true, reduce)?;
+                let (soft, _) = Softmax::new(logits, true, columns, reduce)?;
                 let (loss, q) = soft.merged(targets, groups.clone(), columns, reduce)?;
                 Ok(PositivesTerm {
                     soft,
@@ -289,29 +290,62 @@ struct Softmax<B: Backend> {
 }
 
 impl<B: Backend> Softmax<B> {
-    /// `logits − max_n logits` row by row (the max over every shard), `[M, N]`.
-    fn shift<R: ShardReduce<B>>(
+    /// The softmax of `logits` (`[M, N]`) and the row maxima it shifted them by (`[M, 1]`, the
+    /// maximum over every shard); `keep_shifted` keeps the shifted logits for
+    /// [`Softmax::shifted`], otherwise the exponential overwrites them. On burn-flex the row
+    /// passes are `host_softmax`'s.
+    fn new<R: ShardReduce<B>>(
         logits: Tensor<B, 2>,
+        keep_shifted: bool,
+        columns: &ShardColumns,
         reduce: &mut R,
-    ) -> Result<Tensor<B, 2>, R::Error> {
+    ) -> Result<(Self, Tensor<B, 2>), R::Error> {
+        let logits = if keep_shifted {
+            logits
+        } else {
+            match host_softmax::exp_shifted(logits) {
+                Ok(local) => return Self::from_local(local, columns, reduce),
+                Err(logits) => logits,
+            }
+        };
         let max = reduce.max(logits.clone().max_dim(1))?;
-        Ok(logits - max)
+        let shifted = logits - max.clone();
+        let (shifted, (exp, sum)) = if keep_shifted {
+            let exp_sum =
+                host_softmax::exp(&shifted).unwrap_or_else(|| Self::exp_and_sum(shifted.clone()));
+            (Some(shifted), exp_sum)
+        } else {
+            (None, Self::exp_and_sum(shifted))
+        };
+        let norm = reduce.sum(sum)?;
+        Ok((Self { shifted, exp, norm }, max))
     }
 
-    /// The softmax of the shifted logits; `keep_shifted` keeps them for [`Softmax::shifted`],
-    /// otherwise the exponential overwrites them.
-    fn from_shifted<R: ShardReduce<B>>(
-        shifted: Tensor<B, 2>,
-        keep_shifted: bool,
+    /// `exp(shifted)` and its row sums with burn's operations.
+    fn exp_and_sum(shifted: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let exp = shifted.exp();
+        let sum = exp.clone().sum_dim(1);
+        (exp, sum)
+    }
+
+    /// The softmax from exponentials shifted by each shard's own row maxima: the shards'
+    /// maxima and sums are combined (`exp(max_s − max)` rescales a shard's terms), and the
+    /// exponentials rescaled when the bank is split.
+    fn from_local<R: ShardReduce<B>>(
+        local: host_softmax::RowExp<B>,
+        columns: &ShardColumns,
         reduce: &mut R,
-    ) -> Result<Self, R::Error> {
-        let (shifted, exp) = if keep_shifted {
-            (Some(shifted.clone()), shifted.exp())
+    ) -> Result<(Self, Tensor<B, 2>), R::Error> {
+        let max = reduce.max(local.max.clone())?;
+        let (exp, norm) = if columns.is_whole() {
+            (local.exp, reduce.sum(local.sum)?)
         } else {
-            (None, shifted.exp())
+            let rescale = (local.max - max.clone()).exp();
+            let norm = reduce.sum(local.sum * rescale.clone())?;
+            (host_softmax::scale_rows(local.exp, rescale), norm)
         };
-        let norm = reduce.sum(exp.clone().sum_dim(1))?;
-        Ok(Self { shifted, exp, norm })
+        let shifted = None;
+        Ok((Self { shifted, exp, norm }, max))
     }
 
     /// The shifted logits; only called by terms that asked [`Softmax::new`] to keep them.
@@ -332,7 +366,7 @@ impl<B: Backend> Softmax<B> {
 
     /// `p · scale`, `[M, N]`, formed in the exponentials' buffer.
     fn into_probs(self, scale: f64) -> Tensor<B, 2> {
-        self.exp * (self.norm.recip() * scale)
+        host_softmax::scale_rows(self.exp, self.norm.recip() * scale)
     }
 
     /// `log Σ_n exp(shifted)`, `[M, 1]`.

@@ -28,7 +28,10 @@
 //!    gradual: few, very confident merges early, more later.
 //! 4. **Groups.** Merged pairs are joined by union-find (connected components). A merge that would
 //!    make a group larger than `max_group_size` is skipped, so chains cannot swallow the dataset.
-//!    Groups only grow.
+//!    With `groups = "accumulate"` (the default) groups only grow. With `groups = "recompute"`
+//!    each round starts from singletons, so its groups are exactly the pairs it links (every
+//!    row has one nearest neighbour, so they are pairs), and a wrong pair lasts only as long as
+//!    the bank keeps the two rows mutual nearest neighbours: the PyTorch reference's rule.
 //! 5. **Report.** Each round reports pairs merged, number of groups, the largest group and, when
 //!    labels are given (diagnostics only, never used to decide), the merge purity: the fraction
 //!    of merged pairs whose two images share a class.
@@ -46,6 +49,6 @@ mod union_find;
 
 pub use error::{Error, Result};
 pub use knn::{KnnConfig, Neighbours, SearchEngine, nearest_neighbours, query_neighbours};
-pub use merge::{MergeSchedule, Merger, RoundReport};
+pub use merge::{GroupUpdate, MergeSchedule, Merger, RoundReport};
 pub use shards::{ShardNeighbours, combine_shards};
 pub use union_find::UnionFind;

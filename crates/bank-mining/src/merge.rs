@@ -33,6 +33,24 @@ pub struct MergeSchedule {
     /// Largest group allowed (`None`: unbounded, written `0`). Default `Some(8)`.
     #[serde(with = "zero_is_none")]
     pub max_group_size: Option<usize>,
+    /// Whether a round adds to the groups of the rounds before it or forms them afresh. Default
+    /// [`GroupUpdate::Accumulate`].
+    pub groups: GroupUpdate,
+}
+
+/// What a merging round does with the groups of the rounds before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupUpdate {
+    /// Groups only grow: each round joins mutual-nearest-neighbour pairs of different groups
+    /// (up to `max_group_size`), and a join is never undone.
+    #[default]
+    Accumulate,
+    /// Every round starts from singletons: its groups are exactly the pairs it links, so a
+    /// wrong pair of one round is dropped by the next unless the bank still makes it mutual
+    /// nearest neighbours. As the PyTorch reference of the ablation: since every row has one
+    /// nearest neighbour, the groups are pairs, and `max_group_size` never binds.
+    Recompute,
 }
 
 /// `Option<usize>` as a plain number, `0` standing for `None` (TOML has no null).
@@ -59,6 +77,7 @@ impl Default for MergeSchedule {
             fraction_cap: 0.25,
             min_similarity: 0.9,
             max_group_size: Some(8),
+            groups: GroupUpdate::Accumulate,
         }
     }
 }
@@ -111,7 +130,8 @@ impl MergeSchedule {
 pub struct RoundReport {
     /// Round number, from 0.
     pub round: usize,
-    /// Mutual-nearest-neighbour pairs not yet in one group.
+    /// Mutual-nearest-neighbour pairs not yet in one group (with [`GroupUpdate::Recompute`]:
+    /// all of them).
     pub candidates: usize,
     /// Pairs merged this round.
     pub pairs_merged: usize,
@@ -177,7 +197,11 @@ impl Merger {
     }
 
     /// One merging round from the bank's top-1 neighbours (`neighbours.k ≥ 1`, one query per row).
-    /// `labels` only feed the purity diagnostic.
+    /// `labels` only feed the purity diagnostic. With [`GroupUpdate::Recompute`] the groups of
+    /// earlier rounds are dropped first.
+    ///
+    /// # Errors
+    /// [`Error::Groups`] when `neighbours` or `labels` do not have one entry per bank row.
     pub fn round(
         &mut self,
         neighbours: &Neighbours,
@@ -195,6 +219,9 @@ impl Merger {
                 "{} labels given for a bank of {n} rows",
                 l.len()
             )));
+        }
+        if self.schedule.groups == GroupUpdate::Recompute {
+            self.groups = UnionFind::new(n);
         }
         let top1 = |i: usize| neighbours.of(i).0[0];
         let mut candidates: Vec<(f32, u32, u32)> = (0..n as u32)

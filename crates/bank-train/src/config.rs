@@ -276,7 +276,8 @@ pub struct MergeConfig {
     /// Merge at all.
     pub enabled: bool,
     /// When and how much (`[merge.schedule]`: `start_epoch`, `every_epochs`, `fraction_start`,
-    /// `fraction_step`, `fraction_cap`, `min_similarity`, `max_group_size` with 0 = unbounded).
+    /// `fraction_step`, `fraction_cap`, `min_similarity`, `max_group_size` with 0 = unbounded,
+    /// `groups` = `"accumulate"` or `"recompute"`).
     pub schedule: bank_mining::MergeSchedule,
 }
 

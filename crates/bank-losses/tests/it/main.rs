@@ -7,3 +7,4 @@ mod closed_form;
 mod losses;
 mod nce_bank;
 mod reference;
+mod sharded;

@@ -2,7 +2,9 @@
 
 use crate::common::*;
 use bank_core::{Attachment, MemoryBank, MemoryBankConfig};
-use bank_mining::{KnnConfig, MergeSchedule, Merger, UnionFind, nearest_neighbours};
+use bank_mining::{
+    GroupUpdate, KnnConfig, MergeSchedule, Merger, Neighbours, UnionFind, nearest_neighbours,
+};
 
 type B = burn::backend::Flex;
 
@@ -100,6 +102,7 @@ fn the_schedule_merges_gradually() {
         fraction_cap: 0.5,
         min_similarity: -1.0,
         max_group_size: Some(2),
+        groups: GroupUpdate::Accumulate,
     };
     assert_eq!(
         (0..12)
@@ -115,6 +118,52 @@ fn the_schedule_merges_gradually() {
         .collect();
     assert_eq!(merged, vec![2, 6, 6, 3]);
     assert_eq!(merger.rounds(), 4);
+}
+
+/// Top-1 lists written by hand: `top1[i]` is row i's nearest neighbour, `sims[i]` its similarity.
+fn top1_lists(top1: &[u32], sims: &[f32]) -> Neighbours {
+    Neighbours {
+        k: 1,
+        indices: top1.to_vec(),
+        similarities: sims.to_vec(),
+    }
+}
+
+#[test]
+fn recomputed_groups_are_the_pairs_of_the_last_round() {
+    // Round 0: 0–1 and 2–3 are mutual nearest neighbours. Round 1: the bank has moved, 0–2 are
+    // mutual, 1 and 3 point at them without being chosen back, 4–5 are mutual.
+    let round0 = top1_lists(&[1, 0, 3, 2, 0, 4], &[0.9, 0.9, 0.8, 0.8, 0.5, 0.5]);
+    let round1 = top1_lists(&[2, 0, 0, 2, 5, 4], &[0.7, 0.6, 0.7, 0.6, 0.95, 0.95]);
+    let every = |groups| MergeSchedule {
+        fraction_start: 1.0,
+        fraction_cap: 1.0,
+        min_similarity: -1.0,
+        max_group_size: None,
+        groups,
+        ..Default::default()
+    };
+    let labels = [0, 0, 1, 1, 2, 3];
+
+    let mut fresh = Merger::new(6, every(GroupUpdate::Recompute)).unwrap();
+    let r0 = fresh.round(&round0, Some(&labels)).unwrap();
+    assert_eq!((r0.candidates, r0.pairs_merged), (2, 2));
+    assert_eq!(fresh.group_ids(), vec![0, 0, 2, 2, 4, 5]);
+    let r1 = fresh.round(&round1, Some(&labels)).unwrap();
+    // Both round-1 pairs are candidates (0–2 were not in one group once the groups are reset),
+    // the round-0 pairs are gone, and purity counts only this round's pairs: 0–2 (classes 0, 1)
+    // and 4–5 (classes 2, 3) join different classes.
+    assert_eq!((r1.candidates, r1.pairs_merged), (2, 2));
+    assert_eq!(fresh.group_ids(), vec![0, 1, 0, 3, 4, 4]);
+    assert_eq!((r1.groups, r1.largest_group), (4, 2));
+    assert_eq!(r1.purity, Some(0.0));
+
+    // The same rounds accumulated: {0, 1, 2, 3} and {4, 5}.
+    let mut grown = Merger::new(6, every(GroupUpdate::Accumulate)).unwrap();
+    grown.round(&round0, None).unwrap();
+    let g1 = grown.round(&round1, None).unwrap();
+    assert_eq!(grown.group_ids(), vec![0, 0, 0, 0, 4, 4]);
+    assert_eq!((g1.groups, g1.largest_group), (2, 4));
 }
 
 #[test]

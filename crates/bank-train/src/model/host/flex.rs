@@ -1,9 +1,9 @@
 //! The host path on burn-flex: the run-time check of the backend, and the two operations as
 //! autodiff operations of `Autodiff<Flex>` with their own backward.
 
-use std::any::{Any, TypeId};
 use std::sync::Arc;
 
+use bank_core::same_type::{cast, is};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -18,18 +18,9 @@ use super::{ConvGeometry, PoolGeometry};
 
 type Trained = Autodiff<Flex>;
 
-/// Whether `T` is `U`.
-fn is<T: 'static, U: 'static>() -> bool {
-    TypeId::of::<T>() == TypeId::of::<U>()
-}
-
 /// `value` as a `U`; called only once [`is::<T, U>`](is) holds.
 fn same<T: 'static, U: 'static>(value: T) -> U {
-    let boxed: Box<dyn Any> = Box::new(value);
-    match boxed.downcast::<U>() {
-        Ok(value) => *value,
-        Err(_) => unreachable!("`same` is called only when T is U"),
-    }
+    cast(value).unwrap_or_else(|| unreachable!("`same` is called only when T is U"))
 }
 
 /// The flex primitive of a tensor on `Flex`.
