@@ -24,13 +24,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Train with `bank-train` (release build with the chosen backend). Overrides after `--`,
-    /// e.g. `cargo xtask train -- train.views=2 method.consistency=0.5`.
+    /// e.g. `cargo xtask train -- optim.lr=0.05`; `--variant vanilla` for NPID.
     Train {
         /// Backend to build with.
         #[arg(long, value_enum, default_value_t = Backend::Flex)]
         backend: Backend,
-        /// TOML configuration.
-        #[arg(long, default_value = "configs/cifar10_small_cpu.toml")]
+        /// TOML configuration (default: the full method's CPU recipe, 30 epochs; the 8-epoch
+        /// vanilla recipe is `configs/cifar10_small_cpu.toml`).
+        #[arg(long, default_value = "configs/cifar10_small_cpu_long.toml")]
         config: PathBuf,
         /// Data folder (else MEMBANK_DATA, else ~/.cache/membank/data, downloaded when missing).
         #[arg(long)]
@@ -47,6 +48,10 @@ enum Task {
         /// Data-parallel devices, comma-separated (`cpu,cpu`, `cuda:0,cuda:1`).
         #[arg(long, value_delimiter = ',')]
         devices: Vec<String>,
+        /// One arm of the ablation instead of the recipe as written: vanilla (NPID: K = 1, no
+        /// consistency, no merging), k2, k2-consistency or full.
+        #[arg(long)]
+        variant: Option<String>,
         /// Config overrides `section.field=value`.
         #[arg(last = true)]
         overrides: Vec<String>,
@@ -244,10 +249,14 @@ fn main() -> Result<()> {
             runs,
             resume,
             devices,
+            variant,
             overrides,
         } => {
             let mut cmd = bank_train(backend)?;
             cmd.arg("train").arg("--config").arg(absolute(&config)?);
+            if let Some(variant) = variant {
+                cmd.args(["--variant", &variant]);
+            }
             if let Some(data) = data {
                 cmd.arg("--data").arg(absolute(&data)?);
             }

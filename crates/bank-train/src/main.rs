@@ -73,6 +73,12 @@ enum Command {
         /// `train.devices`.
         #[arg(long, value_delimiter = ',')]
         devices: Vec<String>,
+        /// Train one arm of the ablation instead of the recipe as written: `vanilla` (NPID:
+        /// K = 1, no consistency, no merging), `k2`, `k2-consistency` or `full`, with K, λ and
+        /// the merge schedule of the recipe and its overrides (as `ablation` does). The run is
+        /// named `<recipe name>-<variant>` unless `--name` says otherwise.
+        #[arg(long)]
+        variant: Option<ablation::Variant>,
         /// A config override `section.field=value` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -230,10 +236,17 @@ fn main() -> Result<()> {
             name,
             resume,
             devices,
+            variant,
             mut set,
             overrides,
         } => {
             set.extend(overrides);
+            let mut name = name;
+            if let Some(variant) = variant {
+                let recipe = TrainConfig::load(config.as_deref(), &set)?;
+                set.extend(variant.overrides(&recipe));
+                name.get_or_insert_with(|| format!("{}-{variant}", recipe.name));
+            }
             if !devices.is_empty() {
                 set.push(format!("train.devices={devices:?}"));
             }

@@ -1,8 +1,8 @@
 //! The `bank-train` binary as a user runs it: SIGKILLed at random moments and in the middle of
 //! checkpoint writes, then resumed, it ends with the metrics and the bank of an uninterrupted run
 //! (bit for bit, on flex). Also: logs on a pipe carry no colour codes, a resume with a changed
-//! model is refused leaving the run folder untouched, and `eval` against data that is not the
-//! run's is an error, not a panic.
+//! model is refused leaving the run folder untouched, `eval` against data that is not the
+//! run's is an error, not a panic, and `--variant` trains one arm of the ablation.
 //!
 //! The suite runs a small version (a few kills, seconds); `cargo xtask soak` runs the same test
 //! with 20 kills on a larger subset (`MEMBANK_SOAK_KILLS`, `MEMBANK_SOAK_EPOCHS`,
@@ -322,4 +322,50 @@ fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
             && err.contains("19 training images"),
         "{err}"
     );
+}
+
+#[test]
+fn the_variant_flag_trains_one_arm_of_the_ablation_and_refuses_unknown_ones() {
+    // The recipe and its overrides train the full method (K = 2, λ = 0.5, merging); `--variant
+    // vanilla` turns all three off, `--variant k2-consistency` only merging; the other overrides
+    // still apply.
+    let setup = Setup::new(1, 2);
+    for (variant, want) in [
+        ("vanilla", (1, 0.0, false)),
+        ("k2-consistency", (2, 0.5, false)),
+    ] {
+        let mut cmd = setup.train(variant, false, &["eval.k=3"]);
+        ok(cmd.args(["--variant", variant]).output().unwrap(), variant);
+        let saved = setup.run_dir(variant).join("config.toml");
+        let config = bank_train::TrainConfig::load(Some(&saved), &[]).unwrap();
+        let got = (
+            config.train.views,
+            config.method.consistency,
+            config.merge.enabled,
+        );
+        assert_eq!(got, want, "{variant}");
+        assert_eq!(config.eval.k, 3, "{variant}: the other overrides apply");
+    }
+    // Without `--name` the run is named after the recipe and the variant.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["train", "--runs"]).arg(&setup.runs);
+    for o in &setup.overrides {
+        cmd.args(["--set", o]);
+    }
+    ok(cmd.args(["--variant", "k2"]).output().unwrap(), "unnamed");
+    let named = setup
+        .runs
+        .join(format!("{}-k2", bank_train::TrainConfig::default().name));
+    assert!(named.join("summary.json").exists(), "{}", named.display());
+
+    let out = setup
+        .train("bad", false, &[])
+        .args(["--variant", "npid"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("npid") && err.contains("vanilla"), "{err}");
+    assert!(!setup.run_dir("bad").exists());
 }
