@@ -50,7 +50,7 @@ enum Task {
         devices: Vec<String>,
         /// One arm of the ablation instead of the recipe as written: vanilla (NPID: K = 1, no
         /// consistency, no merging), k2, k2-consistency or full.
-        #[arg(long)]
+        #[arg(long, value_parser = ["vanilla", "k2", "k2-consistency", "full"])]
         variant: Option<String>,
         /// Config overrides `section.field=value`.
         #[arg(last = true)]

@@ -311,8 +311,8 @@ impl<B: Backend> Softmax<B> {
         let max = reduce.max(logits.clone().max_dim(1))?;
         let shifted = logits - max.clone();
         let (shifted, (exp, sum)) = if keep_shifted {
-            let exp_sum =
-                host_softmax::exp(&shifted).unwrap_or_else(|| Self::exp_and_sum(shifted.clone()));
+            let exp_sum = host_softmax::exp_with_row_sums(&shifted)
+                .unwrap_or_else(|| Self::exp_and_sum(shifted.clone()));
             (Some(shifted), exp_sum)
         } else {
             (None, Self::exp_and_sum(shifted))

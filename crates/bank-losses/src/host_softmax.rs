@@ -157,7 +157,9 @@ pub(crate) fn exp_shifted<B: Backend>(logits: Tensor<B, 2>) -> Result<RowExp<B>,
 ///
 /// # Shapes
 /// - `shifted`: `[M, N]`; output `[M, N]`, `[M, 1]`
-pub(crate) fn exp<B: Backend>(shifted: &Tensor<B, 2>) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
+pub(crate) fn exp_with_row_sums<B: Backend>(
+    shifted: &Tensor<B, 2>,
+) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
     let device = shifted.device();
     let dims = shifted.dims();
     let (exp, sum) = flex::with_values(shifted, |v| exp_rows(v, dims[1]))?;
@@ -257,7 +259,7 @@ mod flex {
 mod tests {
     use super::*;
 
-    /// A `[rows, cols]` matrix of logits in [−20, 20], a few rows with NaN or equal entries.
+    /// A `[rows, cols]` matrix of logits in [−20, 20].
     fn logits(rows: usize, cols: usize) -> Vec<f32> {
         (0..rows * cols)
             .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 40.0)
@@ -318,9 +320,12 @@ mod tests {
         let mut v = logits(3, cols);
         v[cols + 4] = f32::NAN;
         v[2 * cols + 17] = f32::NAN; // in the tail
-        let (_, sum) = exp_shifted_rows_in_place(&mut v, cols);
+        let (max, sum) = exp_shifted_rows_in_place(&mut v, cols);
         assert!(sum[0].is_finite());
         assert!(sum[1].is_nan() && sum[2].is_nan());
+        // The maximum skips the NaN: the row's other values stay finite.
+        assert!(max.iter().all(|m| m.is_finite()), "{max:?}");
+        assert!(v[cols + 3].is_finite() && v[cols + 4].is_nan());
     }
 
     #[cfg(feature = "flex")]
@@ -344,11 +349,22 @@ mod tests {
         let sum = sum.into_data().to_vec::<f32>().unwrap();
         assert!((sum[0] - (1.0 + e(-1.0) + e(-3.0))).abs() < 1e-6, "{sum:?}");
         assert!((sum[1] - (2.0 + e(-2.0))).abs() < 1e-6, "{sum:?}");
-        assert!(exp(&flex).is_some());
+        assert!(exp_with_row_sums(&flex).is_some());
+
+        // A transposed (strided) flex tensor is read in its logical layout, and the tensor it
+        // views is left alone.
+        let transposed = flex.clone().transpose();
+        let RowExp { max, .. } = exp_shifted(transposed).ok().unwrap();
+        assert_eq!(
+            max.into_data().to_vec::<f32>().unwrap(),
+            vec![3.0, 5.0, 5.0]
+        );
+        let unchanged = flex.clone().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(unchanged, vec![1.0, 2.0, -1.0, 3.0, 5.0, 5.0]);
 
         let ndarray = Tensor::<NdArray, 2>::from_data(values, &Default::default());
         assert!(exp_shifted(ndarray.clone()).is_err());
-        assert!(exp(&ndarray).is_none());
+        assert!(exp_with_row_sums(&ndarray).is_none());
         // Scaling takes either path with the same result.
         let factors = [[2.0f32], [-0.5]];
         let on_flex = scale_rows(flex, Tensor::from_data(factors, &Default::default()));

@@ -131,10 +131,10 @@ fn top1_lists(top1: &[u32], sims: &[f32]) -> Neighbours {
 
 #[test]
 fn recomputed_groups_are_the_pairs_of_the_last_round() {
-    // Round 0: 0–1 and 2–3 are mutual nearest neighbours. Round 1: the bank has moved, 0–2 are
-    // mutual, 1 and 3 point at them without being chosen back, 4–5 are mutual.
+    // Round 0: 0–1 and 2–3 are mutual nearest neighbours. Round 1: the bank has moved; 0–1 are
+    // mutual again, 2 and 3 point at 0 and 2 without being chosen back, 4–5 are mutual.
     let round0 = top1_lists(&[1, 0, 3, 2, 0, 4], &[0.9, 0.9, 0.8, 0.8, 0.5, 0.5]);
-    let round1 = top1_lists(&[2, 0, 0, 2, 5, 4], &[0.7, 0.6, 0.7, 0.6, 0.95, 0.95]);
+    let round1 = top1_lists(&[1, 0, 0, 2, 5, 4], &[0.7, 0.7, 0.6, 0.6, 0.95, 0.95]);
     let every = |groups| MergeSchedule {
         fraction_start: 1.0,
         fraction_cap: 1.0,
@@ -150,20 +150,21 @@ fn recomputed_groups_are_the_pairs_of_the_last_round() {
     assert_eq!((r0.candidates, r0.pairs_merged), (2, 2));
     assert_eq!(fresh.group_ids(), vec![0, 0, 2, 2, 4, 5]);
     let r1 = fresh.round(&round1, Some(&labels)).unwrap();
-    // Both round-1 pairs are candidates (0–2 were not in one group once the groups are reset),
-    // the round-0 pairs are gone, and purity counts only this round's pairs: 0–2 (classes 0, 1)
-    // and 4–5 (classes 2, 3) join different classes.
+    // The groups are reset before the candidates are found: 0–1, already one group after
+    // round 0, is a candidate again and linked again; 2–3 is gone. Purity counts this round's
+    // pairs only: 0–1 (one class) and 4–5 (classes 2, 3).
     assert_eq!((r1.candidates, r1.pairs_merged), (2, 2));
-    assert_eq!(fresh.group_ids(), vec![0, 1, 0, 3, 4, 4]);
+    assert_eq!(fresh.group_ids(), vec![0, 0, 2, 3, 4, 4]);
     assert_eq!((r1.groups, r1.largest_group), (4, 2));
-    assert_eq!(r1.purity, Some(0.0));
+    assert_eq!(r1.purity, Some(0.5));
 
-    // The same rounds accumulated: {0, 1, 2, 3} and {4, 5}.
+    // The same rounds accumulated: 0–1 is skipped as already joined, 2–3 stays.
     let mut grown = Merger::new(6, every(GroupUpdate::Accumulate)).unwrap();
     grown.round(&round0, None).unwrap();
     let g1 = grown.round(&round1, None).unwrap();
-    assert_eq!(grown.group_ids(), vec![0, 0, 0, 0, 4, 4]);
-    assert_eq!((g1.groups, g1.largest_group), (2, 4));
+    assert_eq!((g1.candidates, g1.pairs_merged), (1, 1));
+    assert_eq!(grown.group_ids(), vec![0, 0, 2, 2, 4, 4]);
+    assert_eq!((g1.groups, g1.largest_group), (3, 2));
 }
 
 #[test]

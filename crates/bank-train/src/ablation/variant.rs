@@ -114,7 +114,7 @@ impl FromStr for Variant {
             .into_iter()
             .find(|v| v.name() == s)
             .ok_or_else(|| Error::Config {
-                field: "--variants".into(),
+                field: "variant".into(),
                 reason: format!(
                     "unknown variant `{s}` (known: {})",
                     Self::ALL.map(Variant::name).join(", ")
@@ -173,7 +173,7 @@ mod tests {
         let v = Variant::parse_list("full, vanilla,full").unwrap();
         assert_eq!(v, [Variant::Vanilla, Variant::Full]);
         let e = Variant::parse_list("vanilla,k3").unwrap_err().to_string();
-        assert!(e.contains("--variants") && e.contains("`k3`"), "{e}");
+        assert!(e.contains("variant") && e.contains("`k3`"), "{e}");
         assert!(Variant::parse_list(" , ").is_err());
     }
 }

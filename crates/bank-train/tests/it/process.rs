@@ -326,15 +326,16 @@ fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
 
 #[test]
 fn the_variant_flag_trains_one_arm_of_the_ablation_and_refuses_unknown_ones() {
-    // The recipe and its overrides train the full method (K = 2, λ = 0.5, merging); `--variant
-    // vanilla` turns all three off, `--variant k2-consistency` only merging; the other overrides
-    // still apply.
+    // The recipe and its overrides train the full method (K = 3, λ = 0.3: not the variants'
+    // defaults, merging); `--variant vanilla` turns all three off, `--variant k2-consistency`
+    // only merging, keeping the recipe's K and λ; the other overrides still apply.
     let setup = Setup::new(1, 2);
+    let recipe = ["train.views=3", "method.consistency=0.3", "eval.k=3"];
     for (variant, want) in [
         ("vanilla", (1, 0.0, false)),
-        ("k2-consistency", (2, 0.5, false)),
+        ("k2-consistency", (3, 0.3, false)),
     ] {
-        let mut cmd = setup.train(variant, false, &["eval.k=3"]);
+        let mut cmd = setup.train(variant, false, &recipe);
         ok(cmd.args(["--variant", variant]).output().unwrap(), variant);
         let saved = setup.run_dir(variant).join("config.toml");
         let config = bank_train::TrainConfig::load(Some(&saved), &[]).unwrap();
