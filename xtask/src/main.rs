@@ -355,6 +355,11 @@ fn main() -> Result<()> {
             };
             let mut cmd = tensor_crate_tests(Backend::Tch);
             libtorch::configure(&mut cmd, &python)?;
+            run(cmd)?;
+            // bank-train's own LibTorch path (ATen's conv → BatchNorm → ReLU units).
+            let mut cmd = cargo(&["test", "-p", "bank-train", "--lib", "--features", "tch"]);
+            cmd.arg("model::host");
+            libtorch::configure(&mut cmd, &python)?;
             run(cmd)
         }
         Task::Bench { backend, args } if args.first().is_some_and(|a| a == "compare") => {

@@ -56,6 +56,16 @@ pub struct BatchNorm2d<B: Backend> {
 }
 
 impl<B: Backend> BatchNorm2d<B> {
+    /// The constant added to the variance.
+    pub fn epsilon(&self) -> f64 {
+        self.epsilon
+    }
+
+    /// The weight of a new batch in the running statistics.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
     /// # Shapes
     /// - input and output: `[N, C, H, W]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

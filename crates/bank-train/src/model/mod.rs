@@ -8,7 +8,7 @@ mod small_cnn;
 
 pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use embedding::{Arch, Backbone, EmbeddingNet, ModelConfig};
-pub use host::{conv2d, max_pool2d};
+pub use host::{conv2d, max_pool2d, relu};
 pub use resnet::{BasicBlock, Bottleneck, ResNet, ResNetConfig, ResidualBlock, Stem};
 pub use small_cnn::{SmallCnn, SmallCnnConfig};
 
@@ -81,6 +81,25 @@ impl<B: Backend> ConvBn<B> {
     /// - input: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(conv2d(&self.conv, x))
+        self.forward_then(x, false)
+    }
+
+    /// `relu(self.forward(x))`; on LibTorch one operation of ATen's with the convolution and
+    /// the normalisation (`host::conv_bn`).
+    ///
+    /// # Shapes
+    /// - input: `[N, C_in, H, W]`
+    /// - output: `[N, C_out, H/stride, W/stride]`
+    pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_then(x, true)
+    }
+
+    fn forward_then(&self, x: Tensor<B, 4>, then_relu: bool) -> Tensor<B, 4> {
+        let x = match host::conv_bn(&self.conv, &self.bn, x, then_relu) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
+        let y = self.bn.forward(conv2d(&self.conv, x));
+        if then_relu { relu(y) } else { y }
     }
 }

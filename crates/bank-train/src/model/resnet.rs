@@ -5,9 +5,8 @@
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
-use super::{ConvBn, max_pool2d};
+use super::{ConvBn, max_pool2d, relu};
 
 /// The first layers of the network.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -111,7 +110,7 @@ impl<B: Backend> BasicBlock<B> {
             Some(s) => s.forward(x.clone()),
             None => x.clone(),
         };
-        let y = relu(self.conv1.forward(x));
+        let y = self.conv1.forward_relu(x);
         relu(self.conv2.forward(y) + identity)
     }
 }
@@ -144,8 +143,8 @@ impl<B: Backend> Bottleneck<B> {
             Some(s) => s.forward(x.clone()),
             None => x.clone(),
         };
-        let y = relu(self.reduce.forward(x));
-        let y = relu(self.conv.forward(y));
+        let y = self.reduce.forward_relu(x);
+        let y = self.conv.forward_relu(y);
         relu(self.expand.forward(y) + identity)
     }
 }
@@ -186,7 +185,7 @@ impl<B: Backend> ResNet<B> {
     /// - input: `[N, 3, H, W]`
     /// - output: `[N, 512]` (basic blocks) or `[N, 2048]` (bottlenecks)
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = relu(self.stem.forward(x));
+        let mut x = self.stem.forward_relu(x);
         if let Some(pool) = &self.max_pool {
             x = max_pool2d(pool, x);
         }

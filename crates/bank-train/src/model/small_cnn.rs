@@ -4,7 +4,6 @@
 
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use super::{ConvBn, PYTORCH_CONV_INIT, max_pool2d};
 
@@ -47,9 +46,9 @@ impl<B: Backend> SmallCnn<B> {
     /// - input: `[N, C, H, W]` (C = the configured channels)
     /// - output: `[N, 128]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = max_pool2d(&self.pool, relu(self.block1.forward(x)));
-        let x = max_pool2d(&self.pool, relu(self.block2.forward(x)));
-        let x = relu(self.block3.forward(x));
+        let x = max_pool2d(&self.pool, self.block1.forward_relu(x));
+        let x = max_pool2d(&self.pool, self.block2.forward_relu(x));
+        let x = self.block3.forward_relu(x);
         self.gap.forward(x).flatten(1, 3)
     }
 }

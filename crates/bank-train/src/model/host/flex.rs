@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bank_core::same_type::{cast, is};
+use bank_core::same_type::is;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -14,14 +14,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 
-use super::{ConvGeometry, PoolGeometry};
+use super::{ConvGeometry, PoolGeometry, same};
 
 type Trained = Autodiff<Flex>;
-
-/// `value` as a `U`; called only once [`is::<T, U>`](is) holds.
-fn same<T: 'static, U: 'static>(value: T) -> U {
-    cast(value).unwrap_or_else(|| unreachable!("`same` is called only when T is U"))
-}
 
 /// The flex primitive of a tensor on `Flex`.
 fn primitive<B: Backend>(tensor: Tensor<B, 4>) -> FlexTensor {

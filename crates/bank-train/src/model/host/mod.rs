@@ -20,6 +20,33 @@ mod conv;
 mod pool;
 
 mod flex;
+#[cfg(feature = "tch")]
+mod libtorch;
+/// Without the `tch` feature there is no LibTorch backend to recognise.
+#[cfg(not(feature = "tch"))]
+mod libtorch {
+    use super::ConvGeometry;
+    use crate::model::BatchNorm2d;
+    use burn::prelude::*;
+
+    pub(super) fn conv_bn<B: Backend>(
+        x: Tensor<B, 4>,
+        _: Tensor<B, 4>,
+        _: &BatchNorm2d<B>,
+        _: ConvGeometry,
+        _: bool,
+    ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+        Err(x)
+    }
+
+    pub(super) fn relu<B: Backend, const D: usize>(
+        x: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        Err(x)
+    }
+}
+
+use bank_core::same_type::cast;
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -27,8 +54,15 @@ use burn::nn::pool::MaxPool2d;
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use crate::model::BatchNorm2d;
+
 pub(crate) use conv::ConvGeometry;
 pub(crate) use pool::PoolGeometry;
+
+/// `value` as a `U`; called only once `same_type::is::<T, U>` holds.
+fn same<T: 'static, U: 'static>(value: T) -> U {
+    cast(value).unwrap_or_else(|| unreachable!("`same` is called only when T is U"))
+}
 
 /// `conv.forward(x)`, on the host when the backend is burn-flex (see the module docs).
 ///
@@ -58,6 +92,36 @@ pub fn max_pool2d<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4>
         }
     }
     pool.forward(x)
+}
+
+/// conv → BatchNorm (→ ReLU when `relu`) as one operation of ATen's when the backend is
+/// LibTorch (see `libtorch`); `Err(x)` on any other backend or for a convolution the path does
+/// not take (as [`conv2d`]'s), for the caller to run the layers one by one.
+///
+/// # Shapes
+/// - input: `[N, C_in, H, W]`
+/// - output: `[N, C_out, H_out, W_out]`
+pub(crate) fn conv_bn<B: Backend>(
+    conv: &Conv2d<B>,
+    bn: &BatchNorm2d<B>,
+    x: Tensor<B, 4>,
+    relu: bool,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    match conv_geometry(conv, &x) {
+        Some(g) if bn.gamma.dims() == [g.out_channels] => {
+            libtorch::conv_bn(x, conv.weight.val(), bn, g, relu)
+        }
+        _ => Err(x),
+    }
+}
+
+/// ReLU, with ATen's backward on `Autodiff<LibTorch>` (burn-tch's is `le` + `masked_fill`);
+/// burn's elsewhere.
+///
+/// # Shapes
+/// - input and output: any, the same
+pub fn relu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    libtorch::relu(x).unwrap_or_else(burn::tensor::activation::relu)
 }
 
 /// Symmetric padding `[top/bottom, left/right]`, or `None` for any other configuration.
@@ -107,6 +171,9 @@ fn pool_geometry<B: Backend>(pool: &MaxPool2d, x: &Tensor<B, 4>) -> Option<PoolG
     };
     (supported && geometry.output().is_some()).then_some(geometry)
 }
+
+#[cfg(all(test, feature = "tch"))]
+mod libtorch_tests;
 
 #[cfg(test)]
 mod tests {
