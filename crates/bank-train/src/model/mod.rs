@@ -94,6 +94,12 @@ impl<B: Backend> ConvBn<B> {
         self.forward_then(x, true)
     }
 
+    /// conv → BatchNorm, then ReLU when `then_relu`: one operation of ATen's on LibTorch, the
+    /// layers one by one elsewhere.
+    ///
+    /// # Shapes
+    /// - input: `[N, C_in, H, W]`
+    /// - output: `[N, C_out, H/stride, W/stride]`
     fn forward_then(&self, x: Tensor<B, 4>, then_relu: bool) -> Tensor<B, 4> {
         let x = match host::conv_bn(&self.conv, &self.bn, x, then_relu) {
             Ok(y) => return y,

@@ -74,6 +74,10 @@ struct Norm {
 
 /// conv → BatchNorm (→ ReLU) in ATen, on tch tensors. In training, `running` is updated in
 /// place (PyTorch's rule: momentum, unbiased variance), so it must be a copy.
+///
+/// # Shapes
+/// - x: `[N, C_in, H, W]`; weight: `[C_out, C_in, kh, kw]`; γ, β and `running`: `[C_out]`
+/// - output: `[N, C_out, H_out, W_out]`
 fn unit_forward(
     x: &tch::Tensor,
     [weight, gamma, beta]: [&tch::Tensor; 3],
@@ -91,6 +95,8 @@ fn unit_forward(
         [1, 1],
         1,
     );
+    // cuDNN where ATen would take it (as `torch.nn.functional.batch_norm` does); on the CPU
+    // ATen's own kernels either way.
     let y = y.batch_norm(
         Some(gamma),
         Some(beta),
@@ -99,13 +105,19 @@ fn unit_forward(
         norm.training,
         norm.momentum,
         norm.epsilon,
-        false,
+        true,
     );
     if relu { y.relu() } else { y }
 }
 
 /// conv → BatchNorm (→ ReLU) on `Autodiff<LibTorch>` (batch statistics, running ones updated) or
-/// `LibTorch` (running statistics); `Err(x)` on any other backend.
+/// `LibTorch` (running statistics); `Err(x)` on any other backend, and in training when a
+/// channel has fewer than 2 values per batch (N · H_out · W_out < 2: ATen's unbiased running
+/// variance would divide by 0, where the generic layer guards it).
+///
+/// # Shapes
+/// - x: `[N, C_in, H, W]`; weight: `[C_out, C_in, kh, kw]`
+/// - output: `[N, C_out, H_out, W_out]`
 pub(super) fn conv_bn<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
@@ -114,36 +126,55 @@ pub(super) fn conv_bn<B: Backend>(
     relu: bool,
 ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
     if is::<B, Plain>() {
-        let norm = Norm {
-            training: false,
-            momentum: bn.momentum(),
-            epsilon: bn.epsilon(),
-        };
-        let w = plain(weight).tensor;
-        let [gamma, beta, mean, var] = [
-            bn.gamma.val(),
-            bn.beta.val(),
-            bn.running_mean.value(),
-            bn.running_var.value(),
-        ]
-        .map(|t| plain(t).tensor);
-        let y = unit_forward(
-            &plain(x).tensor,
-            [&w, &gamma, &beta],
-            [&mean, &var],
-            &g,
-            norm,
-            relu,
-        );
-        return Ok(wrap_plain(TchTensor::new(y)));
+        return Ok(conv_bn_inference(x, weight, bn, &g, relu));
     }
-    if !is::<B, Trained>() {
+    let [ho, wo] = g.output().unwrap_or([0, 0]);
+    if !is::<B, Trained>() || g.batch * ho * wo < 2 {
         return Err(x);
     }
     Ok(conv_bn_trained(x, weight, bn, g, relu))
 }
 
-/// [`conv_bn`] on `Autodiff<LibTorch>`.
+/// [`conv_bn`] on `LibTorch`: the running statistics, no graph.
+///
+/// # Shapes
+/// - as [`conv_bn`]
+fn conv_bn_inference<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bn: &BatchNorm2d<B>,
+    g: &ConvGeometry,
+    relu: bool,
+) -> Tensor<B, 4> {
+    let norm = Norm {
+        training: false,
+        momentum: bn.momentum(),
+        epsilon: bn.epsilon(),
+    };
+    let w = plain(weight).tensor;
+    let [gamma, beta, mean, var] = [
+        bn.gamma.val(),
+        bn.beta.val(),
+        bn.running_mean.value(),
+        bn.running_var.value(),
+    ]
+    .map(|t| plain(t).tensor);
+    let y = unit_forward(
+        &plain(x).tensor,
+        [&w, &gamma, &beta],
+        [&mean, &var],
+        g,
+        norm,
+        relu,
+    );
+    wrap_plain(TchTensor::new(y))
+}
+
+/// [`conv_bn`] on `Autodiff<LibTorch>`: ATen's graph on leaves sharing burn's storage, the
+/// running statistics updated, and the autodiff op that will run the graph's backward.
+///
+/// # Shapes
+/// - as [`conv_bn`]
 fn conv_bn_trained<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
@@ -164,14 +195,15 @@ fn conv_bn_trained<B: Backend>(
     ];
     let running = [bn.running_mean.value_sync(), bn.running_var.value_sync()]
         .map(|t| tracked(t).primitive.tensor.copy());
-    let nodes = inputs.each_ref().map(|t| t.node.clone());
-    let wanted = nodes
-        .each_ref()
-        .map(|n| n.clone_if_require_grad().is_some());
-    // The same storage as burn's tensors, as leaves of a graph of ATen's own.
+    let wanted = inputs.each_ref().map(|t| !t.node.requirement.is_none());
     let leaves: [TchTensor; 4] = std::array::from_fn(|i| {
-        let leaf = inputs[i].primitive.tensor.detach();
-        TchTensor::new(leaf.set_requires_grad(wanted[i]))
+        TchTensor::new(
+            inputs[i]
+                .primitive
+                .tensor
+                .detach()
+                .set_requires_grad(wanted[i]),
+        )
     });
     let y = tch::with_grad(|| {
         unit_forward(
@@ -183,30 +215,44 @@ fn conv_bn_trained<B: Backend>(
             relu,
         )
     });
-    let [mean, var] = running.map(|t| {
-        let inner = Tensor::<Plain, 1>::from_primitive(TensorPrimitive::Float(TchTensor::new(t)));
+    update_running(bn, &running);
+    let graph = UnitGraph {
+        root: TchTensor::new(y),
+        leaves: std::array::from_fn(|i| wanted[i].then(|| leaves[i].clone())),
+        held: inputs.each_ref().map(|t| t.primitive.clone()),
+        output: None,
+    };
+    wrap_tracked(finish(inputs, graph))
+}
+
+/// Gives `bn` the running statistics ATen updated, as copies: ATen's graph keeps the tensors it
+/// updated (its BatchNorm backward checks that they were not written since), and burn-tch may
+/// write a running-statistics tensor it holds alone in place at the next update.
+fn update_running<B: Backend>(bn: &BatchNorm2d<B>, [mean, var]: &[tch::Tensor; 2]) {
+    let state = |t: &tch::Tensor| {
+        let inner =
+            Tensor::<Plain, 1>::from_primitive(TensorPrimitive::Float(TchTensor::new(t.copy())));
         same::<_, Tensor<B, 1>>(Tensor::<Trained, 1>::from_inner(inner))
-    });
-    bn.running_mean.update(mean);
-    bn.running_var.update(var);
-    let output = TchTensor::new(y.detach());
-    let y = match UnitBackward
-        .prepare::<NoCheckpointing>(nodes)
+    };
+    bn.running_mean.update(state(mean));
+    bn.running_var.update(state(var));
+}
+
+/// The output of [`conv_bn_trained`] as an autodiff tensor, with [`UnitBackward`] recorded when
+/// a parent wants a gradient. Burn's handle to the output is held in the graph too.
+fn finish(inputs: [FloatTensor<Trained>; 4], mut graph: UnitGraph) -> FloatTensor<Trained> {
+    let output = TchTensor::new(graph.root.tensor.detach());
+    match UnitBackward
+        .prepare::<NoCheckpointing>(inputs.map(|t| t.node))
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let held = inputs.map(|t| t.primitive);
-            let graph = UnitGraph {
-                root: TchTensor::new(y),
-                leaves: std::array::from_fn(|i| wanted[i].then(|| leaves[i].clone())),
-                held: held.into_iter().chain([output.clone()]).collect(),
-            };
+            graph.output = Some(output.clone());
             prep.finish(graph, output)
         }
         OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    wrap_tracked(y)
+    }
 }
 
 /// What [`UnitBackward`] needs: ATen's graph and the burn handles it reads.
@@ -216,9 +262,11 @@ struct UnitGraph {
     root: TchTensor,
     /// The leaves x, weight, γ, β of that graph, where burn wants their gradient.
     leaves: [Option<TchTensor>; 4],
-    /// Burn's handles to the inputs and the output, held so that burn-tch never writes them in
+    /// Burn's handles to the inputs x, weight, γ, β, held so that burn-tch never writes them in
     /// place while the graph still reads them.
-    held: Vec<TchTensor>,
+    held: [TchTensor; 4],
+    /// Burn's handle to the output, held for the same reason (ATen's ReLU reads it).
+    output: Option<TchTensor>,
 }
 
 /// The backward of [`conv_bn`]: ATen's, through LibTorch's autograd.
@@ -230,16 +278,21 @@ impl Backward<Plain, 4> for UnitBackward {
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Plain>(&ops.node);
-        let UnitGraph { root, leaves, held } = ops.state;
+        let UnitGraph {
+            root,
+            leaves,
+            held,
+            output,
+        } = ops.state;
         let wanted: Vec<&tch::Tensor> = leaves.iter().flatten().map(|t| &t.tensor).collect();
-        let mut found = vjp(&root.tensor, &grad.tensor, &wanted).into_iter();
-        drop(held);
-        for (parent, leaf) in ops.parents.iter().zip(&leaves) {
-            let Some(_) = leaf else { continue };
-            let gradient = found.next().expect("one gradient per leaf");
-            if let Some(node) = parent {
-                grads.register::<Plain>(node.id, TchTensor::new(gradient));
-            }
+        let found = vjp(&root.tensor, &grad.tensor, &wanted);
+        // ATen's graph is spent: burn-tch may write what it holds again.
+        drop((held, output));
+        // A leaf is there exactly where its parent wants a gradient (both from the node's
+        // requirement), in the same order.
+        let parents = ops.parents.iter().flatten();
+        for (node, gradient) in parents.zip(found) {
+            grads.register::<Plain>(node.id, TchTensor::new(gradient));
         }
     }
 }
@@ -255,6 +308,9 @@ fn vjp(root: &tch::Tensor, grad: &tch::Tensor, leaves: &[&tch::Tensor]) -> Vec<t
 
 /// ReLU on `Autodiff<LibTorch>` with ATen's `threshold_backward`; `Err(x)` elsewhere (burn's
 /// ReLU on `LibTorch` is already ATen's).
+///
+/// # Shapes
+/// - input and output: any, the same
 pub(super) fn relu<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {

@@ -173,3 +173,49 @@ fn libtorch_unit_with_an_untracked_input() {
         assert_close(&a, &b, what);
     }
 }
+
+/// Two forwards of one unit before one backward (as two views through the same network, or
+/// gradient accumulation): the second forward reads and updates the running statistics that
+/// the first one's graph still holds. A frozen convolution (no gradient for its weight) before a
+/// tracked input is in the middle of the parents. Against ndarray.
+#[test]
+fn libtorch_unit_twice_before_one_backward_and_frozen_weights() {
+    fn go<B: AutodiffBackend>(x: &[f32], shape: [usize; 4]) -> Vec<Vec<f32>> {
+        let mut u = unit::<B>(3, 4, 3, 1);
+        u.conv.weight = u.conv.weight.map(|w| w.set_require_grad(false));
+        let x1 = tensor::<B, 4>(x, shape).require_grad();
+        let x2 = x1.clone().mul_scalar(-0.5).add_scalar(0.25);
+        let (y1, y2) = (u.forward_relu(x1.clone()), u.forward(x2));
+        let r1 = tensor::<B, 4>(&values(y1.dims().iter().product(), 7), y1.dims());
+        let r2 = tensor::<B, 4>(&values(y2.dims().iter().product(), 8), y2.dims());
+        let grads = ((y1.clone() * r1).sum() + (y2.clone() * r2).sum()).backward();
+        assert!(
+            u.conv.weight.val().grad(&grads).is_none(),
+            "a frozen weight"
+        );
+        vec![
+            vec(y1),
+            vec(y2),
+            vec(x1.grad(&grads).unwrap()),
+            vec(u.bn.gamma.val().grad(&grads).unwrap()),
+            vec(u.bn.beta.val().grad(&grads).unwrap()),
+            vec(u.bn.running_mean.value_sync()),
+            vec(u.bn.running_var.value_sync()),
+        ]
+    }
+    let shape = [2, 3, 6, 5];
+    let x = values(shape.iter().product(), 9);
+    let names = [
+        "first output",
+        "second output",
+        "dL/dx",
+        "dL/dγ",
+        "dL/dβ",
+        "running mean",
+        "running var",
+    ];
+    let (torch, reference) = (go::<Torch>(&x, shape), go::<Reference>(&x, shape));
+    for ((what, a), b) in names.iter().zip(&torch).zip(&reference) {
+        assert_close(a, b, what);
+    }
+}
