@@ -38,6 +38,7 @@ mod workers;
 
 pub use devices::parse_devices;
 pub use gather::gather_updates;
+pub(crate) use replica::replica_model;
 pub use replica::{Replica, ShardStep};
 pub use workers::{DataParallel, RowsOf};
 

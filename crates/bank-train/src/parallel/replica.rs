@@ -43,6 +43,22 @@ pub struct Replica<B: AutodiffBackend> {
     pub nce: Option<NceLoss<B>>,
 }
 
+/// A copy of `model` on `device` whose BatchNorm running statistics are its own.
+///
+/// burn's `clone` and `fork` keep a `RunningState`'s shared cell (an `Arc`): a replica made
+/// that way would share replica 0's running statistics, burn would average every thread's
+/// updates into them in whatever order the threads reach them, and `fork` would move the
+/// shared tensor to the last replica's device. Going through the inner (non-autodiff) module
+/// gives every running statistic a new cell; the trained parameters keep their ids (the
+/// optimiser's state is keyed by them) and their `require_grad`.
+pub fn replica_model<B: AutodiffBackend>(
+    model: &EmbeddingNet<B>,
+    device: &B::Device,
+) -> EmbeddingNet<B> {
+    use burn::module::AutodiffModule;
+    EmbeddingNet::from_inner(model.valid()).fork(device)
+}
+
 /// One replica's part of a step.
 #[derive(Debug, Clone)]
 pub struct ShardStep {

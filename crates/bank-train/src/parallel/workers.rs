@@ -15,7 +15,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::bank_shards::shard_neighbours;
 use super::sync::check_same_start;
-use super::{Replica, ShardStep};
+use super::{Replica, ShardStep, replica_model};
 use crate::config::BankSharding;
 use crate::model::EmbeddingNet;
 use crate::state::TrainState;
@@ -135,7 +135,7 @@ impl<B: AutodiffBackend> DataParallel<B> {
             let replica = Replica {
                 rank,
                 device: device.clone(),
-                model: state.model.clone().fork(device),
+                model: replica_model(&state.model, device),
                 optim: state.optim.clone(),
                 bank,
                 columns: columns(rank),
