@@ -518,25 +518,28 @@ fn nce_on_two_replicas_matches_one_device() {
         let got;
         (state, got) = parallel.step(state, &host, lr, 0.1).unwrap();
         let at = format!("step {step}");
+        // Not to f32 noise: burn's sums are not in the same order from run to run, and now
+        // and then one unit's activation lands on the other side of a ReLU, which moves the
+        // next steps by far more. Seen over 24 runs, at most: loss 9e-7 relative (1.2e-5 after
+        // such an event), parameters 1.2e-5 of the training's change (2.2e-3), bank 1.5e-6
+        // (1.3e-5), Z 2.4e-6 relative (3.4e-5). A replica's gradient weighted by an even share
+        // instead of its samples' share is off by 5% in the loss and 0.11 in the parameters at
+        // step 1.
         assert!(
-            (got - want).abs() <= 1e-5 * want.abs(),
+            (got - want).abs() <= 1e-4 * want.abs(),
             "{at}: loss {got} against {want}"
         );
-        // Not coordinate by coordinate, and not to f32 noise: burn's sums are not in the same
-        // order from run to run, and now and then one unit's activation lands on the other side
-        // of a ReLU, which moves a few coordinates by far more (seen over 10 runs: 1e-6–1.2e-5
-        // of the training's change, 7e-4–1.9e-3 after such an event). A replica's gradient
-        // weighted by an even share instead of its samples' share is off by 0.11 at step 1.
+        // The parameters not coordinate by coordinate: the L2 norms.
         let dp = relative_to_training(&params(&state.model), &params(&single.model), &start);
         assert!(
             dp < 1e-2,
             "{at}: parameters differ by {dp} of the training's change"
         );
         let db = max_diff(&rows(&state), &rows(&single));
-        assert!(db < 1e-5, "{at}: banks differ by {db}");
+        assert!(db < 1e-4, "{at}: banks differ by {db}");
         let z = |s: &TrainState<A>| s.nce.as_ref().unwrap().z().unwrap();
         let (zg, zw) = (z(&state), z(&single));
-        assert!((zg - zw).abs() <= 1e-5 * zw, "{at}: Z {zg} against {zw}");
+        assert!((zg - zw).abs() <= 2e-4 * zw, "{at}: Z {zg} against {zw}");
     }
 }
 
