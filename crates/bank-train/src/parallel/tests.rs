@@ -81,18 +81,23 @@ fn accumulated_step(state: &mut TrainState<A>, host: &HostBatch, world: usize, l
 
 /// Every trained parameter, flattened, in visiting order.
 fn params(model: &impl Module<A>) -> Vec<f32> {
-    struct All(Vec<f32>);
-    impl ModuleVisitor<A> for All {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
-            // Trained parameters only: running statistics are per replica.
-            if !param.is_require_grad() {
-                return;
+    // Trained parameters only: running statistics are per replica.
+    floats(model, true)
+}
+
+/// The float tensors of `model` that are trained (`trained`) or not (the running statistics),
+/// flattened, in visiting order.
+fn floats<Bk: Backend>(model: &impl Module<Bk>, trained: bool) -> Vec<f32> {
+    struct Floats(Vec<f32>, bool);
+    impl<Bk: Backend> ModuleVisitor<Bk> for Floats {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
+            if param.is_require_grad() == self.1 {
+                let v = param.val().into_data().convert::<f32>();
+                self.0.extend(v.to_vec::<f32>().unwrap());
             }
-            let v = param.val().into_data().convert::<f32>();
-            self.0.extend(v.to_vec::<f32>().unwrap());
         }
     }
-    let mut all = All(Vec::new());
+    let mut all = Floats(Vec::new(), trained);
     model.visit(&mut all);
     all.0
 }
@@ -547,21 +552,7 @@ fn nce_on_two_replicas_matches_one_device() {
 /// folded in the updates of every thread (`valid` syncs them).
 fn running_statistics(model: &crate::model::EmbeddingNet<A>) -> Vec<f32> {
     use burn::module::AutodiffModule;
-    struct Running(Vec<f32>);
-    impl ModuleVisitor<burn::backend::NdArray> for Running {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &Param<Tensor<burn::backend::NdArray, D>>,
-        ) {
-            if !param.is_require_grad() {
-                let v = param.val().into_data().convert::<f32>();
-                self.0.extend(v.to_vec::<f32>().unwrap());
-            }
-        }
-    }
-    let mut all = Running(Vec::new());
-    model.valid().visit(&mut all);
-    all.0
+    floats(&model.valid(), false)
 }
 
 /// A replica trains on its own thread, as the workers do; its BatchNorm updates must not reach

@@ -109,12 +109,18 @@ fn a_sharded_run_evaluates_merges_and_checkpoints_as_the_replicated_run() {
     let sharded = root.path().join("sharded");
     let loss = run(&sharded, false, &sharded_config).unwrap();
 
+    // The two runs sum in other orders (the softmax's normaliser over three shards, not one
+    // bank), and two epochs of training carry that apart. Measured over 5 runs (stop 30): the
+    // loss 5.4e-6 relative after epoch 1 and 8.4–8.7e-5 after epoch 2 (1e-4 was allowed
+    // before), the banks 2.7–3.5e-4 apart (stop 29's CI: 2.9e-4); both repeat from run to run
+    // to two digits, so this is the two orders, not noise. The step itself is held to 1e-4 in
+    // `parallel::tests`; here the kNN and the merge rounds must still be equal.
     let (want, got) = (epochs(&replicated), epochs(&sharded));
     assert_eq!(got.len(), 2);
     for (w, g) in want.iter().zip(&got) {
         let at = format!("epoch {}", g.epoch);
         assert!(
-            (g.loss - w.loss).abs() <= 1e-4 * w.loss.abs(),
+            (g.loss - w.loss).abs() <= 5e-4 * w.loss.abs(),
             "{at}: loss {} vs {}",
             g.loss,
             w.loss
@@ -124,12 +130,8 @@ fn a_sharded_run_evaluates_merges_and_checkpoints_as_the_replicated_run() {
         assert!(g.merge.is_some(), "{at}: no merge round");
         assert_eq!(g.merge, w.merge, "{at}: merge round");
     }
-    // burn's sums are not in the same order from run to run (see the NCE test of
-    // `parallel/tests.rs`, where that was measured): over two epochs of three replicas the banks
-    // were once 2.9e-4 apart (stop 29's CI), against 1e-4 allowed before. This test's own spread
-    // is not measured yet.
     let diff = max_diff(&bank_rows(&sharded), &bank_rows(&replicated));
-    assert!(diff < 1e-3, "checkpointed banks differ by {diff}");
+    assert!(diff < 2e-3, "checkpointed banks differ by {diff}");
 
     lose_epoch_two(&sharded);
     let again = run(&sharded, true, &sharded_config).unwrap();
