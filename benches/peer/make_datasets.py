@@ -11,6 +11,8 @@ All but digits come from the CIFAR-10 JPEG archive (train/<class>/NNNN.jpg, test
 * cifardark -- dark backgrounds on images a small CNN can learn: the CIFAR image in colour, shrunk to
                a random 20-26 px side and pasted at a random position on a black 32x32 canvas
                (34-61% of the pixels black); RGB PNG.
+* cifardark40 -- the same at another size: a random 25-32 px side on a black 40x40 canvas
+               (36-61% black); RGB PNG.
 * digits    -- MNIST-like synthetic digits: the glyph 0-9 in a random DejaVu font (system fonts,
                /usr/share/fonts/truetype/dejavu), stroke widened 0-2 px, elastically distorted, fitted into a
                16-22 px box, rotated +-20 degrees, grey level 200-255,
@@ -129,19 +131,19 @@ def make_digits(out_dir, train_per_class, test_per_class, seed):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archive", default="/work/shared/data/cifar10/cifar10-jpeg.tar.gz")
-    p.add_argument("--out", default="/tmp", help="writes OUT/darkset, OUT/cifarsub, OUT/cifargrey24, OUT/cifardark and OUT/digits")
+    p.add_argument("--out", default="/tmp", help="writes OUT/darkset, OUT/cifarsub, OUT/cifargrey24, OUT/cifardark, OUT/cifardark40 and OUT/digits")
     p.add_argument("--train-per-class", type=int, default=500)
     p.add_argument("--test-per-class", type=int, default=100, help="darkset test images per class")
     p.add_argument("--cifar-test-per-class", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", choices=["darkset", "cifarsub", "cifargrey24", "cifardark", "digits"], default=None)
+    p.add_argument("--only", choices=["darkset", "cifarsub", "cifargrey24", "cifardark", "cifardark40", "digits"], default=None)
     a = p.parse_args()
     if a.only in (None, "digits"):
         make_digits(a.out, a.train_per_class, a.test_per_class, a.seed)
     if a.only == "digits":
         return
     data = read_archive(a.archive, a.train_per_class, max(a.test_per_class, a.cifar_test_per_class))
-    for kind in ["darkset", "cifarsub", "cifargrey24", "cifardark"]:
+    for kind in ["darkset", "cifarsub", "cifargrey24", "cifardark", "cifardark40"]:
         if a.only and kind != a.only:
             continue
         rng = random.Random(a.seed)
@@ -156,6 +158,8 @@ def main():
                         out = dark(img, rng)
                     elif kind == "cifardark":
                         out = dark_colour(img, rng)
+                    elif kind == "cifardark40":
+                        out = dark_colour(img, rng, canvas=40, lo=25, hi=32)
                     elif kind == "cifargrey24":
                         out = img.convert("L").resize((24, 24), Image.BILINEAR)
                     else:
