@@ -56,19 +56,12 @@ def read_archive(path, train_per_class, test_per_class):
     return members
 
 
-def dark(img, rng, canvas=28, lo=16, hi=20):
+def on_black(img, rng, canvas, lo, hi, mode):
+    """The image in `mode` ("L" or "RGB"), shrunk to a random lo-hi px side and pasted at a random
+    position on a black canvas x canvas image."""
     side = rng.randint(lo, hi)
-    small = img.convert("L").resize((side, side), Image.BILINEAR)
-    out = Image.new("L", (canvas, canvas), 0)
-    x, y = rng.randint(0, canvas - side), rng.randint(0, canvas - side)
-    out.paste(small, (x, y))
-    return out
-
-
-def dark_colour(img, rng, canvas=32, lo=20, hi=26):
-    side = rng.randint(lo, hi)
-    small = img.resize((side, side), Image.BILINEAR)
-    out = Image.new("RGB", (canvas, canvas), (0, 0, 0))
+    small = img.convert(mode).resize((side, side), Image.BILINEAR)
+    out = Image.new(mode, (canvas, canvas), 0)
     x, y = rng.randint(0, canvas - side), rng.randint(0, canvas - side)
     out.paste(small, (x, y))
     return out
@@ -155,11 +148,11 @@ def main():
                 os.makedirs(d, exist_ok=True)
                 for name, img in data[split][cls][:limit]:
                     if kind == "darkset":
-                        out = dark(img, rng)
+                        out = on_black(img, rng, canvas=28, lo=16, hi=20, mode="L")
                     elif kind == "cifardark":
-                        out = dark_colour(img, rng)
+                        out = on_black(img, rng, canvas=32, lo=20, hi=26, mode="RGB")
                     elif kind == "cifardark40":
-                        out = dark_colour(img, rng, canvas=40, lo=25, hi=32)
+                        out = on_black(img, rng, canvas=40, lo=25, hi=32, mode="RGB")
                     elif kind == "cifargrey24":
                         out = img.convert("L").resize((24, 24), Image.BILINEAR)
                     else:
