@@ -21,32 +21,106 @@ fn configs(k: usize, small: usize) -> impl Iterator<Item = (KnnConfig, String)> 
     })
 }
 
-/// Brute-force top-k in f64: sort by (similarity desc, index asc).
-fn brute_force(
-    rows: &[f32],
-    queries: &[f32],
-    d: usize,
-    k: usize,
-    exclude_self: bool,
-) -> Vec<Vec<u32>> {
-    let n = rows.len() / d;
+/// Every bank row's similarity to one query in f64, and how far a backend's f32 search may
+/// place it from that: f32 accumulation (`1e-5`) plus, where the backend's matmul rounds its
+/// inputs ([`matmul_input_roundoff`]), `2 · roundoff · Σ_c |q_c · r_jc|`.
+struct Exact {
+    sims: Vec<f64>,
+    bounds: Vec<f64>,
+    /// Whether the backend's matmul rounds its inputs.
+    rounded: bool,
+}
+
+/// [`Exact`] of each query against every row, with `roundoff` the relative rounding of one
+/// matmul input (0 where the search multiplies in f32).
+fn exact_similarities(rows: &[f32], queries: &[f32], d: usize, roundoff: f64) -> Vec<Exact> {
     queries
         .chunks(d)
-        .enumerate()
-        .map(|(q, query)| {
-            let mut all: Vec<(f64, u32)> = (0..n)
-                .filter(|&j| !(exclude_self && j == q))
-                .map(|j| {
-                    let s = (0..d)
-                        .map(|c| query[c] as f64 * rows[j * d + c] as f64)
-                        .sum::<f64>();
-                    (s, j as u32)
+        .map(|query| {
+            let (sims, bounds) = rows
+                .chunks(d)
+                .map(|row| {
+                    let terms = query.iter().zip(row).map(|(&a, &b)| a as f64 * b as f64);
+                    let sim = terms.clone().sum::<f64>();
+                    let abs = terms.map(f64::abs).sum::<f64>();
+                    (sim, 1e-5 + 2.0 * roundoff * abs)
                 })
-                .collect();
-            all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            all.into_iter().take(k).map(|(_, j)| j).collect()
+                .unzip();
+            Exact {
+                sims,
+                bounds,
+                rounded: roundoff > 0.0,
+            }
         })
         .collect()
+}
+
+/// The exact top-`k`: by similarity, descending, ties to the lower index; `excluded` skipped.
+fn brute_force(exact: &Exact, k: usize, excluded: Option<usize>) -> Vec<u32> {
+    let mut all: Vec<(f64, u32)> = (0..exact.sims.len())
+        .filter(|&j| Some(j) != excluded)
+        .map(|j| (exact.sims[j], j as u32))
+        .collect();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    all.into_iter().take(k).map(|(_, j)| j).collect()
+}
+
+/// `idx` and `sims` are a top-`k` of `exact` (without `excluded`). Where the backend multiplies
+/// in f32 (every bound is the f32 slack alone) the list must be the exact one, ties to the lower
+/// index. Where it rounds its inputs (TF32 on CUDA), near-ties may swap: each reported
+/// similarity must then be within its bound of the exact one, the list descending and without
+/// repeats, and no row left out may be surely above a row kept.
+fn assert_top_k(
+    idx: &[u32],
+    sims: &[f32],
+    exact: &Exact,
+    k: usize,
+    excluded: Option<usize>,
+    label: &str,
+) {
+    assert_eq!(idx.len(), k, "{label}");
+    assert!(
+        sims.windows(2).all(|w| w[0] >= w[1]),
+        "{label}: not descending: {sims:?}"
+    );
+    for (&j, &s) in idx.iter().zip(sims) {
+        let j = j as usize;
+        assert!(
+            (s as f64 - exact.sims[j]).abs() <= exact.bounds[j],
+            "{label}: row {j}: similarity {s} against {} (bound {})",
+            exact.sims[j],
+            exact.bounds[j]
+        );
+    }
+    if !exact.rounded {
+        assert_eq!(idx, brute_force(exact, k, excluded).as_slice(), "{label}");
+        return;
+    }
+    let kept: std::collections::HashSet<usize> = idx.iter().map(|&j| j as usize).collect();
+    assert_eq!(kept.len(), k, "{label}: repeated rows {idx:?}");
+    assert!(
+        excluded.is_none_or(|e| !kept.contains(&e)),
+        "{label}: kept the excluded row"
+    );
+    let floor = kept
+        .iter()
+        .map(|&j| exact.sims[j] + exact.bounds[j])
+        .fold(f64::INFINITY, f64::min);
+    for j in (0..exact.sims.len()).filter(|j| !kept.contains(j) && Some(*j) != excluded) {
+        assert!(
+            exact.sims[j] - exact.bounds[j] <= floor,
+            "{label}: row {j} ({}) left out, surely above a kept row (floor {floor})",
+            exact.sims[j]
+        );
+    }
+}
+
+/// The engine's matmul input rounding: the host engine multiplies the host copy in f32.
+fn roundoff_of<B: Backend>(engine: SearchEngine, device: &B::Device) -> f64 {
+    match engine {
+        SearchEngine::Host => 0.0,
+        _ => matmul_input_roundoff::<B>(device),
+    }
 }
 
 fn knn_equals_brute_force_blocked_and_unblocked<B: Backend>(device: &B::Device) {
@@ -56,29 +130,20 @@ fn knn_equals_brute_force_blocked_and_unblocked<B: Backend>(device: &B::Device) 
         .init::<B>(device)
         .unwrap();
     let rows = values(bank.rows());
-    let want = brute_force(&rows, &rows, d, k, true);
     // 1 MiB holds all columns in one block (the host engine still splits the rows between
     // threads); 16 KiB forces many row and column blocks.
     for (config, label) in configs(k, 16 << 10) {
+        let exact = exact_similarities(&rows, &rows, d, roundoff_of::<B>(config.engine, device));
         let got = nearest_neighbours(&bank, &config).unwrap();
         assert_eq!(got.len(), n);
-        for (q, want_q) in want.iter().enumerate() {
+        for (q, exact_q) in exact.iter().enumerate() {
             let (idx, sims) = got.of(q);
-            assert_eq!(idx, want_q.as_slice(), "row {q}, {label}");
-            assert!(sims.windows(2).all(|w| w[0] >= w[1]));
-            let exact = (0..d)
-                .map(|c| rows[q * d + c] * rows[idx[0] as usize * d + c])
-                .sum::<f32>();
-            assert!(
-                (sims[0] - exact).abs() < 1e-5,
-                "row {q}: {} vs {exact}",
-                sims[0]
-            );
+            assert_top_k(idx, sims, exact_q, k, Some(q), &format!("row {q}, {label}"));
         }
     }
     let queries = host_matrix(9, d, 4);
-    let want = brute_force(&rows, &queries, d, k, false);
     for engine in ENGINES {
+        let exact = exact_similarities(&rows, &queries, d, roundoff_of::<B>(engine, device));
         let got = query_neighbours(
             &bank,
             tensor::<B>(queries.clone(), 9, d, device),
@@ -87,8 +152,16 @@ fn knn_equals_brute_force_blocked_and_unblocked<B: Backend>(device: &B::Device) 
                 .with_engine(engine),
         )
         .unwrap();
-        for (q, want_q) in want.iter().enumerate() {
-            assert_eq!(got.of(q).0, want_q.as_slice(), "query {q}, {engine:?}");
+        for (q, exact_q) in exact.iter().enumerate() {
+            let (idx, sims) = got.of(q);
+            assert_top_k(
+                idx,
+                sims,
+                exact_q,
+                k,
+                None,
+                &format!("query {q}, {engine:?}"),
+            );
         }
     }
 }
