@@ -42,6 +42,17 @@ impl Arch {
             Self::Resnet18 => 4,
         }
     }
+
+    /// Untimed steps when `--warmup` is not given: enough for both sides to settle (thread
+    /// pools, allocator, oneDNN's primitive caches). The small CNN's steps last about 0.1 s on
+    /// two cores, and after 2 of them its rounds still swung by a quarter (stop 31: 0.96–1.26×
+    /// on tch); 20 take about 2 s. ResNet-18's 2 take 5–10 s.
+    fn default_warmup(self) -> usize {
+        match self {
+            Self::SmallCnn => 20,
+            Self::Resnet18 => 2,
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -73,9 +84,9 @@ struct StepArgs {
     /// Timed steps per measurement (default: 20 for the small CNN, 4 for ResNet-18).
     #[arg(long)]
     steps: Option<usize>,
-    /// Untimed warm-up steps before them.
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
+    /// Untimed warm-up steps before them (default: 20 for the small CNN, 2 for ResNet-18).
+    #[arg(long)]
+    warmup: Option<usize>,
     /// Compute threads of each side (membank: RAYON_NUM_THREADS and OMP_NUM_THREADS;
     /// PyTorch: torch.set_num_threads).
     #[arg(long, default_value_t = 2)]
@@ -158,12 +169,20 @@ pub(crate) fn compare_step(backend: Backend, args: &[String]) -> Result<()> {
     eprintln!(
         "xtask: B = {}, N = {}, D = {DIM}, τ = {TAU}, {} threads each; synthetic batches, no \
          augmentation on the step thread; consistency 0; warm-up steps excluded: {}",
-        a.batch, a.bank, a.threads, a.warmup
+        a.batch,
+        a.bank,
+        a.threads,
+        a.warmup
+            .map_or("20 (small CNN), 2 (ResNet-18)".into(), |w| w.to_string())
     );
     let mut cases = Vec::new();
     for &arch in &a.arch {
         for &k in &a.views {
             let steps = a.steps.unwrap_or_else(|| arch.default_steps()).to_string();
+            let warmup = a
+                .warmup
+                .unwrap_or_else(|| arch.default_warmup())
+                .to_string();
             let label = format!("{} K={k}", arch.name());
             let mut case = Case {
                 label,
@@ -183,7 +202,7 @@ pub(crate) fn compare_step(backend: Backend, args: &[String]) -> Result<()> {
                 "--steps".into(),
                 steps.clone(),
                 "--warmup".into(),
-                a.warmup.to_string(),
+                warmup.clone(),
             ];
             for round in 1..=a.repeats {
                 let mut cmd = Command::new(&ours);
