@@ -194,9 +194,11 @@ impl<B: Backend> MemoryBank<B> {
 
     /// [`MemoryBank::update`] for a shard that holds the rows `first..first + n` of a bank
     /// split by rows: `indices` are indices of the whole bank, and only the rows inside the
-    /// shard move. Each shard's rows come out bit for bit as [`MemoryBank::update`] of the whole
-    /// bank with the same batch would leave them (the same batch-wide mean per sample, the
-    /// changes of the rows outside masked to zero).
+    /// shard move. Each shard's rows come out as [`MemoryBank::update`] of the whole bank with
+    /// the same batch would leave them (the same batch-wide mean per sample, the changes of the
+    /// rows outside masked to zero): bit for bit where the backend's scatter-add adds in a fixed
+    /// order (the CPU backends); on a GPU backend, whose scatter-add adds a repeated index's
+    /// terms atomically, a row that several batch rows move may differ in its last bits.
     ///
     /// # Shapes
     /// - `indices`: `[B·K]`, indices of the whole bank
