@@ -11,7 +11,7 @@
 #               recipe's config reads;
 #   run.sh      what to run there: unpacks the binaries into /tmp, runs
 #               `scripts/gpu_recipe.sh --bin ... --data ... --runs /tmp/gpu-runs` with the
-#               arguments it is given (e.g. `--minutes 10`), then copies the report's files
+#               arguments it is given (e.g. `--minutes 8`), then copies the report's files
 #               (gpu.log, cubecl.log.gz, step.jsonl, bank.jsonl, ablation.md, ablation.png, and
 #               the runs' metrics) into $OUT when that is set, flat, at most eight files.
 # and the script prints DIR's size. --cuda-version is the CUDA version of the GPU machine's driver
@@ -39,6 +39,7 @@ done
 [ -d "$DATA/cifar10" ] || die "--data $DATA has no cifar10 folder"
 command -v cargo >/dev/null || die "no cargo: install Rust first"
 command -v xz >/dev/null || die "no xz: install xz-utils first"
+command -v strip >/dev/null || die "no strip: install binutils first"
 
 echo "gpu_bundle: building the CUDA binaries (CUDARC_CUDA_VERSION=$CUDA_VERSION)"
 (cd "$ROOT" && CUDARC_CUDA_VERSION=$CUDA_VERSION cargo build --release -p bank-train \

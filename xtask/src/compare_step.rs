@@ -172,8 +172,14 @@ pub(crate) fn compare_step(backend: Backend, args: &[String]) -> Result<()> {
         a.batch,
         a.bank,
         a.threads,
-        a.warmup
-            .map_or("20 (small CNN), 2 (ResNet-18)".into(), |w| w.to_string())
+        a.warmup.map_or_else(
+            || format!(
+                "{} (small CNN), {} (ResNet-18)",
+                Arch::SmallCnn.default_warmup(),
+                Arch::Resnet18.default_warmup()
+            ),
+            |w| w.to_string()
+        )
     );
     let mut cases = Vec::new();
     for &arch in &a.arch {

@@ -65,9 +65,8 @@ fn brute_force(exact: &Exact, k: usize, excluded: Option<usize>) -> Vec<u32> {
     all.into_iter().take(k).map(|(_, j)| j).collect()
 }
 
-/// `idx` and `sims` are a top-`k` of `exact` (without `excluded`). Where the backend multiplies
-/// in f32 (every bound is the f32 slack alone) the list must be the exact one, ties to the lower
-/// index. Where it rounds its inputs (TF32 on CUDA), near-ties may swap: each reported
+/// `idx` and `sims` are a top-`k` of `exact` (without `excluded`). Where the search multiplies
+/// in f32 (`exact.rounded` is false) the list must be the exact one, ties to the lower index. Where it rounds its inputs (TF32 on CUDA), near-ties may swap: each reported
 /// similarity must then be within its bound of the exact one, the list descending and without
 /// repeats, and no row left out may be surely above a row kept.
 fn assert_top_k(
