@@ -37,6 +37,16 @@ pub mod step;
 mod step_checkpoints;
 mod trainer;
 
+/// burn seeds one generator per backend for the whole process, and the test harness runs tests
+/// on several threads: a unit test that seeds a backend's generator or draws from it (initial
+/// weights, random tensors) holds this turn, so that no draw lands between another test's seed
+/// and its draws.
+#[cfg(test)]
+pub(crate) fn backend_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub use config::TrainConfig;
 pub use data_source::{EvalData, TrainData, ViewSpec};
 pub use error::{Error, Result};

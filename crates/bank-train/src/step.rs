@@ -171,6 +171,7 @@ mod tests {
     /// losses of bank-losses (a second implementation), with and without merged groups.
     #[test]
     fn closed_form_gradients_equal_autodiff_through_the_reference_losses() {
+        let _turn = crate::backend_turn();
         let device = Default::default();
         let config = TrainConfig::load(
             None,

@@ -155,6 +155,7 @@ mod tests {
 
     #[test]
     fn matches_burns_batch_norm_in_training_and_inference() {
+        let _turn = crate::backend_turn();
         type B = Autodiff<NdArray>;
         let device = Default::default();
         let x = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Normal(2.0, 3.0), &device);
@@ -192,6 +193,7 @@ mod tests {
     /// the broadcast layout, flex the per-sample one.
     #[test]
     fn gradients_match_burns_batch_norm() {
+        let _turn = crate::backend_turn();
         gradients_match_burns_batch_norm_on::<NdArray>();
         gradients_match_burns_batch_norm_on::<burn::backend::Flex>();
     }

@@ -3,7 +3,6 @@
 //! gradients accumulated, one SGD step, one bank update with every shard's rows.
 
 use std::ops::Range;
-use std::sync::Mutex;
 
 use bank_core::{MemoryBank, ViewLayout};
 use bank_data::HostBatch;
@@ -19,10 +18,10 @@ use crate::config::BankSharding::{self, Replicated, Sharded};
 use crate::state::TrainState;
 use crate::step::{SoftmaxTarget, softmax_grads};
 
-type A = burn::backend::Autodiff<burn::backend::NdArray>;
+// Every test here holds `crate::backend_turn()`: burn-collective has one session per backend
+// per process, and the tests seed and draw from the backend's generator.
 
-/// burn-collective has one session per backend per process: one data-parallel test at a time.
-static COLLECTIVE: Mutex<()> = Mutex::new(());
+type A = burn::backend::Autodiff<burn::backend::NdArray>;
 
 /// A batch of random views of `samples` distinct bank rows (random pixels, 16×16 RGB).
 fn batch(rng: &mut StdRng, n: usize, samples: usize, views: usize) -> HostBatch {
@@ -160,7 +159,7 @@ fn two_replicas_and_one_device(
 
 #[test]
 fn two_replicas_match_one_device_and_keep_identical_banks() {
-    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let mut config = two_views_with_consistency();
     // Both sides read the bank in blocks of 7 rows (7 blocks, the last short). Blocks against
     // the whole bank are bank-losses' closed-form tests: here, once a sample's own row holds
@@ -207,7 +206,7 @@ fn two_replicas_match_one_device_and_keep_identical_banks() {
 /// The gathered bank update carries indices exactly, also beyond f32's 2^24.
 #[test]
 fn gathered_indices_survive_the_float_all_reduce() {
-    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     type B = burn::backend::NdArray;
     let world = 2;
     burn::collective::reset_collective::<B>();
@@ -243,7 +242,7 @@ fn gathered_indices_survive_the_float_all_reduce() {
 /// identical ones pass.
 #[test]
 fn replicas_from_different_starts_are_refused() {
-    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     type Inner = burn::backend::NdArray;
     let device = Default::default();
     for seeds in [[3, 3], [3, 4]] {
@@ -342,7 +341,7 @@ fn data_parallel_run(
 /// (`method.bank_block_rows`: 4 blocks a shard, the last short).
 #[test]
 fn a_sharded_bank_trains_as_the_replicated_one() {
-    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let device = Default::default();
     let config = two_views_with_consistency();
     let (n, world) = (50, 3);
@@ -399,7 +398,7 @@ fn a_sharded_bank_trains_as_the_replicated_one() {
 /// search, each row left out of its own list.
 #[test]
 fn a_sharded_bank_is_searched_as_the_whole_bank() {
-    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let device = Default::default();
     let config = two_views_with_consistency();
     let (n, world) = (50, 3);
@@ -500,7 +499,7 @@ fn accumulated_nce_step(state: &mut TrainState<A>, host: &HostBatch, world: usiz
 /// leaving replica 1 without samples (it still takes part in Z's all-reduce).
 #[test]
 fn nce_on_two_replicas_matches_one_device() {
-    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let device = Default::default();
     let overrides = [
         "method.loss=\"nce\"".into(),
@@ -560,7 +559,7 @@ fn running_statistics(model: &crate::model::EmbeddingNet<A>) -> Vec<f32> {
 #[test]
 fn a_replica_keeps_its_own_running_statistics() {
     // It draws initial weights: not while another test has seeded the generator.
-    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let device = Default::default();
     let config = TrainConfig::load(None, &[]).unwrap();
     let state = TrainState::<A>::new(&config, 8, &device).unwrap();

@@ -9,7 +9,7 @@ use bank_train::ablation::{AblationPlan, AblationReport, Outcome, Spread, Varian
 use bank_train::metrics::{EpochMetrics, KnnAccuracyRecord, MergeRecord, Summary};
 use bank_train::{NoProgress, TrainData};
 
-use crate::{BACKEND_RNG, Train, cifar_records, halved};
+use crate::{Train, cifar_records, halved};
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -188,7 +188,7 @@ fn tiny_plan(root: &Path, extra: &[&str]) -> AblationPlan {
 /// the same metrics, and refused once the recipe changed.
 #[test]
 fn runs_are_skipped_resumed_and_checked() {
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let tmp = tempfile::tempdir().unwrap();
     let plan = tiny_plan(tmp.path(), &[]);
     let (train_set, test_set) = cifar_records(48, 32);

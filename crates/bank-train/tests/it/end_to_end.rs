@@ -21,7 +21,7 @@ fn run_fresh(config: &TrainConfig, data: &TrainData, dir: &Path) -> Summary {
         run_dir: dir.to_path_buf(),
         resume: false,
     };
-    let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     train::<FastTrain>(config, data, &options, &Default::default(), &mut NoProgress).unwrap()
 }
 

@@ -67,7 +67,7 @@ fn a_state_with_a_nan_parameter_or_bank_row_is_never_saved() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("ckpts");
     let device = Default::default();
-    let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let mut state = TrainState::<FastTrain>::new(&cfg, 20, &device).unwrap();
     state.epochs_done = 1;
     state.save(&dir, &cfg).unwrap();
@@ -264,7 +264,7 @@ fn merging_with_one_image_and_k_beyond_the_reference_set_are_refused_before_trai
         assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
         let dir = root.path().join(format!("run{i}"));
         let e = {
-            let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _turn = crate::backend_turn();
             bank_train::train::<FastTrain>(
                 &cfg,
                 &data,

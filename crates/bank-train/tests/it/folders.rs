@@ -102,7 +102,7 @@ fn grey_mixed_size_class_folders_train_and_record_their_normalisation() {
     );
 
     let run = dir.path().join("run");
-    let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let summary = train::<FastTrain>(
         &config,
         &data,

@@ -34,7 +34,7 @@ fn small_config() -> TrainConfig {
 /// A valid checkpoint (after one SGD step, so the optimiser record holds momentum) as files.
 fn valid_checkpoint(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let config = small_config();
-    let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let mut state = TrainState::<Train>::new(&config, 6, &Default::default()).unwrap();
     state.epochs_done = 1;
     let ckpt = state.save(dir, &config).unwrap();
@@ -50,6 +50,8 @@ fn valid_checkpoint(dir: &Path) -> Vec<(String, Vec<u8>)> {
 /// Reads checkpoint `ckpt` as a resume does: state, then every tensor.
 fn restore(ckpt: &Path) -> Result<(), TestCaseError> {
     let config = small_config();
+    // A fresh state seeds the generator and draws weights.
+    let _turn = crate::backend_turn();
     let result = checkpoint::read_state(ckpt).and_then(|_| {
         TrainState::<Train>::new(&config, 6, &Default::default())?
             .restore(ckpt, &Default::default())

@@ -26,6 +26,7 @@ fn resnet_bn_channels(layers: [usize; 4], bottleneck: bool) -> usize {
 /// `backbone_params` counts trainable parameters as PyTorch does; burn's `num_params` also counts
 /// BatchNorm running mean and variance (2 per channel), given as `bn_channels`.
 fn check(arch: Arch, side: usize, backbone_params: usize, bn_channels: usize) {
+    let _turn = crate::backend_turn();
     let device = Default::default();
     let model = ModelConfig::new(arch, 128).init::<NdArray>(&device);
     let images =
@@ -109,6 +110,7 @@ fn small_cnn_weights_start_as_pytorchs_defaults() {
     // PyTorch's nn.Conv2d and nn.Linear draw U(±1/√fan_in): std 1/√(3·fan_in). The small CNN's
     // convs have fan_in 9·C_in (C_in = 3, 32, 64) and the head 128. A PyTorch peer of the same
     // network starts there; torchvision's fan-out init would be 0.75×, 1.73×, 1.73× of it.
+    let _turn = crate::backend_turn();
     let device = Default::default();
     <NdArray as Backend>::seed(&device, 7);
     let model = ModelConfig::new(Arch::SmallCnn, 128).init::<NdArray>(&device);

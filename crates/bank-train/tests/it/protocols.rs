@@ -174,7 +174,7 @@ fn probe(
     dim: usize,
     classes: usize,
 ) -> bank_train::protocols::ProbeAccuracy {
-    let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     linear_probe::<Train>(
         Labelled {
             features: train.0,
@@ -496,7 +496,7 @@ mod in_a_run {
             resume: false,
         };
         {
-            let _turn = crate::BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _turn = crate::backend_turn();
             train::<FastTrain>(
                 &config,
                 &data,
@@ -544,7 +544,11 @@ mod in_a_run {
 
         // Export: the bank rows bit for bit, and the test split with pooled features.
         let device = Default::default();
-        let run = load_run::<FastTrain>(&dir, None, &device).unwrap();
+        // Loading builds a model (initial weights drawn, then overwritten).
+        let run = {
+            let _turn = crate::backend_turn();
+            load_run::<FastTrain>(&dir, None, &device).unwrap()
+        };
         export_run(&run, &data, Split::Bank, &root.path().join("bank"), &device).unwrap();
         let bytes = std::fs::read(root.path().join("bank.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bank_train::{Error, NoProgress, RunOptions, TrainConfig, TrainData, checkpoint, train};
 use burn::backend::NdArray;
 
-use crate::{BACKEND_RNG, Train, cifar_records, halved};
+use crate::{Train, cifar_records, halved};
 
 /// Two epochs of K = 2 with consistency and merging from epoch 1, on 16×16 images.
 pub fn config() -> TrainConfig {
@@ -36,7 +36,7 @@ pub fn config() -> TrainConfig {
 
 /// Trains `config` on 48 + 32 real CIFAR-10 records at 16×16 into `dir` (taking the backend's turn).
 pub fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<()> {
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let (train_set, test_set) = cifar_records(48, 32);
     let (train_set, test_set) = (halved(&train_set), halved(&test_set));
     let options = RunOptions {

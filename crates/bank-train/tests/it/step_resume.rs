@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bank_train::{Progress, RunOptions, TrainConfig, TrainData, checkpoint, train};
 
-use crate::{BACKEND_RNG, FastTrain, cifar_records, final_bank, halved, metrics};
+use crate::{FastTrain, cifar_records, final_bank, halved, metrics};
 
 fn config(extra: &[&str]) -> TrainConfig {
     let mut o: Vec<String> = [
@@ -66,7 +66,7 @@ pub(crate) fn run(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train:
 /// [`run`], returning what the progress was told.
 fn run_recorded(dir: &Path, resume: bool, config: &TrainConfig) -> bank_train::Result<Recorder> {
     let mut recorder = Recorder::default();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::backend_turn();
     let options = RunOptions {
         run_dir: dir.to_path_buf(),
         resume,

@@ -242,6 +242,7 @@ mod tests {
     /// ResNet's blocks; on `Flex` alone (inference) the same values.
     #[test]
     fn host_convolution_matches_burns() {
+        let _turn = crate::backend_turn();
         let cases = [
             (3, 32, 3, 1, 1, [4, 3, 8, 8]),
             (8, 16, 3, 2, 1, [3, 8, 9, 7]),
@@ -277,6 +278,7 @@ mod tests {
     /// The host path is the one taken on flex, and only there.
     #[test]
     fn the_host_path_is_taken_on_flex_only() {
+        let _turn = crate::backend_turn();
         let config = Conv2dConfig::new([2, 3], [3, 3]).with_bias(false);
         let g = |dims: [usize; 4]| ConvGeometry {
             batch: dims[0],
