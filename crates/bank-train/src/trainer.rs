@@ -102,6 +102,11 @@ pub fn training_loader(
 /// Trains `config` on `data`; writes the run folder and returns the summary. Generic over the
 /// backend: the same loop runs on ndarray, flex, wgpu and cuda.
 ///
+/// The run seeds the backend's generator at its start and before every step. burn keeps one
+/// generator per backend for the whole process, so the run is reproducible only while nothing
+/// else in the process draws from the same backend (another training, `Tensor::random`, a model's
+/// initialisation): train one run per backend at a time in a process.
+///
 /// # Errors
 /// Invalid settings, an existing run folder without `resume`, unreadable data or checkpoints,
 /// and a non-finite loss ([`Error::NonFiniteLoss`]).
