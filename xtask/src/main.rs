@@ -229,6 +229,19 @@ impl Backend {
         }
     }
 
+    /// Makes cargo command `cmd` build with this backend: its environment ([`Backend::prepare`])
+    /// and its feature. flex is every crate's default, so it is built with the default features
+    /// (no flag): the same feature set as a plain `cargo build`/`cargo test` by hand and the
+    /// other xtask commands, which then share one build instead of rebuilding each other's
+    /// crates. Every other backend replaces the default.
+    fn select(self, cmd: &mut Command) -> Result<()> {
+        self.prepare(cmd)?;
+        if !matches!(self, Self::Flex) {
+            cmd.args(["--no-default-features", "--features", self.feature()]);
+        }
+        Ok(())
+    }
+
     /// Sets up what a cargo command building with this backend needs (for tch:
     /// [`libtorch::setup`], which creates the Python environment when missing).
     fn prepare(self, cmd: &mut Command) -> Result<()> {
@@ -316,14 +329,8 @@ fn main() -> Result<()> {
         }
         Task::Demo { backend, args } => {
             let mut cmd = cargo(&["run", "--release", "-p", "bank-losses", "--example", "demo"]);
-            backend.prepare(&mut cmd)?;
-            cmd.args([
-                "--no-default-features",
-                "--features",
-                backend.feature(),
-                "--",
-            ])
-            .args(args);
+            backend.select(&mut cmd)?;
+            cmd.arg("--").args(args);
             run(cmd)
         }
         Task::Test {
@@ -448,9 +455,9 @@ fn main() -> Result<()> {
             run(cmd)
         }
         Task::Bench { backend, args } => {
-            let mut cmd = cargo(&["bench", "-p", "membank-benches", "--no-default-features"]);
-            backend.prepare(&mut cmd)?;
-            cmd.args(["--features", backend.feature(), "--"]).args(args);
+            let mut cmd = cargo(&["bench", "-p", "membank-benches"]);
+            backend.select(&mut cmd)?;
+            cmd.arg("--").args(args);
             run(cmd)
         }
     }
@@ -482,18 +489,12 @@ fn compare(backend: Backend, args: &[String]) -> Result<()> {
     }
 }
 
-/// `cargo run --release -p bank-train` with one backend feature (and what it needs:
-/// [`Backend::prepare`]), arguments to follow.
+/// `cargo run --release -p bank-train` with one backend ([`Backend::select`]), arguments to
+/// follow.
 pub(crate) fn bank_train(backend: Backend) -> Result<Command> {
-    let mut cmd = cargo(&[
-        "run",
-        "--release",
-        "-p",
-        "bank-train",
-        "--no-default-features",
-    ]);
-    backend.prepare(&mut cmd)?;
-    cmd.args(["--features", backend.feature(), "--"]);
+    let mut cmd = cargo(&["run", "--release", "-p", "bank-train"]);
+    backend.select(&mut cmd)?;
+    cmd.arg("--");
     Ok(cmd)
 }
 

@@ -67,8 +67,7 @@ pub(crate) fn bench_example(backend: crate::Backend, name: &str) -> Result<PathB
         "--example",
         name,
     ]);
-    backend.prepare(&mut build)?;
-    build.args(["--no-default-features", "--features", backend.feature()]);
+    backend.select(&mut build)?;
     run(build)?;
     Ok(workspace_root().join("target/release/examples").join(name))
 }
