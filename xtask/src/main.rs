@@ -530,7 +530,26 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 pub(crate) fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(args).current_dir(workspace_root());
+    // `cargo xtask` runs this binary with the xtask package's variables (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_NAME, …). A child cargo passes them on to build scripts, and ring's records
+    // CARGO_MANIFEST_DIR: every xtask build then rebuilt ring and what depends on it (ureq,
+    // bank-data, bank-train) after a hand-typed cargo build, and the other way round.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(is_package_variable) {
+            cmd.env_remove(key);
+        }
+    }
     cmd
+}
+
+/// Whether `name` is one of the variables cargo sets for running a package's binary (as
+/// opposed to the user's own settings, such as `CARGO_HOME` or `CARGO_TARGET_DIR`).
+fn is_package_variable(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_CRATE_NAME" | "CARGO_BIN_NAME"
+        )
 }
 
 pub(crate) fn workspace_root() -> PathBuf {
@@ -541,14 +560,34 @@ pub(crate) fn workspace_root() -> PathBuf {
 }
 
 pub(crate) fn run(mut cmd: Command) -> Result<()> {
-    eprintln!("xtask: {cmd:?}");
+    eprintln!("xtask: {}", Shown(&cmd));
     let status = cmd
         .status()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+        .with_context(|| format!("cannot start {}", Shown(&cmd)))?;
     if !status.success() {
-        bail!("{cmd:?} failed with {status}");
+        bail!("{} failed with {status}", Shown(&cmd));
     }
     Ok(())
+}
+
+/// A command as a shell takes it: `cd DIR && NAME=value … program args`, leaving out the
+/// variables it removes ([`cargo`]'s package variables), which `{:?}` would list one by one.
+pub(crate) struct Shown<'a>(pub(crate) &'a Command);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cmd = self.0;
+        if let Some(dir) = cmd.get_current_dir() {
+            write!(f, "cd {dir:?} && ")?;
+        }
+        for (name, value) in cmd.get_envs() {
+            if let Some(value) = value {
+                write!(f, "{}={value:?} ", name.to_string_lossy())?;
+            }
+        }
+        write!(f, "{:?}", cmd.get_program())?;
+        cmd.get_args().try_for_each(|a| write!(f, " {a:?}"))
+    }
 }
 
 /// wgpu needs a Vulkan driver; on a fresh Debian machine (as root) install the software one.

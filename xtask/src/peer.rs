@@ -238,7 +238,7 @@ pub fn parity(spec: &ParitySpec) -> Result<()> {
         .arg("--out")
         .arg(spec.runs.join(&spec.name))
         .args(["--tolerance", &spec.tolerance.to_string()]);
-    eprintln!("xtask: {cmd:?}");
+    eprintln!("xtask: {}", crate::Shown(&cmd));
     let status = cmd.status().context("cannot start parity.py")?;
     match status.code() {
         Some(0) => Ok(()),
@@ -329,7 +329,7 @@ pub fn step_parity(spec: &StepParitySpec) -> Result<()> {
     let mut cmd = Command::new(python);
     cmd.arg(workspace_root().join("benches/peer/step_parity.py"))
         .arg(&spec.out);
-    eprintln!("xtask: {cmd:?}");
+    eprintln!("xtask: {}", crate::Shown(&cmd));
     let status = cmd.status().context("cannot start step_parity.py")?;
     match status.code() {
         Some(0) => Ok(()),

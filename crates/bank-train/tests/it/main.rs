@@ -28,7 +28,7 @@ pub type FastTrain = burn::backend::Autodiff<burn::backend::Flex>;
 /// several threads: every test that seeds a backend's generator or draws from it (training,
 /// initial weights, random tensors) holds this turn. One draw between a run's seed and its
 /// initial weights gives another run (CI of stop 32: a sharded run's epoch-1 loss 4.5% off the
-/// replicated run's while the model tests drew weights unguarded).
+/// replicated run's while the fuzzer's fresh states and the model tests drew unguarded).
 pub fn backend_turn() -> std::sync::MutexGuard<'static, ()> {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     TURN.lock().unwrap_or_else(|e| e.into_inner())
