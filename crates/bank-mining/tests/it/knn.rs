@@ -66,9 +66,10 @@ fn brute_force(exact: &Exact, k: usize, excluded: Option<usize>) -> Vec<u32> {
 }
 
 /// `idx` and `sims` are a top-`k` of `exact` (without `excluded`). Where the search multiplies
-/// in f32 (`exact.rounded` is false) the list must be the exact one, ties to the lower index. Where it rounds its inputs (TF32 on CUDA), near-ties may swap: each reported
-/// similarity must then be within its bound of the exact one, the list descending and without
-/// repeats, and no row left out may be surely above a row kept.
+/// in f32 (`exact.rounded` is false) the list must be the exact one, ties to the lower index.
+/// Where it rounds its inputs (TF32 on CUDA), near-ties may swap: each reported similarity must
+/// then be within its bound of the exact one, the list descending and without repeats, and no
+/// row left out may be surely above a row kept.
 fn assert_top_k(
     idx: &[u32],
     sims: &[f32],
