@@ -5,11 +5,15 @@
 //!
 //! ```sh
 //! cargo run --release -p membank-benches --example bank_step -- DIR [--views 2] [--steps 10] \
-//!     [--warmup 2] [--tau 0.1] [--momentum 0.5] [--block-rows 0] [--out OUT]
+//!     [--warmup 2] [--tau 0.1] [--momentum 0.5] [--consistency 0] [--merged] [--block-rows 0] \
+//!     [--out OUT]
 //! ```
 //! DIR holds `bank.npy` (`[N, D]` float32 unit rows), `features.npy` (`[B·K, D]` float32 unit
 //! rows, sample-major as in `bank_core::ViewLayout`) and `indices.npy` (`[B]` int64, distinct bank
-//! rows); `benches/peer/bank_step_torch.py make` writes them. `--out` receives the first step's
+//! rows); `benches/peer/bank_step_torch.py make` writes them, and `groups.npy` (`[N]` int64
+//! merge-group ids), which `--merged` reads: the loss is then the merged-positives one
+//! (`Positives::Groups`). `--consistency λ` adds the consistency loss between each sample's views:
+//! with both, the full method's step. `--out` receives the first step's
 //! results from the initial bank, for `bank_step_torch.py step --check`: `grad.npy`
 //! (`∂L/∂features`, `[B·K, D]`), `rows.npy` (the B updated bank rows) and `loss.json`. Then the
 //! same step runs `--warmup` + `--steps` times on the bank it keeps updating, as training does,
@@ -24,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bank_core::{MemoryBank, MemoryBankConfig, ViewLayout};
-use bank_losses::{Positives, SoftmaxObjective};
+use bank_losses::{ConsistencyLoss, Positives, SoftmaxObjective};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use clap::Parser;
@@ -55,6 +59,12 @@ struct Args {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Weight λ of the consistency loss between each sample's views (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    consistency: f64,
+    /// Merged positives: every row of the target's group (`groups.npy`) is a positive.
+    #[arg(long)]
+    merged: bool,
     /// Bank rows per block of the similarities (0: all at once; `method.bank_block_rows`).
     #[arg(long, default_value_t = 0)]
     block_rows: usize,
@@ -72,6 +82,8 @@ struct Inputs {
     /// Bank index of every sample, `[B]`.
     samples: Vec<i64>,
     layout: ViewLayout,
+    /// Own or merged positives (`--merged`).
+    positives: Positives<A>,
 }
 
 fn load(args: &Args, device: &Device<A>) -> anyhow::Result<Inputs> {
@@ -104,12 +116,26 @@ fn load(args: &Args, device: &Device<A>) -> anyhow::Result<Inputs> {
         .with_momentum(args.momentum)
         .init_from_features(Tensor::from_data(TensorData::new(bank, [n, d]), device))?;
     let targets = layout.expand(&samples);
+    let positives = if args.merged {
+        let path = dir.join("groups.npy");
+        let (groups, g_shape) = npy::read::<i64>(&path)?;
+        if g_shape != [n] {
+            bail!(
+                "{}: expected [{n}] group ids, found {g_shape:?}",
+                path.display()
+            );
+        }
+        Positives::Groups(Tensor::from_data(TensorData::new(groups, [n]), device))
+    } else {
+        Positives::Own
+    };
     Ok(Inputs {
         bank,
         features: Tensor::from_data(TensorData::new(features, [m, d]), device),
         targets: Tensor::from_data(TensorData::new(targets, [m]), device),
         samples,
         layout,
+        positives,
     })
 }
 
@@ -121,7 +147,7 @@ fn step(objective: &SoftmaxObjective, x: &mut Inputs) -> anyhow::Result<(f32, Te
         &x.bank.inner(),
         f.clone().inner(),
         x.targets.clone().inner(),
-        &Positives::Own,
+        &inner_positives(&x.positives),
         x.layout,
     )?;
     let surrogate = (f.clone() * Tensor::from_inner(out.features_grad)).sum();
@@ -133,6 +159,14 @@ fn step(objective: &SoftmaxObjective, x: &mut Inputs) -> anyhow::Result<(f32, Te
     let loss = out.loss.into_scalar();
     sync()?;
     Ok((loss, grad))
+}
+
+/// `positives` on the inner backend.
+fn inner_positives(positives: &Positives<A>) -> Positives<Bench> {
+    match positives {
+        Positives::Own => Positives::Own,
+        Positives::Groups(groups) => Positives::Groups(groups.clone().inner()),
+    }
 }
 
 fn sync() -> anyhow::Result<()> {
@@ -206,7 +240,12 @@ fn main() -> anyhow::Result<()> {
     }
     let device = Default::default();
     let mut x = load(&args, &device)?;
-    let objective = SoftmaxObjective::new(args.tau)?.with_block_rows(args.block_rows);
+    let consistency = (args.consistency > 0.0)
+        .then(|| ConsistencyLoss::new(args.consistency))
+        .transpose()?;
+    let objective = SoftmaxObjective::new(args.tau)?
+        .with_consistency(consistency)
+        .with_block_rows(args.block_rows);
     sync()?;
     let rss_before = memory::reset_peak();
     let (loss, grad) = step(&objective, &mut x)?;
@@ -226,10 +265,12 @@ fn main() -> anyhow::Result<()> {
     })?;
     let [n, d] = bank.dims();
     println!(
-        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"rows\": {n}, \"dim\": {d}, \"batch_rows\": {}, \"views\": {}, \"loss\": {loss}, \"step_ms\": {}, \"matmul_ms\": {}, \"rss_before_steps_mb\": {}, \"peak_rss_steps_mb\": {}}}",
+        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"rows\": {n}, \"dim\": {d}, \"batch_rows\": {}, \"views\": {}, \"consistency\": {}, \"merged\": {}, \"loss\": {loss}, \"step_ms\": {}, \"matmul_ms\": {}, \"rss_before_steps_mb\": {}, \"peak_rss_steps_mb\": {}}}",
         <Bench as Backend>::name(&device),
         x.layout.rows(),
         x.layout.views,
+        args.consistency,
+        args.merged,
         median(step_ms),
         median(matmul_ms),
         memory::json(rss_before),

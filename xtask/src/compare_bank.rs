@@ -31,6 +31,13 @@ struct BankArgs {
     /// Views per sample (K).
     #[arg(long, default_value_t = 2)]
     views: usize,
+    /// Weight λ of the consistency loss between each sample's views (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    consistency: f64,
+    /// Samples whose bank row is merged with one other row (0: the instance loss; more: the
+    /// merged-positives loss over every row's group).
+    #[arg(long, default_value_t = 0)]
+    merged_pairs: usize,
     /// Alternating rounds.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -60,10 +67,25 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
     {
         bail!("every option must be > 0, and --samples at most --rows");
     }
+    if !(a.consistency >= 0.0 && a.consistency.is_finite()) {
+        bail!("--consistency {} must be finite and ≥ 0", a.consistency);
+    }
+    if a.merged_pairs > a.samples.min(a.rows - a.samples) {
+        bail!(
+            "--merged-pairs {} must be at most {} (each pair needs a sample and a row outside \
+             the batch)",
+            a.merged_pairs,
+            a.samples.min(a.rows - a.samples)
+        );
+    }
     let python = peer::python()?;
     let ours = peer::bench_example(backend, "bank_step")?;
     let script = workspace_root().join("benches/peer/bank_step_torch.py");
-    let name = format!("n{}-d{}-b{}-k{}", a.rows, a.dim, a.samples, a.views);
+    let name = format!(
+        "n{}-d{}-b{}-k{}-p{}",
+        a.rows, a.dim, a.samples, a.views, a.merged_pairs
+    );
+    let objective = objective_args(&a);
     let inputs = workspace_root().join("target/compare/bank").join(&name);
     let first = inputs.join("membank-first-step");
     let mut make = Command::new(&python);
@@ -80,12 +102,20 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
             &a.samples.to_string(),
             "--views",
             &a.views.to_string(),
+            "--merged-pairs",
+            &a.merged_pairs.to_string(),
         ]);
     run(make)?;
     eprintln!(
-        "xtask: the step against the bank, N = {}, D = {}, B·K = {}·{}, τ 0.1, m 0.5, {} threads \
-         each, median of {} steps per measurement",
-        a.rows, a.dim, a.samples, a.views, a.threads, a.steps
+        "xtask: the step against the bank, N = {}, D = {}, B·K = {}·{}, τ 0.1, m 0.5, {}, {} \
+         threads each, median of {} steps per measurement",
+        a.rows,
+        a.dim,
+        a.samples,
+        a.views,
+        loss_name(&a),
+        a.threads,
+        a.steps
     );
     let (mut ours_ms, mut torch_ms) = (Vec::new(), Vec::new());
     let (mut ours_mm, mut torch_mm) = (Vec::new(), Vec::new());
@@ -100,7 +130,8 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
                 &a.views.to_string(),
                 "--steps",
                 &a.steps.to_string(),
-            ]);
+            ])
+            .args(&objective);
         if round == 1 {
             cmd.arg("--out").arg(&first);
         }
@@ -119,6 +150,7 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
             "--threads",
             &a.threads.to_string(),
         ]);
+        cmd.args(&objective);
         if round == 1 {
             cmd.arg("--check").arg(&first);
         }
@@ -134,12 +166,13 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
     let (s, t) = (peer::median(ours_ms), peer::median(torch_ms));
     let (sm, tm) = (peer::median(ours_mm), peer::median(torch_mm));
     println!(
-        "\nmedians of {} alternating rounds (N = {}, D = {}, B·K = {}, membank on {}, {} threads \
-         each):",
+        "\nmedians of {} alternating rounds (N = {}, D = {}, B·K = {}, {}, membank on {}, {} \
+         threads each):",
         a.repeats,
         a.rows,
         a.dim,
         a.samples * a.views,
+        loss_name(&a),
         backend.feature(),
         a.threads
     );
@@ -159,6 +192,32 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
     );
     println!("  membank's speed / PyTorch's: {:.2}×", t / s);
     Ok(())
+}
+
+/// The loss options both sides take: `--consistency λ` and `--merged` where asked for.
+fn objective_args(a: &BankArgs) -> Vec<String> {
+    let mut args = Vec::new();
+    if a.consistency > 0.0 {
+        args.extend(["--consistency".to_string(), a.consistency.to_string()]);
+    }
+    if a.merged_pairs > 0 {
+        args.push("--merged".to_string());
+    }
+    args
+}
+
+/// The loss, in words: the instance loss or merged positives, and the consistency weight.
+fn loss_name(a: &BankArgs) -> String {
+    let positives = if a.merged_pairs > 0 {
+        format!("merged positives ({} pairs)", a.merged_pairs)
+    } else {
+        "instance loss".to_string()
+    };
+    if a.consistency > 0.0 {
+        format!("{positives} + consistency λ {}", a.consistency)
+    } else {
+        positives
+    }
 }
 
 /// Fails loudly unless both sides computed the same first step: loss, `∂L/∂f` and updated rows

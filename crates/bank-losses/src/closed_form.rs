@@ -18,15 +18,19 @@
 //!   `m_i = (1/K) Σ_j ℓ_ij`, and `∂L/∂z_ik = λ/(B(K−1)) · (p_ik ⊙ (ℓ_ik + 1 − m_i − s_ik) − P_i/K)`
 //!   with `P_i = Σ_j p_ij`;
 //! - and for the features, `∂L/∂f = (∂L/∂z) · V / τ` (the bank is a constant).
+//!
+//! The passes over `[M, N]` are burn's operations on every backend but burn-flex, where
+//! `host_softmax` runs the instance loss's softmax and `host_objective` the whole objective with
+//! merged positives or consistency (when the bank is not split), each with rayon's threads.
 
 use bank_core::{MemoryBank, ViewLayout};
 use burn::prelude::*;
 
 use crate::blocked::BlockedEval;
 use crate::error::{check_layout, check_len, positive};
-use crate::host_softmax;
 use crate::shards::{ShardColumns, ShardReduce, WholeBank};
 use crate::{ConsistencyLoss, Error, Result};
+use crate::{host_objective, host_softmax};
 
 /// Which bank rows count as a row's positives.
 #[derive(Debug, Clone)]
@@ -163,6 +167,18 @@ impl SoftmaxObjective {
         let m = logits.dims()[0];
         check_layout(logits.dims(), layout)?;
         check_len("targets", targets.dims(), m)?;
+        let alone = columns.is_whole() && reduce.is_alone();
+        let on_host = self.on_host(logits, &targets, positives, (alone, columns.total), layout)?;
+        let logits = match on_host {
+            Ok((dz, loss)) => {
+                let device = dz.device();
+                return Ok(LossAndGrad {
+                    loss: Tensor::from_floats([loss as f32], &device),
+                    features_grad: dz.matmul(rows) / tau,
+                });
+            }
+            Err(logits) => logits,
+        };
         let PositivesTerm {
             soft,
             mut loss,
@@ -191,6 +207,57 @@ impl SoftmaxObjective {
             loss,
             features_grad,
         })
+    }
+
+    /// The loss and `∂L/∂z` (`[M, N]`, in the logits' buffer) by `host_objective`'s row passes,
+    /// where they apply: the whole bank on one burn-flex device (`alone`: no other shard waits
+    /// for this one's row statistics), with merged positives or consistency (the instance loss
+    /// alone has `host_softmax`'s path). `Ok(Err(logits))` elsewhere, and for targets outside
+    /// the bank, which the burn path reports.
+    ///
+    /// # Shapes
+    /// - `logits`: `[M, N]`, `targets`: `[M]`
+    ///
+    /// # Errors
+    /// Group ids that are not one per bank row; consistency with fewer than 2 views.
+    fn on_host<B: Backend>(
+        &self,
+        logits: Tensor<B, 2>,
+        targets: &Tensor<B, 1, Int>,
+        positives: &Positives<B>,
+        (alone, n): (bool, usize),
+        layout: ViewLayout,
+    ) -> Result<host_objective::OnHost<B>> {
+        let groups = match positives {
+            Positives::Groups(groups) => Some(groups),
+            Positives::Own => None,
+        };
+        let wanted = groups.is_some() || self.consistency.is_some();
+        if !(wanted && alone && host_objective::applies(&logits)) {
+            return Ok(Err(logits));
+        }
+        if let Some(groups) = groups {
+            check_groups(groups.dims(), n)?;
+        }
+        if self.consistency.is_some() {
+            check_consistency_views(layout)?;
+        }
+        let targets: Option<Vec<usize>> = targets
+            .to_data()
+            .iter::<i64>()
+            .map(|t| usize::try_from(t).ok().filter(|&t| t < n))
+            .collect();
+        let Some(targets) = targets else {
+            return Ok(Err(logits));
+        };
+        let groups = groups.map(|g| g.to_data().iter::<i64>().collect::<Vec<_>>());
+        let terms = host_objective::Terms {
+            targets: &targets,
+            groups: groups.as_deref(),
+            consistency: self.consistency.map(|c| c.weight),
+            layout,
+        };
+        Ok(host_objective::loss_and_logit_grad(logits, &terms))
     }
 
     /// The softmax of `logits` (`[M, N]`), the positives' loss and what it subtracts from `p/M`.
@@ -259,6 +326,30 @@ pub(crate) fn check_shard<B: Backend>(
         });
     }
     Ok(())
+}
+
+/// Fails unless there is one group id per bank row.
+fn check_groups(dims: [usize; 1], total: usize) -> Result<()> {
+    if dims[0] == total {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        what: "groups",
+        expected: format!("[{total}] (one id per bank row)"),
+        actual: dims.to_vec(),
+    })
+}
+
+/// Fails unless `layout` has the 2 views per sample the consistency loss compares.
+fn check_consistency_views(layout: ViewLayout) -> Result<()> {
+    if layout.views >= 2 {
+        return Ok(());
+    }
+    Err(Error::InvalidValue {
+        field: "views",
+        value: layout.views.to_string(),
+        reason: "consistency needs at least 2 views per sample",
+    })
 }
 
 /// The softmax of a step's logits with its positives' loss and what they subtract from `p/M`.
@@ -408,14 +499,7 @@ impl<B: Backend> Softmax<B> {
         reduce: &mut R,
     ) -> Result<(Tensor<B, 1>, Tensor<B, 2>), R::Error> {
         let [m, n] = self.exp.dims();
-        if groups.dims()[0] != columns.total {
-            return Err(Error::Shape {
-                what: "groups",
-                expected: format!("[{}] (one id per bank row)", columns.total),
-                actual: groups.dims().to_vec(),
-            }
-            .into());
-        }
+        check_groups(groups.dims(), columns.total)?;
         let target_group = groups.clone().select(0, targets).unsqueeze_dim::<2>(1);
         let own = if columns.is_whole() {
             groups
@@ -446,14 +530,7 @@ impl<B: Backend> Softmax<B> {
     ) -> Result<(Tensor<B, 1>, Tensor<B, 2>), R::Error> {
         let [m, n] = self.exp.dims();
         let (b, k) = (layout.samples, layout.views);
-        if k < 2 {
-            return Err(Error::InvalidValue {
-                field: "views",
-                value: k.to_string(),
-                reason: "consistency needs at least 2 views per sample",
-            }
-            .into());
-        }
+        check_consistency_views(layout)?;
         let log_p = (self.shifted() - self.log_norm()).reshape([b, k, n]);
         let p = self.probs(1.0).reshape([b, k, n]);
         let mean_log_p = log_p.clone().mean_dim(1); // [B, 1, N]

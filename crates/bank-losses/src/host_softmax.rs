@@ -18,11 +18,11 @@ use rayon::prelude::*;
 use wide::f32x8;
 
 /// Lanes of one exponential.
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 
 /// The largest value of `row` (`−∞` when empty). NaN entries are skipped here; they make
 /// their row's sum NaN in [`exp_shifted_sum`], as in burn.
-fn row_max(row: &[f32]) -> f32 {
+pub(crate) fn row_max(row: &[f32]) -> f32 {
     let mut lanes = f32x8::splat(f32::NEG_INFINITY);
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -58,7 +58,7 @@ fn exp_tail(values: &mut [f32], shift: f32) -> f32 {
 }
 
 /// `x ← exp(x − shift)` for each value of `row`; returns their sum.
-fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
+pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
     let mut sum = f32x8::ZERO;
     let shift_lanes = f32x8::splat(shift);
     let mut chunks = row.chunks_exact_mut(LANES);
@@ -184,7 +184,7 @@ pub(crate) fn scale_rows<B: Backend>(values: Tensor<B, 2>, factors: Tensor<B, 2>
 }
 
 #[cfg(feature = "flex")]
-mod flex {
+pub(crate) mod flex {
     //! Moving burn-flex's `f32` storage in and out of the generic tensors.
 
     use bank_core::same_type::{cast, is};
@@ -192,10 +192,16 @@ mod flex {
     use burn::tensor::{DType, TensorPrimitive};
     use burn_flex::{Flex, FlexTensor};
 
+    /// Whether `tensor` is a non-empty `f32` tensor on `Flex`: the functions of this module
+    /// work on it.
+    pub(crate) fn is_host<B: Backend>(tensor: &Tensor<B, 2>) -> bool {
+        is::<B, Flex>() && tensor.dtype() == DType::F32 && tensor.shape().num_elements() > 0
+    }
+
     /// The row-major primitive of a non-empty `f32` tensor on `Flex` (copied only when its
     /// layout is not row-major over the whole buffer).
     fn primitive<B: Backend>(tensor: Tensor<B, 2>) -> Result<FlexTensor, Tensor<B, 2>> {
-        if !is::<B, Flex>() || tensor.dtype() != DType::F32 || tensor.shape().num_elements() == 0 {
+        if !is_host(&tensor) {
             return Err(tensor);
         }
         let flex = cast::<_, Tensor<Flex, 2>>(tensor).expect("B is Flex");
@@ -205,7 +211,7 @@ mod flex {
     /// Calls `f` on the values of a row-major `f32` tensor on `Flex` (written in place when
     /// the tensor holds its storage alone, else in a copy) and returns the tensor with `f`'s
     /// result; `Err(tensor)` on any other backend or dtype, or when empty.
-    pub(super) fn with_values_mut<B: Backend, R>(
+    pub(crate) fn with_values_mut<B: Backend, R>(
         tensor: Tensor<B, 2>,
         f: impl FnOnce(&mut [f32]) -> R,
     ) -> Result<(Tensor<B, 2>, R), Tensor<B, 2>> {
@@ -231,12 +237,16 @@ mod flex {
 }
 
 #[cfg(not(feature = "flex"))]
-mod flex {
+pub(crate) mod flex {
     //! Without burn-flex every tensor takes burn's operations.
 
     use burn::prelude::*;
 
-    pub(super) fn with_values_mut<B: Backend, R>(
+    pub(crate) fn is_host<B: Backend>(_: &Tensor<B, 2>) -> bool {
+        false
+    }
+
+    pub(crate) fn with_values_mut<B: Backend, R>(
         tensor: Tensor<B, 2>,
         _: impl FnOnce(&mut [f32]) -> R,
     ) -> Result<(Tensor<B, 2>, R), Tensor<B, 2>> {

@@ -24,6 +24,7 @@ mod blocked;
 mod closed_form;
 mod consistency;
 mod error;
+mod host_objective;
 mod host_softmax;
 mod instance;
 mod log_probs;

@@ -36,6 +36,13 @@ pub trait ShardReduce<B: Backend> {
     /// # Errors
     /// When the combination fails.
     fn max(&mut self, tensor: Tensor<B, 2>) -> Result<Tensor<B, 2>, Self::Error>;
+
+    /// Whether this is the only shard, so that every combination is the identity and a shard
+    /// may compute without calling [`ShardReduce::sum`] and [`ShardReduce::max`] (no other
+    /// shard waits for them). `false` unless an implementation knows it.
+    fn is_alone(&self) -> bool {
+        false
+    }
 }
 
 /// One shard that holds every column: nothing to combine (the single-device case).
@@ -51,6 +58,10 @@ impl<B: Backend> ShardReduce<B> for WholeBank {
 
     fn max(&mut self, tensor: Tensor<B, 2>) -> Result<Tensor<B, 2>, Error> {
         Ok(tensor)
+    }
+
+    fn is_alone(&self) -> bool {
+        true
     }
 }
 
