@@ -240,7 +240,8 @@ fn main() -> anyhow::Result<()> {
     }
     let device = Default::default();
     let mut x = load(&args, &device)?;
-    let consistency = (args.consistency > 0.0)
+    // 0 is off; anything else must be a valid weight (ConsistencyLoss refuses NaN and < 0).
+    let consistency = (args.consistency != 0.0)
         .then(|| ConsistencyLoss::new(args.consistency))
         .transpose()?;
     let objective = SoftmaxObjective::new(args.tau)?

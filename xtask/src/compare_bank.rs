@@ -70,6 +70,9 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
     if !(a.consistency >= 0.0 && a.consistency.is_finite()) {
         bail!("--consistency {} must be finite and ≥ 0", a.consistency);
     }
+    if a.consistency > 0.0 && a.views < 2 {
+        bail!("--consistency compares a sample's views: it needs --views 2 or more");
+    }
     if a.merged_pairs > a.samples.min(a.rows - a.samples) {
         bail!(
             "--merged-pairs {} must be at most {} (each pair needs a sample and a row outside \

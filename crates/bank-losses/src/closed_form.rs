@@ -21,7 +21,8 @@
 //!
 //! The passes over `[M, N]` are burn's operations on every backend but burn-flex, where
 //! `host_softmax` runs the instance loss's softmax and `host_objective` the whole objective with
-//! merged positives or consistency (when the bank is not split), each with rayon's threads.
+//! merged positives or consistency (when the shard is alone, [`ShardReduce::is_alone`]), each
+//! with rayon's threads.
 
 use bank_core::{MemoryBank, ViewLayout};
 use burn::prelude::*;

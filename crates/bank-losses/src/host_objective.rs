@@ -5,15 +5,18 @@
 //! make about twenty passes over the `[M, N]` logits (the row maximum, the shift, the masks and
 //! softmax of the merged groups, the consistency's log-probabilities, view means and products,
 //! the sums of the gradient's terms), each one whole-matrix operation on one thread on
-//! burn-flex 0.21: at N = 50,000 and M = 512 the full method's bank step took 9.7× its two
+//! burn-flex 0.21: at N = 50,000 and M = 512 the full method's bank step took 8.9× its two
 //! matrix products. Here the `K` rows of one sample are visited together, the samples spread
-//! over the threads with rayon, in four passes: each row's maximum, its sum of exponentials, the
-//! consistency's `s_ik` (only with consistency), and `∂L/∂z` written over the logits in place.
-//! The merged groups touch only their members' columns. The formulas are
-//! [`crate::closed_form`]'s; the results agree with its burn path to f32 rounding.
+//! over the threads with rayon: each row's maximum; `exp(z − max)` into a per-thread scratch
+//! buffer, and its sum; with consistency, each view's `s_ik`; and `∂L/∂z` written over the
+//! logits in place. The merged groups touch only their members' columns. Log-probabilities are
+//! formed as `(z − max) − log S`, never as `z − (max + log S)`, which would round a loss near 0
+//! to a step of the logits' size. The formulas are [`crate::closed_form`]'s; the results agree
+//! with its burn path to f32 rounding.
 //!
-//! Only the whole bank on one device takes this path: a shard's row statistics must be combined
-//! with the other shards' between the passes, which the burn path does.
+//! Only a shard that is alone ([`crate::ShardReduce::is_alone`]) takes this path: a shard's row
+//! statistics must be combined with the other shards' between the passes, which the burn path
+//! does.
 
 use std::collections::HashMap;
 
@@ -130,37 +133,40 @@ impl SampleTerms {
         let n = self.n;
         scratch.clear();
         scratch.extend_from_slice(z);
-        // log p = z − c with c = max + log S, S = Σ exp(z − max); p = exp(z − max) / S.
-        let (c, inv_sum): (Vec<f32>, Vec<f32>) = z
+        let norms: Vec<RowNorm> = z
             .chunks(n)
             .zip(scratch.chunks_mut(n))
             .map(|(row, e)| {
                 let max = host_softmax::row_max(row);
                 let sum = host_softmax::exp_shifted_sum(e, max);
-                (max + sum.ln(), sum.recip())
+                RowNorm {
+                    max,
+                    log_sum: sum.ln(),
+                    inv_sum: sum.recip(),
+                }
             })
-            .unzip();
+            .collect();
         let p = Probs {
             exp: scratch,
-            inv_sum: &inv_sum,
+            norms: &norms,
         };
         let inv_rows = 1.0 / self.rows as f32;
         let mut loss = 0.0;
         // Each row's positive term, read before the logits are overwritten: the loss and the
         // (column, q/M) it subtracts from p/M.
         let mut minus: Vec<Vec<(usize, f32)>> = Vec::with_capacity(positives.len());
-        for ((row, positive), &c) in z.chunks(n).zip(positives).zip(&c) {
-            let (log_p, q) = positive_term(row, positive, c);
+        for ((row, positive), norm) in z.chunks(n).zip(positives).zip(&norms) {
+            let (log_p, q) = positive_term(row, positive, norm);
             loss -= f64::from(log_p);
             minus.push(q.into_iter().map(|(j, q)| (j, q * inv_rows)).collect());
         }
         loss /= self.rows as f64;
         let consistency = self.consistency.map(|scale| {
-            let s = consistency_sums(z, &p, &c);
+            let s = consistency_sums(z, &p);
             loss += scale * s.iter().map(|&s| f64::from(s)).sum::<f64>();
             (scale as f32, s)
         });
-        write_grad(z, &p, &c, inv_rows, consistency.as_ref());
+        write_grad(z, &p, inv_rows, consistency.as_ref());
         for (row, minus) in z.chunks_mut(n).zip(minus) {
             for (j, q) in minus {
                 row[j] -= q;
@@ -170,11 +176,23 @@ impl SampleTerms {
     }
 }
 
-/// `(log Σ_{j∈G} p_j, [(j, q_j)])` of one row with log-normaliser `c`: the positives' log
-/// probability and the softmax restricted to them (`q = 1` on the own column).
-fn positive_term(row: &[f32], positive: &Positive, c: f32) -> (f32, Vec<(usize, f32)>) {
+/// One row's softmax normaliser: `log p = (z − max) − log_sum`, `p = exp(z − max) · inv_sum`.
+/// The maximum and the log-sum stay apart, so that a log-probability near 0 keeps its digits
+/// (`max + log_sum` in one f32 would round it to a step of `max`'s size).
+struct RowNorm {
+    /// The row's largest logit.
+    max: f32,
+    /// `log Σ exp(z − max)`.
+    log_sum: f32,
+    /// `1 / Σ exp(z − max)`.
+    inv_sum: f32,
+}
+
+/// `(log Σ_{j∈G} p_j, [(j, q_j)])` of one row: the positives' log probability and the softmax
+/// restricted to them (`q = 1` on the own column).
+fn positive_term(row: &[f32], positive: &Positive, norm: &RowNorm) -> (f32, Vec<(usize, f32)>) {
     match positive {
-        Positive::Own(t) => (row[*t] - c, vec![(*t, 1.0)]),
+        Positive::Own(t) => ((row[*t] - norm.max) - norm.log_sum, vec![(*t, 1.0)]),
         Positive::Group(columns) => {
             let max = columns
                 .iter()
@@ -183,37 +201,41 @@ fn positive_term(row: &[f32], positive: &Positive, c: f32) -> (f32, Vec<(usize, 
             let e: Vec<f32> = columns.iter().map(|&j| (row[j] - max).exp()).collect();
             let sum: f32 = e.iter().sum();
             let q = columns.iter().zip(e).map(|(&j, e)| (j, e / sum)).collect();
-            (sum.ln() + max - c, q)
+            ((max - norm.max) + (sum.ln() - norm.log_sum), q)
         }
     }
 }
 
-/// One sample's softmax rows: `p = exp · inv_sum`, row by row.
+/// One sample's softmax rows.
 struct Probs<'a> {
     /// `exp(z − max)`, `[K, n]` row-major.
     exp: &'a [f32],
-    /// `1 / Σ exp(z − max)` of each row, `[K]`.
-    inv_sum: &'a [f32],
+    /// Each row's normaliser, `[K]`.
+    norms: &'a [RowNorm],
 }
 
-/// Lanes `start..start + len` of each of the `K` rows of `z` as `ℓ = z − c` into `l`, and of
-/// `p` into `probs` (unused lanes: ℓ = −100 and p = 0, whose terms are left out).
+/// Lanes `start..start + len` of each of the `K` rows of `p` into `probs` and, when `l` is
+/// given, of `ℓ = log p` into it, read from the logits `z` (unused lanes: p = 0 and ℓ = −100,
+/// whose terms are left out).
 fn lanes(
-    (z, p, c): (&[f32], &Probs, &[f32]),
+    (z, p): (&[f32], &Probs),
     (start, len): (usize, usize),
-    l: &mut [f32x8],
     probs: &mut [f32x8],
+    mut l: Option<&mut [f32x8]>,
 ) {
-    let n = z.len() / c.len();
-    for (k, (l, probs)) in l.iter_mut().zip(probs).enumerate() {
-        let (mut l_lanes, mut p_lanes) = ([-100.0; LANES], [0.0; LANES]);
+    let n = z.len() / p.norms.len();
+    for (k, (probs, norm)) in probs.iter_mut().zip(p.norms).enumerate() {
         let at = k * n + start;
-        for i in 0..len {
-            l_lanes[i] = z[at + i] - c[k];
-            p_lanes[i] = p.exp[at + i];
+        let mut p_lanes = [0.0; LANES];
+        p_lanes[..len].copy_from_slice(&p.exp[at..at + len]);
+        *probs = f32x8::new(p_lanes) * f32x8::splat(norm.inv_sum);
+        if let Some(l) = l.as_deref_mut() {
+            let mut l_lanes = [-100.0; LANES];
+            for (lane, &x) in l_lanes.iter_mut().zip(&z[at..at + len]) {
+                *lane = (x - norm.max) - norm.log_sum;
+            }
+            l[k] = f32x8::new(l_lanes);
         }
-        *l = f32x8::new(l_lanes);
-        *probs = f32x8::new(p_lanes) * f32x8::splat(p.inv_sum[k]);
     }
 }
 
@@ -229,14 +251,14 @@ fn lane_sum(x: f32x8, len: usize) -> f32 {
 
 /// The consistency's `s_k = Σ_n p_kn (ℓ_kn − m_n)` of one sample's `K` rows, `m` the mean over
 /// the views of `ℓ` (Bulat eq. 3 in [`crate::closed_form`]'s form).
-fn consistency_sums(z: &[f32], p: &Probs, c: &[f32]) -> Vec<f32> {
-    let views = c.len();
+fn consistency_sums(z: &[f32], p: &Probs) -> Vec<f32> {
+    let views = p.norms.len();
     let n = z.len() / views;
     let (mut full, mut tail) = (vec![f32x8::ZERO; views], vec![0.0; views]);
     let (mut l, mut probs) = (vec![f32x8::ZERO; views], vec![f32x8::ZERO; views]);
     for start in (0..n).step_by(LANES) {
         let len = LANES.min(n - start);
-        lanes((z, p, c), (start, len), &mut l, &mut probs);
+        lanes((z, p), (start, len), &mut probs, Some(&mut l));
         let m = view_mean(&l);
         for k in 0..views {
             let term = probs[k] * (l[k] - m);
@@ -255,28 +277,31 @@ fn consistency_sums(z: &[f32], p: &Probs, c: &[f32]) -> Vec<f32> {
 
 /// Writes `p/M` over each of the sample's rows `z`, plus with consistency
 /// `scale · (p_k ⊙ (ℓ_k − m + 1 − s_k) − P/K)` (`P = Σ_j p_j`).
-fn write_grad(
-    z: &mut [f32],
-    p: &Probs,
-    c: &[f32],
-    inv_rows: f32,
-    consistency: Option<&(f32, Vec<f32>)>,
-) {
-    let views = c.len();
+fn write_grad(z: &mut [f32], p: &Probs, inv_rows: f32, consistency: Option<&(f32, Vec<f32>)>) {
+    let views = p.norms.len();
     let n = z.len() / views;
     let (mut l, mut probs) = (vec![f32x8::ZERO; views], vec![f32x8::ZERO; views]);
     let inv_rows = f32x8::splat(inv_rows);
+    let write = |z: &mut [f32], k: usize, (start, len): (usize, usize), g: f32x8| {
+        z[k * n + start..k * n + start + len].copy_from_slice(&g.to_array()[..len]);
+    };
     for start in (0..n).step_by(LANES) {
-        let len = LANES.min(n - start);
-        lanes((z, p, c), (start, len), &mut l, &mut probs);
-        let (m, p_mean) = (view_mean(&l), view_mean(&probs));
-        for k in 0..views {
-            let mut g = probs[k] * inv_rows;
-            if let Some((scale, s)) = consistency {
-                let own = probs[k] * (l[k] - m + f32x8::splat(1.0 - s[k])) - p_mean;
-                g += own * f32x8::splat(*scale);
+        let at = (start, LANES.min(n - start));
+        match consistency {
+            None => {
+                lanes((z, p), at, &mut probs, None);
+                for (k, &p) in probs.iter().enumerate() {
+                    write(z, k, at, p * inv_rows);
+                }
             }
-            z[k * n + start..k * n + start + len].copy_from_slice(&g.to_array()[..len]);
+            Some((scale, s)) => {
+                lanes((z, p), at, &mut probs, Some(&mut l));
+                let (m, p_mean) = (view_mean(&l), view_mean(&probs));
+                for k in 0..views {
+                    let own = probs[k] * (l[k] - m + f32x8::splat(1.0 - s[k])) - p_mean;
+                    write(z, k, at, probs[k] * inv_rows + own * f32x8::splat(*scale));
+                }
+            }
         }
     }
 }
@@ -350,6 +375,43 @@ mod tests {
         (0..rows * n)
             .map(|i| ((i as f32 * 0.754_877_7).fract() - 0.5) * 30.0)
             .collect()
+    }
+
+    #[test]
+    fn a_loss_near_zero_keeps_its_digits_at_small_temperature() {
+        // τ = 0.01 on unit rows: the target's logit 100, the others at most 87, so p_t ≈ 1 and
+        // the loss is 3.0e-6. `100 + log S` in one f32 rounds to 100 (a step there is 7.6e-6)
+        // and the loss to 0; the sum of exponentials, near 1, holds it to about 1e-7. Every
+        // row is the same, so that rounding errors cannot cancel in the mean.
+        let (samples, views, n) = (2, 2, 50);
+        let targets: Vec<usize> = vec![3; samples * views];
+        let row: Vec<f32> = (0..n)
+            .map(|j| {
+                if j == 3 {
+                    100.0
+                } else {
+                    87.0 - (j as f32 * 0.618_034).fract() * 100.0
+                }
+            })
+            .collect();
+        let z = row.repeat(samples * views);
+        let groups: Vec<i64> = (0..n as i64).map(|j| if j == 9 { 3 } else { j }).collect();
+        for (groups, consistency) in [(None, None), (Some(&groups[..]), Some(0.5))] {
+            let terms = Terms {
+                targets: &targets,
+                groups,
+                consistency,
+                layout: ViewLayout::new(samples, views),
+            };
+            let (_, want) = reference(&z, n, &terms);
+            let loss = grad_in_place(&mut z.clone(), n, &terms);
+            assert!(want > 1e-6 && want < 1e-3, "the case: loss {want}");
+            assert!(
+                (loss - want).abs() <= 3e-7,
+                "{:?}: loss {loss} against {want}",
+                groups.is_some()
+            );
+        }
     }
 
     #[test]

@@ -49,6 +49,12 @@ impl<B: Backend> ShardReduce<B> for CollectiveReduce {
         )?;
         Ok(all.max_dim(0).reshape([m, 1]))
     }
+
+    /// One device holds the whole bank: its sums and maxima are its own (and on flex the
+    /// objective runs `bank-losses`' host passes, as a single-device run does).
+    fn is_alone(&self) -> bool {
+        self.world == 1
+    }
 }
 
 impl<B: AutodiffBackend> Replica<B> {
