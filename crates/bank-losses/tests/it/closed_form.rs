@@ -214,10 +214,15 @@ fn closed_form_stays_finite_at_small_temperature<B: Backend>(device: &B::Device)
             assert!(grad.iter().all(|g| g.is_finite()));
             let scale = grad.iter().fold(0f32, |a, g| a.max(g.abs()));
             let (loss_tol, grad_tol) = if one_hot {
-                // ∂L/∂f sums terms of up to 2/(Mτ) = 25: rounding is a few ε of that.
+                // ∂L/∂f sums terms of up to 2/(Mτ) = 25: rounding is a few ε of that. burn's
+                // operations form log p as z − (max + log S), whose rounding is a step of the
+                // logits' size (1/τ = 100): wgpu's blocked loss came out at −1.9e-6.
                 let term = 2.0 / (layout.rows() as f32 * tau as f32);
                 assert!(loss < 1e-5, "one-hot: loss {loss}");
-                (1e-6, 8.0 * f32::EPSILON * term)
+                (
+                    2.0 * f64::from(f32::EPSILON) / tau,
+                    8.0 * f32::EPSILON * term,
+                )
             } else {
                 assert!(scale > 1.0, "a gradient of {scale} compares rounding");
                 (1e-4 * (1.0 + loss.abs()), 1e-4 * scale)
