@@ -17,7 +17,10 @@
 //! results from the initial bank, for `bank_step_torch.py step --check`: `grad.npy`
 //! (`∂L/∂features`, `[B·K, D]`), `rows.npy` (the B updated bank rows) and `loss.json`. Then the
 //! same step runs `--warmup` + `--steps` times on the bank it keeps updating, as training does,
-//! and the bare matmul as many times. Every timing ends with the device synchronised. Prints one
+//! and the bare matmul as many times. On a host backend (flex, ndarray) `products_ms` times the
+//! host step's two products alone (`bank_core::host_gemm::gemm_threaded` into buffers kept
+//! between runs, as `bank_losses` multiplies on burn-flex), the floor of that step; `null` on a
+//! GPU. Every timing ends with the device synchronised. Prints one
 //! JSON line with the median milliseconds of each, the counterpart of `bank_step_torch.py`
 //! (`cargo xtask bench compare bank` runs both), and on Linux the resident memory before the
 //! steps and its peak during them (before the bare matmul, whose `[B·K, N]` product would
@@ -27,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use bank_core::host_gemm::{self, MatRef};
 use bank_core::{MemoryBank, MemoryBankConfig, ViewLayout};
 use bank_losses::{ConsistencyLoss, Positives, SoftmaxObjective};
 use burn::backend::Autodiff;
@@ -265,9 +269,20 @@ fn main() -> anyhow::Result<()> {
         sync()
     })?;
     let [n, d] = bank.dims();
+    let name = <Bench as Backend>::name(&device);
+    let products_ms = if name.contains("flex") || name.contains("ndarray") {
+        let (f, bank) = (host_values(f)?, host_values(bank)?);
+        let products = HostProducts::new(&f, &bank, d);
+        let ms = time(args.warmup, args.steps, || {
+            products.run();
+            Ok(())
+        })?;
+        format!("{}", median(ms))
+    } else {
+        "null".into()
+    };
     println!(
-        "{{\"tool\": \"membank\", \"backend\": \"{}\", \"rows\": {n}, \"dim\": {d}, \"batch_rows\": {}, \"views\": {}, \"consistency\": {}, \"merged\": {}, \"loss\": {loss}, \"step_ms\": {}, \"matmul_ms\": {}, \"rss_before_steps_mb\": {}, \"peak_rss_steps_mb\": {}}}",
-        <Bench as Backend>::name(&device),
+        "{{\"tool\": \"membank\", \"backend\": \"{name}\", \"rows\": {n}, \"dim\": {d}, \"batch_rows\": {}, \"views\": {}, \"consistency\": {}, \"merged\": {}, \"loss\": {loss}, \"step_ms\": {}, \"matmul_ms\": {}, \"products_ms\": {products_ms}, \"rss_before_steps_mb\": {}, \"peak_rss_steps_mb\": {}}}",
         x.layout.rows(),
         x.layout.views,
         args.consistency,
@@ -278,6 +293,50 @@ fn main() -> anyhow::Result<()> {
         memory::json(step_peak)
     );
     Ok(())
+}
+
+/// The values of a host tensor.
+fn host_values(t: Tensor<Bench, 2>) -> anyhow::Result<Vec<f32>> {
+    t.into_data()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// The host step's two products alone, by the same calls (`host_gemm::gemm_threaded`) into
+/// buffers kept between runs: the floor of `bank_losses`' host step on burn-flex.
+struct HostProducts<'a> {
+    features: &'a [f32],
+    bank: &'a [f32],
+    dim: usize,
+    /// `[M, N]` and `[M, D]`, reused.
+    out: std::cell::RefCell<(Vec<f32>, Vec<f32>)>,
+}
+
+impl<'a> HostProducts<'a> {
+    fn new(features: &'a [f32], bank: &'a [f32], dim: usize) -> Self {
+        let (m, n) = (features.len() / dim, bank.len() / dim);
+        let out = (vec![0.0; m * n], vec![0.0; m * dim]);
+        Self {
+            features,
+            bank,
+            dim,
+            out: std::cell::RefCell::new(out),
+        }
+    }
+
+    /// `z = f·Vᵀ`, then `g = z·V`.
+    fn run(&self) {
+        let (d, mut out) = (self.dim, self.out.borrow_mut());
+        let (m, n) = (self.features.len() / d, self.bank.len() / d);
+        let (z, g) = &mut *out;
+        let (lhs, rhs) = (
+            MatRef::rows(self.features, d),
+            MatRef::transposed(self.bank, d),
+        );
+        host_gemm::gemm_threaded(m, n, d, z, n, false, lhs, rhs);
+        let (lhs, rhs) = (MatRef::rows(z, n), MatRef::rows(self.bank, d));
+        host_gemm::gemm_threaded(m, d, n, g, d, false, lhs, rhs);
+    }
 }
 
 /// The process's resident memory (Linux: `/proc/self/status`); `None` elsewhere.

@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
         bail!("--out {} exists and is not empty", args.out.display());
     }
     let config = TrainConfig::load(Some(&args.config), &args.overrides)?;
-    let root = data_source::data_root(Some(&args.data));
+    let root = data_source::data_root(Some(&args.data))?;
     let data = data_source::open(&config.data, &root)?;
     let config = data.resolve(&config);
     config.validate()?;

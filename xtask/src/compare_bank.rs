@@ -122,6 +122,7 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
     );
     let (mut ours_ms, mut torch_ms) = (Vec::new(), Vec::new());
     let (mut ours_mm, mut torch_mm) = (Vec::new(), Vec::new());
+    let mut ours_products = Vec::new();
     for round in 1..=a.repeats {
         let mut cmd = Command::new(&ours);
         backend.prepare(&mut cmd)?;
@@ -143,6 +144,10 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
         eprintln!("round {round}: membank {s:>8.1} ms a step, {m:>7.1} ms a bare matmul");
         ours_ms.push(s);
         ours_mm.push(m);
+        // The host step's own two products (null on a GPU backend).
+        if let Some(p) = r.get("products_ms").and_then(serde_json::Value::as_f64) {
+            ours_products.push(p);
+        }
 
         let mut cmd = Command::new(&python);
         cmd.arg(&script).arg("step").arg(&inputs).args([
@@ -193,6 +198,14 @@ pub(crate) fn compare_bank(backend: Backend, args: &[String]) -> Result<()> {
         "PyTorch",
         t / (2.0 * tm)
     );
+    if !ours_products.is_empty() {
+        let p = peer::median(ours_products);
+        println!(
+            "  membank's step / its own two products ({p:.1} ms: the `gemm` crate into kept \
+             buffers, bank_core::host_gemm): {:.2}×",
+            s / p
+        );
+    }
     println!("  membank's speed / PyTorch's: {:.2}×", t / s);
     Ok(())
 }

@@ -72,7 +72,6 @@ fn stride(value: usize, what: &str) -> isize {
 /// # Panics
 /// When a matrix does not fit in its slice or `dst_row_stride < n`: the checks that make the
 /// call into `gemm` sound.
-#[allow(unsafe_code)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -83,6 +82,58 @@ pub fn gemm(
     accumulate: bool,
     lhs: MatRef<'_>,
     rhs: MatRef<'_>,
+) {
+    let parallelism = gemm::Parallelism::None;
+    call(
+        m,
+        n,
+        k,
+        (dst, dst_row_stride),
+        accumulate,
+        (lhs, rhs),
+        parallelism,
+    );
+}
+
+/// [`gemm`] on rayon's threads (the `gemm` crate splits the rows and columns of `dst`, never
+/// the sum over `k`, so every element is summed in the same order whatever the threads): for
+/// one large product, where [`gemm`] is for many independent ones.
+///
+/// # Panics
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_threaded(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    accumulate: bool,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+) {
+    let parallelism = gemm::Parallelism::Rayon(0);
+    call(
+        m,
+        n,
+        k,
+        (dst, dst_row_stride),
+        accumulate,
+        (lhs, rhs),
+        parallelism,
+    );
+}
+
+/// [`gemm`] with the `gemm` crate's `parallelism`.
+#[allow(unsafe_code)]
+fn call(
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, dst_row_stride): (&mut [f32], usize),
+    accumulate: bool,
+    (lhs, rhs): (MatRef<'_>, MatRef<'_>),
+    parallelism: gemm::Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -134,7 +185,7 @@ pub fn gemm(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
@@ -198,6 +249,44 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The threaded product equals the single-threaded one bit for bit on 1, 2, 3 and 8
+    /// threads: the threads split the output, never a sum (the step's determinism rests on it).
+    #[test]
+    fn threaded_products_have_the_same_bits_on_any_number_of_threads() {
+        let (m, n, k) = (70, 301, 1_000);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| (i as f32 * 0.618_034).fract() - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..n * k)
+            .map(|i| (i as f32 * 0.414_214).fract() - 0.5)
+            .collect();
+        let (lhs, rhs) = (MatRef::rows(&a, k), MatRef::transposed(&b, k));
+        let mut one = vec![0.0f32; m * n];
+        gemm(m, n, k, &mut one, n, false, lhs, rhs);
+        let want = naive(m, n, k, lhs, rhs);
+        assert!(
+            one.iter()
+                .zip(&want)
+                .all(|(&g, &w)| (f64::from(g) - w).abs() < 1e-3)
+        );
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut out = vec![f32::NAN; m * n];
+            pool.install(|| gemm_threaded(m, n, k, &mut out, n, false, lhs, rhs));
+            let same = out
+                .iter()
+                .zip(&one)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{threads} threads differ from the calling thread's product"
+            );
         }
     }
 

@@ -19,19 +19,21 @@
 //!   with `P_i = Σ_j p_ij`;
 //! - and for the features, `∂L/∂f = (∂L/∂z) · V / τ` (the bank is a constant).
 //!
-//! The passes over `[M, N]` are burn's operations on every backend but burn-flex, where
-//! `host_softmax` runs the instance loss's softmax and `host_objective` the whole objective with
-//! merged positives or consistency (when the shard is alone, [`ShardReduce::is_alone`]), each
-//! with rayon's threads.
+//! The products and the passes over `[M, N]` are burn's operations on every backend but
+//! burn-flex. There, with the whole bank on one device ([`ShardReduce::is_alone`]), `host_step`
+//! runs the whole step on host memory (both products by the `gemm` crate, the logits in a buffer
+//! kept from step to step, and `host_objective`'s passes over them); a shard among several
+//! keeps burn's products, with `host_softmax`'s softmax rows. Both use rayon's threads.
 
 use bank_core::{MemoryBank, ViewLayout};
 use burn::prelude::*;
 
 use crate::blocked::BlockedEval;
 use crate::error::{check_layout, check_len, positive};
+use crate::host_softmax::{self, flex};
 use crate::shards::{ShardColumns, ShardReduce, WholeBank};
 use crate::{ConsistencyLoss, Error, Result};
-use crate::{host_objective, host_softmax};
+use crate::{host_objective, host_step};
 
 /// Which bank rows count as a row's positives.
 #[derive(Debug, Clone)]
@@ -164,22 +166,16 @@ impl SoftmaxObjective {
         let tau = self.temperature;
         check_shard([bank.num_rows(), bank.dim()], &features, columns)?;
         let rows = bank.rows();
-        let logits = (features / tau).matmul(rows.clone().transpose());
-        let m = logits.dims()[0];
-        check_layout(logits.dims(), layout)?;
+        let m = features.dims()[0];
+        check_layout([m, bank.num_rows()], layout)?;
         check_len("targets", targets.dims(), m)?;
-        let alone = columns.is_whole() && reduce.is_alone();
-        let on_host = self.on_host(logits, &targets, positives, (alone, columns.total), layout)?;
-        let logits = match on_host {
-            Ok((dz, loss)) => {
-                let device = dz.device();
-                return Ok(LossAndGrad {
-                    loss: Tensor::from_floats([loss as f32], &device),
-                    features_grad: dz.matmul(rows) / tau,
-                });
+        if columns.is_whole() && reduce.is_alone() {
+            let host = self.on_host((&rows, &features), &targets, positives, layout)?;
+            if let Some(done) = host {
+                return Ok(done);
             }
-            Err(logits) => logits,
-        };
+        }
+        let logits = (features / tau).matmul(rows.clone().transpose());
         let PositivesTerm {
             soft,
             mut loss,
@@ -210,36 +206,33 @@ impl SoftmaxObjective {
         })
     }
 
-    /// The loss and `∂L/∂z` (`[M, N]`, in the logits' buffer) by `host_objective`'s row passes,
-    /// where they apply: the whole bank on one burn-flex device (`alone`: no other shard waits
-    /// for this one's row statistics), with merged positives or consistency (the instance loss
-    /// alone has `host_softmax`'s path). `Ok(Err(logits))` elsewhere, and for targets outside
-    /// the bank, which the burn path reports.
+    /// The whole step by [`host_step`] where it applies: the whole bank on one burn-flex device
+    /// (no other shard waits for this one's row statistics), `f32`. `Ok(None)` elsewhere, and
+    /// for targets outside the bank, which the burn path reports.
     ///
     /// # Shapes
-    /// - `logits`: `[M, N]`, `targets`: `[M]`
+    /// - `bank`: `[N, D]`, `features`: `[M, D]`, `targets`: `[M]`
     ///
     /// # Errors
     /// Group ids that are not one per bank row; consistency with fewer than 2 views.
     fn on_host<B: Backend>(
         &self,
-        logits: Tensor<B, 2>,
+        (bank, features): (&Tensor<B, 2>, &Tensor<B, 2>),
         targets: &Tensor<B, 1, Int>,
         positives: &Positives<B>,
-        (alone, n): (bool, usize),
         layout: ViewLayout,
-    ) -> Result<host_objective::OnHost<B>> {
+    ) -> Result<Option<LossAndGrad<B>>> {
+        if !(flex::is_host(bank) && flex::is_host(features)) {
+            return Ok(None);
+        }
+        let [n, dim] = bank.dims();
         let groups = match positives {
-            Positives::Groups(groups) => Some(groups),
+            Positives::Groups(groups) => {
+                check_groups(groups.dims(), n)?;
+                Some(groups.to_data().iter::<i64>().collect::<Vec<_>>())
+            }
             Positives::Own => None,
         };
-        let wanted = groups.is_some() || self.consistency.is_some();
-        if !(wanted && alone && host_objective::applies(&logits)) {
-            return Ok(Err(logits));
-        }
-        if let Some(groups) = groups {
-            check_groups(groups.dims(), n)?;
-        }
         if self.consistency.is_some() {
             check_consistency_views(layout)?;
         }
@@ -249,16 +242,30 @@ impl SoftmaxObjective {
             .map(|t| usize::try_from(t).ok().filter(|&t| t < n))
             .collect();
         let Some(targets) = targets else {
-            return Ok(Err(logits));
+            return Ok(None);
         };
-        let groups = groups.map(|g| g.to_data().iter::<i64>().collect::<Vec<_>>());
         let terms = host_objective::Terms {
             targets: &targets,
             groups: groups.as_deref(),
             consistency: self.consistency.map(|c| c.weight),
             layout,
         };
-        Ok(host_objective::loss_and_logit_grad(logits, &terms))
+        let Some(features_host) = flex::host_values(features) else {
+            return Ok(None);
+        };
+        let tau = self.temperature as f32;
+        let step = flex::with_values(bank, |bank| {
+            host_step::loss_and_features_grad(&features_host, bank, dim, tau, &terms)
+        });
+        let Some((grad, loss)) = step else {
+            return Ok(None);
+        };
+        let device = features.device();
+        let features_grad = TensorData::new(grad, [layout.rows(), dim]);
+        Ok(Some(LossAndGrad {
+            loss: Tensor::from_floats([loss as f32], &device),
+            features_grad: Tensor::from_data(features_grad, &device),
+        }))
     }
 
     /// The softmax of `logits` (`[M, N]`), the positives' loss and what it subtracts from `p/M`.

@@ -1,18 +1,20 @@
-//! The whole bank's softmax objective with merged positives or consistency, on host memory when
-//! the backend is burn-flex.
+//! The whole bank's softmax objective (instance, merged positives, consistency) over logits on
+//! host memory: [`crate::host_step`]'s passes between its two products on burn-flex.
 //!
 //! With merged positives or the consistency loss, [`crate::SoftmaxObjective`]'s burn operations
 //! make about twenty passes over the `[M, N]` logits (the row maximum, the shift, the masks and
 //! softmax of the merged groups, the consistency's log-probabilities, view means and products,
 //! the sums of the gradient's terms), each one whole-matrix operation on one thread on
 //! burn-flex 0.21: at N = 50,000 and M = 512 the full method's bank step took 8.9× its two
-//! matrix products. Here the `K` rows of one sample are visited together, the samples spread
-//! over the threads with rayon: each row's maximum; `exp(z − max)` into a per-thread scratch
-//! buffer, and its sum; with consistency, each view's `s_ik`; and `∂L/∂z` written over the
-//! logits in place. The merged groups touch only their members' columns. Log-probabilities are
-//! formed as `(z − max) − log S`, never as `z − (max + log S)`, which would round a loss near 0
-//! to a step of the logits' size. The formulas are [`crate::closed_form`]'s; the results agree
-//! with its burn path to f32 rounding.
+//! matrix products. Here the `K` rows of one sample are visited together while they sit in the
+//! cache, the samples spread over the threads with rayon, in three passes like the instance
+//! loss's: each row's maximum; `exp(z − max)` and its sum (in place, or with consistency into a
+//! per-thread scratch buffer, with each view's `Σ exp(z − max)(z − z̄)`, from which the
+//! consistency's `s_k` follows without a pass of its own); and `∂L/∂z` written over the logits.
+//! The merged groups touch only their members' columns, read before the logits are overwritten.
+//! Log-probabilities are formed as `(z − max) − log S`, never as `z − (max + log S)`, which
+//! would round a loss near 0 to a step of the logits' size. The formulas are
+//! [`crate::closed_form`]'s; the results agree with its burn path to f32 rounding.
 //!
 //! Only a shard that is alone ([`crate::ShardReduce::is_alone`]) takes this path: a shard's row
 //! statistics must be combined with the other shards' between the passes, which the burn path
@@ -21,7 +23,6 @@
 use std::collections::HashMap;
 
 use bank_core::ViewLayout;
-use burn::prelude::*;
 use rayon::prelude::*;
 use wide::f32x8;
 
@@ -40,31 +41,6 @@ pub(crate) struct Terms<'a> {
     pub layout: ViewLayout,
 }
 
-/// `∂L/∂z` (`[M, N]`) with the loss, or the logits given back where the host path does not
-/// apply.
-pub(crate) type OnHost<B> = Result<(Tensor<B, 2>, f64), Tensor<B, 2>>;
-
-/// Whether [`loss_and_logit_grad`] computes on `logits`: non-empty `f32` logits on burn-flex.
-/// Check it before reading the targets and groups to the host (on a GPU that would wait for
-/// the device).
-pub(crate) fn applies<B: Backend>(logits: &Tensor<B, 2>) -> bool {
-    host_softmax::flex::is_host(logits)
-}
-
-/// `∂L/∂z` over the logits `z` (`[M, N]`, already divided by τ) in place, and the loss, on
-/// burn-flex with `f32` logits; `Err(logits)` on any other backend or dtype.
-///
-/// # Shapes
-/// - `logits`: `[M, N]` with `M = terms.layout.rows()`; output `[M, N]`
-///
-/// # Panics
-/// When `terms` does not fit the logits (the caller checks the shapes, the targets' range and
-/// the group ids' length first), or with consistency and fewer than 2 views.
-pub(crate) fn loss_and_logit_grad<B: Backend>(logits: Tensor<B, 2>, terms: &Terms) -> OnHost<B> {
-    let [_, n] = logits.dims();
-    host_softmax::flex::with_values_mut(logits, |z| grad_in_place(z, n, terms))
-}
-
 /// The columns of each target's group, for the groups the targets fall in (one pass over the
 /// group ids).
 fn group_members(groups: &[i64], targets: &[usize]) -> HashMap<i64, Vec<usize>> {
@@ -78,9 +54,13 @@ fn group_members(groups: &[i64], targets: &[usize]) -> HashMap<i64, Vec<usize>> 
     members
 }
 
-/// [`loss_and_logit_grad`] on the row-major values `z` of `[M, n]` logits: writes `∂L/∂z` and
-/// returns the loss.
-fn grad_in_place(z: &mut [f32], n: usize, terms: &Terms) -> f64 {
+/// `∂L/∂z` over the row-major logits `z` (`[M, n]`, already divided by τ) in place; returns
+/// the loss.
+///
+/// # Panics
+/// When `terms` does not fit the logits (the caller checks the shapes, the targets' range and
+/// the group ids' length first), or with consistency and fewer than 2 views.
+pub(crate) fn grad_in_place(z: &mut [f32], n: usize, terms: &Terms) -> f64 {
     let ViewLayout { samples, views } = terms.layout;
     assert!(n > 0 && z.len() == samples * views * n && terms.targets.len() == samples * views);
     assert!(terms.consistency.is_none() || views >= 2);
@@ -128,180 +108,207 @@ struct SampleTerms {
 
 impl SampleTerms {
     /// One sample's `K` rows (`[K, n]` row-major): `∂L/∂z` written over them; returns their
-    /// share of the loss. `scratch` receives the rows' `exp(z − max)`.
+    /// share of the loss. With consistency, `scratch` receives the rows' `exp(z − max)`.
     fn grad_in_place(&self, z: &mut [f32], positives: &[Positive], scratch: &mut Vec<f32>) -> f64 {
         let n = self.n;
-        scratch.clear();
-        scratch.extend_from_slice(z);
-        let norms: Vec<RowNorm> = z
+        let maxima: Vec<f32> = z.chunks(n).map(host_softmax::row_max).collect();
+        // Each row's positive term, read before the logits are overwritten.
+        let terms: Vec<PositiveTerm> = z
             .chunks(n)
-            .zip(scratch.chunks_mut(n))
-            .map(|(row, e)| {
-                let max = host_softmax::row_max(row);
-                let sum = host_softmax::exp_shifted_sum(e, max);
-                RowNorm {
-                    max,
-                    log_sum: sum.ln(),
-                    inv_sum: sum.recip(),
-                }
-            })
+            .zip(positives)
+            .zip(&maxima)
+            .map(|((row, positive), &max)| PositiveTerm::new(row, positive, max))
             .collect();
-        let p = Probs {
-            exp: scratch,
-            norms: &norms,
-        };
         let inv_rows = 1.0 / self.rows as f32;
-        let mut loss = 0.0;
-        // Each row's positive term, read before the logits are overwritten: the loss and the
-        // (column, q/M) it subtracts from p/M.
-        let mut minus: Vec<Vec<(usize, f32)>> = Vec::with_capacity(positives.len());
-        for ((row, positive), norm) in z.chunks(n).zip(positives).zip(&norms) {
-            let (log_p, q) = positive_term(row, positive, norm);
-            loss -= f64::from(log_p);
-            minus.push(q.into_iter().map(|(j, q)| (j, q * inv_rows)).collect());
-        }
-        loss /= self.rows as f64;
-        let consistency = self.consistency.map(|scale| {
-            let s = consistency_sums(z, &p);
-            loss += scale * s.iter().map(|&s| f64::from(s)).sum::<f64>();
-            (scale as f32, s)
-        });
-        write_grad(z, &p, inv_rows, consistency.as_ref());
-        for (row, minus) in z.chunks_mut(n).zip(minus) {
-            for (j, q) in minus {
-                row[j] -= q;
+        let (log_sums, mut loss) = match self.consistency {
+            None => {
+                let sums: Vec<f32> = z
+                    .chunks_mut(n)
+                    .zip(&maxima)
+                    .map(|(row, &max)| host_softmax::exp_shifted_sum(row, max))
+                    .collect();
+                for (row, sum) in z.chunks_mut(n).zip(&sums) {
+                    let factor = sum.recip() * inv_rows;
+                    row.iter_mut().for_each(|x| *x *= factor);
+                }
+                (sums.iter().map(|s| s.ln()).collect::<Vec<f32>>(), 0.0)
+            }
+            Some(scale) => {
+                scratch.resize(z.len(), 0.0);
+                let views = ViewRows::new(z, &maxima, scratch);
+                write_consistency_grad(z, scratch, &views, inv_rows, scale as f32);
+                let s: f64 = views.rows.iter().map(|v| f64::from(v.s)).sum();
+                (views.rows.iter().map(|v| v.log_sum).collect(), scale * s)
+            }
+        };
+        let mut positive_loss = 0.0;
+        for ((row, term), log_sum) in z.chunks_mut(n).zip(&terms).zip(&log_sums) {
+            positive_loss -= f64::from(term.shift - log_sum);
+            for &(j, q) in &term.q {
+                row[j] -= q * inv_rows;
             }
         }
+        loss += positive_loss / self.rows as f64;
         loss
     }
 }
 
-/// One row's softmax normaliser: `log p = (z − max) − log_sum`, `p = exp(z − max) · inv_sum`.
-/// The maximum and the log-sum stay apart, so that a log-probability near 0 keeps its digits
-/// (`max + log_sum` in one f32 would round it to a step of `max`'s size).
-struct RowNorm {
-    /// The row's largest logit.
-    max: f32,
-    /// `log Σ exp(z − max)`.
+/// A row's positive term before its normaliser: `log Σ_{j∈G} p_j = shift − log S`, with
+/// `shift` and `log S` kept apart, so that a log-probability near 0 keeps its digits (their sum
+/// with the row maximum in one f32 would round it to a step of the maximum's size).
+struct PositiveTerm {
+    /// `log Σ_{j∈G} exp(z_j − max)`.
+    shift: f32,
+    /// The softmax restricted to the positives, `(column, q_j)`: `q = 1` on the own column.
+    q: Vec<(usize, f32)>,
+}
+
+impl PositiveTerm {
+    /// The term of `row`, whose largest logit is `max`.
+    fn new(row: &[f32], positive: &Positive, max: f32) -> Self {
+        match positive {
+            Positive::Own(t) => Self {
+                shift: row[*t] - max,
+                q: vec![(*t, 1.0)],
+            },
+            Positive::Group(columns) => {
+                let group_max = columns
+                    .iter()
+                    .map(|&j| row[j])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = columns
+                    .iter()
+                    .map(|&j| (row[j] - group_max).exp())
+                    .collect();
+                let sum: f32 = e.iter().sum();
+                Self {
+                    shift: (group_max - max) + sum.ln(),
+                    q: columns.iter().zip(e).map(|(&j, e)| (j, e / sum)).collect(),
+                }
+            }
+        }
+    }
+}
+
+/// Lanes `start..start + len` of `row` (`len ≤ LANES`), the unused ones `fill`.
+#[inline(always)]
+fn load(row: &[f32], (start, len): (usize, usize), fill: f32) -> f32x8 {
+    if len == LANES {
+        f32x8::new(row[start..start + LANES].try_into().expect("8 lanes"))
+    } else {
+        load_tail(&row[start..start + len], fill)
+    }
+}
+
+/// The last, partial chunk of a row in lanes, the unused ones `fill`. Kept out of line: merged
+/// with the full chunks' load, the copy would become a library call of variable length.
+#[cold]
+#[inline(never)]
+fn load_tail(values: &[f32], fill: f32) -> f32x8 {
+    let mut lanes = [fill; LANES];
+    lanes[..values.len()].copy_from_slice(values);
+    f32x8::new(lanes)
+}
+
+/// Lanes `0..len` of `x` written to `row[start..start + len]`.
+#[inline(always)]
+fn store(row: &mut [f32], (start, len): (usize, usize), x: f32x8) {
+    if len == LANES {
+        row[start..start + LANES].copy_from_slice(&x.to_array());
+    } else {
+        store_tail(&mut row[start..start + len], x);
+    }
+}
+
+/// The first `values.len()` lanes of `x` into `values` (a row's last, partial chunk).
+#[cold]
+#[inline(never)]
+fn store_tail(values: &mut [f32], x: f32x8) {
+    let len = values.len();
+    values.copy_from_slice(&x.to_array()[..len]);
+}
+
+/// The consistency's statistics of one view's row `k`: with `ℓ = log p` and `m` the mean over
+/// the views of `ℓ`, `ℓ_k − m = (z_k − z̄) − c_k`, `z̄` the views' mean logit.
+struct ViewRow {
+    /// `log Σ_n exp(z_kn − max_k)`.
     log_sum: f32,
-    /// `1 / Σ exp(z − max)`.
+    /// `1 / Σ_n exp(z_kn − max_k)`.
     inv_sum: f32,
+    /// `c_k = (max_k − mean_j max_j) + (log_sum_k − mean_j log_sum_j)`.
+    offset: f32,
+    /// `s_k = Σ_n p_kn (ℓ_kn − m_n)` (Bulat eq. 3 in [`crate::closed_form`]'s form).
+    s: f32,
 }
 
-/// `(log Σ_{j∈G} p_j, [(j, q_j)])` of one row: the positives' log probability and the softmax
-/// restricted to them (`q = 1` on the own column).
-fn positive_term(row: &[f32], positive: &Positive, norm: &RowNorm) -> (f32, Vec<(usize, f32)>) {
-    match positive {
-        Positive::Own(t) => ((row[*t] - norm.max) - norm.log_sum, vec![(*t, 1.0)]),
-        Positive::Group(columns) => {
-            let max = columns
-                .iter()
-                .map(|&j| row[j])
-                .fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = columns.iter().map(|&j| (row[j] - max).exp()).collect();
-            let sum: f32 = e.iter().sum();
-            let q = columns.iter().zip(e).map(|(&j, e)| (j, e / sum)).collect();
-            ((max - norm.max) + (sum.ln() - norm.log_sum), q)
-        }
-    }
+/// One sample's rows for the consistency loss.
+struct ViewRows {
+    rows: Vec<ViewRow>,
 }
 
-/// One sample's softmax rows.
-struct Probs<'a> {
-    /// `exp(z − max)`, `[K, n]` row-major.
-    exp: &'a [f32],
-    /// Each row's normaliser, `[K]`.
-    norms: &'a [RowNorm],
-}
-
-/// Lanes `start..start + len` of each of the `K` rows of `p` into `probs` and, when `l` is
-/// given, of `ℓ = log p` into it, read from the logits `z` (unused lanes: p = 0 and ℓ = −100,
-/// whose terms are left out).
-fn lanes(
-    (z, p): (&[f32], &Probs),
-    (start, len): (usize, usize),
-    probs: &mut [f32x8],
-    mut l: Option<&mut [f32x8]>,
-) {
-    let n = z.len() / p.norms.len();
-    for (k, (probs, norm)) in probs.iter_mut().zip(p.norms).enumerate() {
-        let at = k * n + start;
-        let mut p_lanes = [0.0; LANES];
-        p_lanes[..len].copy_from_slice(&p.exp[at..at + len]);
-        *probs = f32x8::new(p_lanes) * f32x8::splat(norm.inv_sum);
-        if let Some(l) = l.as_deref_mut() {
-            let mut l_lanes = [-100.0; LANES];
-            for (lane, &x) in l_lanes.iter_mut().zip(&z[at..at + len]) {
-                *lane = (x - norm.max) - norm.log_sum;
+impl ViewRows {
+    /// One pass over the sample's `K` rows `z` (`[K, n]`): `exp(z − max)` into `exp`, each
+    /// row's sum, and `Σ_n exp(z_kn − max_k)(z_kn − z̄_n)`, from which
+    /// `s_k = Σ_n p_kn (z_kn − z̄_n) − c_k` (since `Σ_n p_kn = 1`).
+    fn new(z: &[f32], maxima: &[f32], exp: &mut [f32]) -> Self {
+        let views = maxima.len();
+        let n = z.len() / views;
+        let inv_views = f32x8::splat(1.0 / views as f32);
+        let (mut sums, mut spread) = (vec![f32x8::ZERO; views], vec![f32x8::ZERO; views]);
+        let mut lanes = vec![f32x8::ZERO; views];
+        for start in (0..n).step_by(LANES) {
+            let at = (start, LANES.min(n - start));
+            for (k, (lane, &max)) in lanes.iter_mut().zip(maxima).enumerate() {
+                // Unused lanes at `max − 10⁴`: their exponential is 0.
+                *lane = load(&z[k * n..(k + 1) * n], at, max - 1e4);
             }
-            l[k] = f32x8::new(l_lanes);
-        }
-    }
-}
-
-/// The mean over the views of `ℓ`, lane by lane.
-fn view_mean(l: &[f32x8]) -> f32x8 {
-    l.iter().fold(f32x8::ZERO, |a, &x| a + x) * f32x8::splat(1.0 / l.len() as f32)
-}
-
-/// Lanes `0..len` of `x` summed.
-fn lane_sum(x: f32x8, len: usize) -> f32 {
-    x.to_array()[..len].iter().sum()
-}
-
-/// The consistency's `s_k = Σ_n p_kn (ℓ_kn − m_n)` of one sample's `K` rows, `m` the mean over
-/// the views of `ℓ` (Bulat eq. 3 in [`crate::closed_form`]'s form).
-fn consistency_sums(z: &[f32], p: &Probs) -> Vec<f32> {
-    let views = p.norms.len();
-    let n = z.len() / views;
-    let (mut full, mut tail) = (vec![f32x8::ZERO; views], vec![0.0; views]);
-    let (mut l, mut probs) = (vec![f32x8::ZERO; views], vec![f32x8::ZERO; views]);
-    for start in (0..n).step_by(LANES) {
-        let len = LANES.min(n - start);
-        lanes((z, p), (start, len), &mut probs, Some(&mut l));
-        let m = view_mean(&l);
-        for k in 0..views {
-            let term = probs[k] * (l[k] - m);
-            if len == LANES {
-                full[k] += term;
-            } else {
-                tail[k] += lane_sum(term, len);
+            let mean = lanes.iter().fold(f32x8::ZERO, |a, &x| a + x) * inv_views;
+            for (k, (&lane, &max)) in lanes.iter().zip(maxima).enumerate() {
+                let e = (lane - f32x8::splat(max)).exp();
+                store(&mut exp[k * n..(k + 1) * n], at, e);
+                sums[k] += e;
+                spread[k] += e * (lane - mean);
             }
         }
+        let log_sums: Vec<f32> = sums.iter().map(|s| s.reduce_add().ln()).collect();
+        let mean_max = maxima.iter().sum::<f32>() / views as f32;
+        let mean_log_sum = log_sums.iter().sum::<f32>() / views as f32;
+        let rows = (0..views)
+            .map(|k| {
+                let inv_sum = sums[k].reduce_add().recip();
+                let offset = (maxima[k] - mean_max) + (log_sums[k] - mean_log_sum);
+                ViewRow {
+                    log_sum: log_sums[k],
+                    inv_sum,
+                    offset,
+                    s: spread[k].reduce_add() * inv_sum - offset,
+                }
+            })
+            .collect();
+        Self { rows }
     }
-    full.iter()
-        .zip(tail)
-        .map(|(f, t)| f.reduce_add() + t)
-        .collect()
 }
 
-/// Writes `p/M` over each of the sample's rows `z`, plus with consistency
-/// `scale · (p_k ⊙ (ℓ_k − m + 1 − s_k) − P/K)` (`P = Σ_j p_j`).
-fn write_grad(z: &mut [f32], p: &Probs, inv_rows: f32, consistency: Option<&(f32, Vec<f32>)>) {
-    let views = p.norms.len();
-    let n = z.len() / views;
-    let (mut l, mut probs) = (vec![f32x8::ZERO; views], vec![f32x8::ZERO; views]);
-    let inv_rows = f32x8::splat(inv_rows);
-    let write = |z: &mut [f32], k: usize, (start, len): (usize, usize), g: f32x8| {
-        z[k * n + start..k * n + start + len].copy_from_slice(&g.to_array()[..len]);
-    };
+/// Writes over each of the sample's rows `z` `p/M + scale · (p_k ⊙ (ℓ_k − m + 1 − s_k) − P/K)`
+/// (`P = Σ_j p_j`), `p` read from `exp` (`exp(z − max)`, `[K, n]`).
+fn write_consistency_grad(z: &mut [f32], exp: &[f32], views: &ViewRows, inv_rows: f32, scale: f32) {
+    let count = views.rows.len();
+    let n = z.len() / count;
+    let inv_views = f32x8::splat(1.0 / count as f32);
+    let (inv_rows, scale) = (f32x8::splat(inv_rows), f32x8::splat(scale));
+    let (mut lanes, mut probs) = (vec![f32x8::ZERO; count], vec![f32x8::ZERO; count]);
     for start in (0..n).step_by(LANES) {
         let at = (start, LANES.min(n - start));
-        match consistency {
-            None => {
-                lanes((z, p), at, &mut probs, None);
-                for (k, &p) in probs.iter().enumerate() {
-                    write(z, k, at, p * inv_rows);
-                }
-            }
-            Some((scale, s)) => {
-                lanes((z, p), at, &mut probs, Some(&mut l));
-                let (m, p_mean) = (view_mean(&l), view_mean(&probs));
-                for k in 0..views {
-                    let own = probs[k] * (l[k] - m + f32x8::splat(1.0 - s[k])) - p_mean;
-                    write(z, k, at, probs[k] * inv_rows + own * f32x8::splat(*scale));
-                }
-            }
+        for (k, view) in views.rows.iter().enumerate() {
+            lanes[k] = load(&z[k * n..(k + 1) * n], at, 0.0);
+            probs[k] = load(&exp[k * n..(k + 1) * n], at, 0.0) * f32x8::splat(view.inv_sum);
+        }
+        let mean = lanes.iter().fold(f32x8::ZERO, |a, &x| a + x) * inv_views;
+        let p_mean = probs.iter().fold(f32x8::ZERO, |a, &x| a + x) * inv_views;
+        for (k, view) in views.rows.iter().enumerate() {
+            let centred = lanes[k] - mean - f32x8::splat(view.offset - 1.0 + view.s);
+            let g = probs[k] * inv_rows + (probs[k] * centred - p_mean) * scale;
+            store(&mut z[k * n..(k + 1) * n], at, g);
         }
     }
 }

@@ -222,7 +222,7 @@ pub(crate) mod flex {
     }
 
     /// `f` of the values of an `f32` tensor on `Flex`; `None` on any other backend or dtype.
-    pub(super) fn with_values<B: Backend, R>(
+    pub(crate) fn with_values<B: Backend, R>(
         tensor: &Tensor<B, 2>,
         f: impl FnOnce(&[f32]) -> R,
     ) -> Option<R> {
@@ -231,7 +231,7 @@ pub(crate) mod flex {
     }
 
     /// The values of a small `f32` tensor on `Flex`, copied.
-    pub(super) fn host_values<B: Backend>(tensor: &Tensor<B, 2>) -> Option<Vec<f32>> {
+    pub(crate) fn host_values<B: Backend>(tensor: &Tensor<B, 2>) -> Option<Vec<f32>> {
         with_values(tensor, <[f32]>::to_vec)
     }
 }
@@ -253,14 +253,14 @@ pub(crate) mod flex {
         Err(tensor)
     }
 
-    pub(super) fn with_values<B: Backend, R>(
+    pub(crate) fn with_values<B: Backend, R>(
         _: &Tensor<B, 2>,
         _: impl FnOnce(&[f32]) -> R,
     ) -> Option<R> {
         None
     }
 
-    pub(super) fn host_values<B: Backend>(_: &Tensor<B, 2>) -> Option<Vec<f32>> {
+    pub(crate) fn host_values<B: Backend>(_: &Tensor<B, 2>) -> Option<Vec<f32>> {
         None
     }
 }

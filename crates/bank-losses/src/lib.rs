@@ -26,6 +26,7 @@ mod consistency;
 mod error;
 mod host_objective;
 mod host_softmax;
+mod host_step;
 mod instance;
 mod log_probs;
 mod merged;

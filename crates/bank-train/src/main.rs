@@ -306,7 +306,7 @@ fn train(
                 .with_context(|| format!("reading the run's config {}", saved.display()))?;
         }
     }
-    let root = data_source::data_root(data);
+    let root = data_source::data_root(data)?;
     match &config.data.path {
         Some(path) => println!("data: {} ({:?})", path.display(), config.data.dataset),
         None => println!("data: {}", root.display()),
@@ -366,7 +366,7 @@ fn run_ablation(
 ) -> Result<()> {
     let runs = plan.runs()?;
     if !report_only {
-        let root = data_source::data_root(data);
+        let root = data_source::data_root(data)?;
         let data = data_source::open(&plan.recipe().data, &root)?;
         let device = Default::default();
         for (i, run) in runs.iter().enumerate() {
@@ -419,7 +419,7 @@ fn eval(
             None => bail!("{}: no checkpoint to evaluate", run.display()),
         },
     };
-    let data = data_source::open(&config.data, &data_source::data_root(data))?;
+    let data = data_source::open(&config.data, &data_source::data_root(data)?)?;
     let Some(eval_sets) = &data.eval else {
         bail!(
             "{}: the run's data has no labelled evaluation set (set data.eval_path)",
@@ -479,7 +479,7 @@ fn export(
 ) -> Result<()> {
     let device = Default::default();
     let loaded = commands::load_run::<Train>(run, chosen, &device)?;
-    let data = data_source::open(&loaded.config.data, &data_source::data_root(data))?;
+    let data = data_source::open(&loaded.config.data, &data_source::data_root(data)?)?;
     // Every split, not only the bank: features of another data set would be exported silently.
     bank_train::feasibility::check_bank_against_data(
         &loaded.checkpoint.join("bank.safetensors"),

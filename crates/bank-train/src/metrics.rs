@@ -35,6 +35,18 @@ pub struct EpochMetrics {
     pub merge: Option<MergeRecord>,
 }
 
+impl EpochMetrics {
+    /// Training views per second, also for a line written before `views_per_s` existed (it is
+    /// then 0, and `images_per_s` held views per second).
+    pub fn views_rate(&self) -> f64 {
+        if self.views_per_s > 0.0 {
+            self.views_per_s
+        } else {
+            self.images_per_s
+        }
+    }
+}
+
 /// kNN accuracy as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct KnnAccuracyRecord {

@@ -167,7 +167,6 @@ pub fn train<B: AutodiffBackend>(
     let mut history = metrics::read_and_truncate(&folder.metrics(), state.epochs_done)?;
     let loader = training_loader(config, data)?;
     let train_labels = data.train.labels();
-    let mut rates = Vec::new();
     let mut step_checkpoints = StepCheckpoints::new(&config.checkpoint);
     for epoch in state.epochs_done..config.train.epochs {
         let (next, mut m) = run_epoch(
@@ -180,7 +179,6 @@ pub fn train<B: AutodiffBackend>(
             progress,
         )?;
         state = next;
-        rates.push(m.views_per_s);
         let labels = train_labels.as_deref();
         m.merge = merge_round(
             &mut state,
@@ -225,7 +223,7 @@ pub fn train<B: AutodiffBackend>(
     let knn_bank = history.iter().rev().find_map(|m| m.knn_bank);
     let knn = (knn_bank, knn_recomputed);
     in_training::end_of_run(config, data, &state, (folder.dir(), knn), device, progress)?;
-    let summary = summarise::<B>(config, data, &history, &rates, knn_recomputed, device);
+    let summary = summarise::<B>(config, data, &history, knn_recomputed, device);
     metrics::write_summary(&folder.summary(), &summary)?;
     Ok(summary)
 }
@@ -395,15 +393,17 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
-/// The run's summary from its history.
+/// The run's summary from its history: the throughput is the mean over every epoch of the run,
+/// those of earlier processes included (a resumed run, or a finished one resumed only to be
+/// evaluated again).
 fn summarise<B: AutodiffBackend>(
     config: &TrainConfig,
     data: &TrainData,
     history: &[EpochMetrics],
-    rates: &[f64],
     knn_recomputed: Option<KnnAccuracyRecord>,
     device: &B::Device,
 ) -> Summary {
+    let rates: Vec<f64> = history.iter().map(EpochMetrics::views_rate).collect();
     Summary {
         name: config.name.clone(),
         backend: B::name(device),
@@ -413,8 +413,8 @@ fn summarise<B: AutodiffBackend>(
         final_loss: history.last().map_or(f64::NAN, |m| m.loss),
         knn_bank: history.iter().rev().find_map(|m| m.knn_bank),
         knn_recomputed,
-        views_per_s: mean(rates),
-        images_per_s: mean(rates) / config.train.views as f64,
+        views_per_s: mean(&rates),
+        images_per_s: mean(&rates) / config.train.views as f64,
         skipped_images: skipped_images(data),
     }
 }

@@ -19,15 +19,30 @@ use crate::{Error, Result};
 const JPEG_ARCHIVE: &str = "cifar10-jpeg.tar.gz";
 
 /// The data folder: `--data`, else `MEMBANK_DATA`, else `~/.cache/membank/data`
-/// ([`super::open`] makes it absolute).
-pub fn data_root(flag: Option<&Path>) -> PathBuf {
-    if let Some(p) = flag {
-        return p.to_path_buf();
+/// ([`super::open`] makes it absolute). Datasets missing from it are downloaded into it.
+///
+/// # Errors
+/// [`Error::Config`] when `--data` or `MEMBANK_DATA` names a folder that does not exist: a
+/// mistyped path would otherwise be created and a download started into it. The default
+/// folder is created when needed.
+pub fn data_root(flag: Option<&Path>) -> Result<PathBuf> {
+    let named = match (flag, std::env::var_os("MEMBANK_DATA")) {
+        (Some(p), _) => Some(("--data", p.to_path_buf())),
+        (None, Some(p)) => Some(("MEMBANK_DATA", PathBuf::from(p))),
+        (None, None) => None,
+    };
+    match named {
+        Some((_, path)) if path.is_dir() => Ok(path),
+        Some((what, path)) => Err(Error::Config {
+            field: what.into(),
+            reason: format!(
+                "{}: no such folder. Name the folder that holds the data, or create it to have \
+                 the dataset downloaded there",
+                path.display()
+            ),
+        }),
+        None => Ok(cache_home().join("data")),
     }
-    if let Some(p) = std::env::var_os("MEMBANK_DATA") {
-        return PathBuf::from(p);
-    }
-    cache_home().join("data")
 }
 
 /// `$XDG_CACHE_HOME/membank`, else `~/.cache/membank`.
@@ -196,8 +211,8 @@ fn official_dir(
         .map_err(|e| Error::Config {
             field: "data".into(),
             reason: format!(
-                "no {name} under {} ({}{}/) and the download failed: {e}. Pass --data, set \
-                 data.path or MEMBANK_DATA to a folder that holds it.",
+                "no {name} under {} ({}{}/) and the download failed: {e}. Name a folder that \
+                 holds it with --data, MEMBANK_DATA or data.path.",
                 root.display(),
                 alternative.map_or(String::new(), |a| format!("{a} or ")),
                 remote.unpacks_to

@@ -370,3 +370,27 @@ fn the_variant_flag_trains_one_arm_of_the_ablation_and_refuses_unknown_ones() {
     assert!(err.contains("npid") && err.contains("vanilla"), "{err}");
     assert!(!setup.run_dir("bad").exists());
 }
+
+/// A `--data` folder that does not exist (a typo) is refused, named, and not created: nothing is
+/// downloaded into it and no run folder is made.
+#[test]
+fn the_binary_refuses_a_data_folder_that_does_not_exist() {
+    let root = tempfile::tempdir().unwrap();
+    let (missing, runs) = (root.path().join("no-such-data"), root.path().join("runs"));
+    let out = Command::new(BIN)
+        .args(["train", "--runs"])
+        .arg(&runs)
+        .arg("--data")
+        .arg(&missing)
+        .env_remove("MEMBANK_DATA")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let named = missing.display().to_string();
+    assert!(err.contains("--data") && err.contains(&named), "{err}");
+    assert!(!missing.exists(), "the missing folder was created");
+    assert!(!runs.exists(), "a run folder was created");
+}

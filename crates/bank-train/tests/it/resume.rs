@@ -126,6 +126,34 @@ fn one_epoch_crash_resume_equals_two_epochs_straight() {
         "merge groups are checkpointed"
     );
     assert_eq!(g, groups(&resumed));
+
+    // The summary's throughput is the mean over both epochs, the one before the crash included,
+    // and resuming the finished run (only evaluated again) keeps it.
+    let mean_rate = |dir: &Path| {
+        let rates: Vec<f64> = fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<EpochMetrics>(l).unwrap().views_per_s)
+            .collect();
+        assert!(
+            rates.len() == 2 && rates.iter().all(|&r| r > 0.0),
+            "{rates:?}"
+        );
+        rates.iter().sum::<f64>() / 2.0
+    };
+    let summary = |dir: &Path| -> bank_train::metrics::Summary {
+        serde_json::from_str(&fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let want = mean_rate(&resumed);
+    let got = summary(&resumed);
+    assert!(
+        (got.views_per_s - want).abs() <= 1e-9 * want,
+        "{got:?} against {want}"
+    );
+    run(&resumed, true, &cfg).unwrap();
+    let again = summary(&resumed);
+    assert_eq!(again.views_per_s, got.views_per_s, "a finished run resumed");
+    assert_eq!(again.images_per_s, got.images_per_s);
 }
 
 #[test]
