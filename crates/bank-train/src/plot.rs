@@ -65,12 +65,19 @@ fn try_draw(path: &Path, history: &[EpochMetrics]) -> Result<(), Box<dyn std::er
         text,
         "kNN top-1 vs bank (%)",
         1.0..last,
-        0.0..100.0,
+        0.0..percent_axis_top(&knn),
         &knn,
         &RED,
     )?;
     root.present()?;
     Ok(())
+}
+
+/// The top of a percentage axis from 0: the next multiple of 10 at least 5 points above the
+/// highest value, at most 100 (a run at 20–36% would be a flat line on 0–100).
+fn percent_axis_top(points: &[(f64, f64)]) -> f64 {
+    let highest = points.iter().map(|p| p.1).fold(0.0, f64::max);
+    (((highest + 5.0) / 10.0).ceil() * 10.0).clamp(10.0, 100.0)
 }
 
 fn panel<DB: DrawingBackend>(
@@ -104,4 +111,21 @@ where
     chart.draw_series(LineSeries::new(points.iter().copied(), colour))?;
     chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_percent_axis_ends_at_the_next_ten_above_the_values() {
+        let top = |values: &[f64]| {
+            let points: Vec<(f64, f64)> = values.iter().map(|&v| (1.0, v)).collect();
+            percent_axis_top(&points)
+        };
+        assert_eq!(top(&[21.6, 35.75]), 50.0);
+        assert_eq!(top(&[4.0]), 10.0);
+        assert_eq!(top(&[]), 10.0);
+        assert_eq!(top(&[94.0, 99.5]), 100.0);
+    }
 }
