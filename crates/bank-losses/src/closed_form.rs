@@ -250,14 +250,13 @@ impl SoftmaxObjective {
             consistency: self.consistency.map(|c| c.weight),
             layout,
         };
-        let Some(features_host) = flex::host_values(features) else {
-            return Ok(None);
-        };
         let tau = self.temperature as f32;
-        let step = flex::with_values(bank, |bank| {
-            host_step::loss_and_features_grad(&features_host, bank, dim, tau, &terms)
+        let step = flex::with_values(features, |features| {
+            flex::with_values(bank, |bank| {
+                host_step::loss_and_features_grad(features, bank, dim, tau, &terms)
+            })
         });
-        let Some((grad, loss)) = step else {
+        let Some(Some((grad, loss))) = step else {
             return Ok(None);
         };
         let device = features.device();
