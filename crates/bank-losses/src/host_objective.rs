@@ -23,10 +23,11 @@
 use std::collections::HashMap;
 
 use bank_core::ViewLayout;
+use multiversion::multiversion;
 use rayon::prelude::*;
-use wide::f32x8;
 
-use crate::host_softmax::{self, LANES};
+use crate::host_softmax;
+use crate::lanes::{LANES, Lanes};
 
 /// What the objective needs besides the logits, on the host.
 pub(crate) struct Terms<'a> {
@@ -84,7 +85,7 @@ pub(crate) fn grad_in_place(z: &mut [f32], n: usize, terms: &Terms) -> f64 {
                     .collect(),
                 _ => targets.iter().map(|&t| Positive::Own(t)).collect(),
             };
-            sample.grad_in_place(rows, &positives, scratch)
+            sample_grad_in_place(&sample, rows, &positives, scratch)
         })
         .collect();
     shares.iter().sum()
@@ -106,51 +107,60 @@ struct SampleTerms {
     consistency: Option<f64>,
 }
 
-impl SampleTerms {
-    /// One sample's `K` rows (`[K, n]` row-major): `∂L/∂z` written over them; returns their
-    /// share of the loss. With consistency, `scratch` receives the rows' `exp(z − max)`.
-    fn grad_in_place(&self, z: &mut [f32], positives: &[Positive], scratch: &mut Vec<f32>) -> f64 {
-        let n = self.n;
-        let maxima: Vec<f32> = z.chunks(n).map(host_softmax::row_max).collect();
-        // Each row's positive term, read before the logits are overwritten.
-        let terms: Vec<PositiveTerm> = z
-            .chunks(n)
-            .zip(positives)
-            .zip(&maxima)
-            .map(|((row, positive), &max)| PositiveTerm::new(row, positive, max))
-            .collect();
-        let inv_rows = 1.0 / self.rows as f32;
-        let (log_sums, mut loss) = match self.consistency {
-            None => {
-                let sums: Vec<f32> = z
-                    .chunks_mut(n)
-                    .zip(&maxima)
-                    .map(|(row, &max)| host_softmax::exp_shifted_sum(row, max))
-                    .collect();
-                for (row, sum) in z.chunks_mut(n).zip(&sums) {
-                    let factor = sum.recip() * inv_rows;
-                    row.iter_mut().for_each(|x| *x *= factor);
-                }
-                (sums.iter().map(|s| s.ln()).collect::<Vec<f32>>(), 0.0)
-            }
-            Some(scale) => {
-                scratch.resize(z.len(), 0.0);
-                let views = ViewRows::new(z, &maxima, scratch);
-                write_consistency_grad(z, scratch, &views, inv_rows, scale as f32);
-                let s: f64 = views.rows.iter().map(|v| f64::from(v.s)).sum();
-                (views.rows.iter().map(|v| v.log_sum).collect(), scale * s)
-            }
-        };
-        let mut positive_loss = 0.0;
-        for ((row, term), log_sum) in z.chunks_mut(n).zip(&terms).zip(&log_sums) {
-            positive_loss -= f64::from(term.shift - log_sum);
-            for &(j, q) in &term.q {
-                row[j] -= q * inv_rows;
-            }
-        }
-        loss += positive_loss / self.rows as f64;
-        loss
+/// One sample's `K` rows (`[K, n]` row-major): `∂L/∂z` written over them; returns their
+/// share of the loss. With consistency, `scratch` receives the rows' `exp(z − max)`. Compiled
+/// for AVX2 as well and chosen at run time; the same bits either way ([`crate::lanes`]).
+#[multiversion(targets("x86_64+avx2"))]
+fn sample_grad_in_place(
+    sample: &SampleTerms,
+    z: &mut [f32],
+    positives: &[Positive],
+    scratch: &mut Vec<f32>,
+) -> f64 {
+    let n = sample.n;
+    // Loops, not `collect`: the closure of a `collect` lands in a generic function of the
+    // standard library, compiled without this function's target features.
+    let mut maxima = Vec::with_capacity(positives.len());
+    for row in z.chunks(n) {
+        maxima.push(host_softmax::row_max(row));
     }
+    // Each row's positive term, read before the logits are overwritten.
+    let terms: Vec<PositiveTerm> = z
+        .chunks(n)
+        .zip(positives)
+        .zip(&maxima)
+        .map(|((row, positive), &max)| PositiveTerm::new(row, positive, max))
+        .collect();
+    let inv_rows = 1.0 / sample.rows as f32;
+    let (log_sums, mut loss) = match sample.consistency {
+        None => {
+            let mut sums = Vec::with_capacity(maxima.len());
+            for (row, &max) in z.chunks_mut(n).zip(&maxima) {
+                sums.push(host_softmax::exp_shifted_sum(row, max));
+            }
+            for (row, sum) in z.chunks_mut(n).zip(&sums) {
+                let factor = sum.recip() * inv_rows;
+                row.iter_mut().for_each(|x| *x *= factor);
+            }
+            (sums.iter().map(|s| s.ln()).collect::<Vec<f32>>(), 0.0)
+        }
+        Some(scale) => {
+            scratch.resize(z.len(), 0.0);
+            let views = ViewRows::new(z, &maxima, scratch);
+            write_consistency_grad(z, scratch, &views, inv_rows, scale as f32);
+            let s: f64 = views.rows.iter().map(|v| f64::from(v.s)).sum();
+            (views.rows.iter().map(|v| v.log_sum).collect(), scale * s)
+        }
+    };
+    let mut positive_loss = 0.0;
+    for ((row, term), log_sum) in z.chunks_mut(n).zip(&terms).zip(&log_sums) {
+        positive_loss -= f64::from(term.shift - log_sum);
+        for &(j, q) in &term.q {
+            row[j] -= q * inv_rows;
+        }
+    }
+    loss += positive_loss / sample.rows as f64;
+    loss
 }
 
 /// A row's positive term before its normaliser: `log Σ_{j∈G} p_j = shift − log S`, with
@@ -192,9 +202,9 @@ impl PositiveTerm {
 
 /// Lanes `start..start + len` of `row` (`len ≤ LANES`), the unused ones `fill`.
 #[inline(always)]
-fn load(row: &[f32], (start, len): (usize, usize), fill: f32) -> f32x8 {
+fn load(row: &[f32], (start, len): (usize, usize), fill: f32) -> Lanes {
     if len == LANES {
-        f32x8::new(row[start..start + LANES].try_into().expect("8 lanes"))
+        Lanes(row[start..start + LANES].try_into().expect("8 lanes"))
     } else {
         load_tail(&row[start..start + len], fill)
     }
@@ -204,15 +214,15 @@ fn load(row: &[f32], (start, len): (usize, usize), fill: f32) -> f32x8 {
 /// with the full chunks' load, the copy would become a library call of variable length.
 #[cold]
 #[inline(never)]
-fn load_tail(values: &[f32], fill: f32) -> f32x8 {
+fn load_tail(values: &[f32], fill: f32) -> Lanes {
     let mut lanes = [fill; LANES];
     lanes[..values.len()].copy_from_slice(values);
-    f32x8::new(lanes)
+    Lanes(lanes)
 }
 
 /// Lanes `0..len` of `x` written to `row[start..start + len]`.
 #[inline(always)]
-fn store(row: &mut [f32], (start, len): (usize, usize), x: f32x8) {
+fn store(row: &mut [f32], (start, len): (usize, usize), x: Lanes) {
     if len == LANES {
         row[start..start + LANES].copy_from_slice(&x.to_array());
     } else {
@@ -223,7 +233,7 @@ fn store(row: &mut [f32], (start, len): (usize, usize), x: f32x8) {
 /// The first `values.len()` lanes of `x` into `values` (a row's last, partial chunk).
 #[cold]
 #[inline(never)]
-fn store_tail(values: &mut [f32], x: f32x8) {
+fn store_tail(values: &mut [f32], x: Lanes) {
     let len = values.len();
     values.copy_from_slice(&x.to_array()[..len]);
 }
@@ -250,21 +260,22 @@ impl ViewRows {
     /// One pass over the sample's `K` rows `z` (`[K, n]`): `exp(z − max)` into `exp`, each
     /// row's sum, and `Σ_n exp(z_kn − max_k)(z_kn − z̄_n)`, from which
     /// `s_k = Σ_n p_kn (z_kn − z̄_n) − c_k` (since `Σ_n p_kn = 1`).
+    #[inline(always)]
     fn new(z: &[f32], maxima: &[f32], exp: &mut [f32]) -> Self {
         let views = maxima.len();
         let n = z.len() / views;
-        let inv_views = f32x8::splat(1.0 / views as f32);
-        let (mut sums, mut spread) = (vec![f32x8::ZERO; views], vec![f32x8::ZERO; views]);
-        let mut lanes = vec![f32x8::ZERO; views];
+        let inv_views = Lanes::splat(1.0 / views as f32);
+        let (mut sums, mut spread) = (vec![Lanes::ZERO; views], vec![Lanes::ZERO; views]);
+        let mut lanes = vec![Lanes::ZERO; views];
         for start in (0..n).step_by(LANES) {
             let at = (start, LANES.min(n - start));
             for (k, (lane, &max)) in lanes.iter_mut().zip(maxima).enumerate() {
                 // Unused lanes at `max − 10⁴`: their exponential is 0.
                 *lane = load(&z[k * n..(k + 1) * n], at, max - 1e4);
             }
-            let mean = lanes.iter().fold(f32x8::ZERO, |a, &x| a + x) * inv_views;
+            let mean = lanes.iter().fold(Lanes::ZERO, |a, &x| a + x) * inv_views;
             for (k, (&lane, &max)) in lanes.iter().zip(maxima).enumerate() {
-                let e = (lane - f32x8::splat(max)).exp();
+                let e = (lane - Lanes::splat(max)).exp();
                 store(&mut exp[k * n..(k + 1) * n], at, e);
                 sums[k] += e;
                 spread[k] += e * (lane - mean);
@@ -291,22 +302,23 @@ impl ViewRows {
 
 /// Writes over each of the sample's rows `z` `p/M + scale · (p_k ⊙ (ℓ_k − m + 1 − s_k) − P/K)`
 /// (`P = Σ_j p_j`), `p` read from `exp` (`exp(z − max)`, `[K, n]`).
+#[inline(always)]
 fn write_consistency_grad(z: &mut [f32], exp: &[f32], views: &ViewRows, inv_rows: f32, scale: f32) {
     let count = views.rows.len();
     let n = z.len() / count;
-    let inv_views = f32x8::splat(1.0 / count as f32);
-    let (inv_rows, scale) = (f32x8::splat(inv_rows), f32x8::splat(scale));
-    let (mut lanes, mut probs) = (vec![f32x8::ZERO; count], vec![f32x8::ZERO; count]);
+    let inv_views = Lanes::splat(1.0 / count as f32);
+    let (inv_rows, scale) = (Lanes::splat(inv_rows), Lanes::splat(scale));
+    let (mut lanes, mut probs) = (vec![Lanes::ZERO; count], vec![Lanes::ZERO; count]);
     for start in (0..n).step_by(LANES) {
         let at = (start, LANES.min(n - start));
         for (k, view) in views.rows.iter().enumerate() {
             lanes[k] = load(&z[k * n..(k + 1) * n], at, 0.0);
-            probs[k] = load(&exp[k * n..(k + 1) * n], at, 0.0) * f32x8::splat(view.inv_sum);
+            probs[k] = load(&exp[k * n..(k + 1) * n], at, 0.0) * Lanes::splat(view.inv_sum);
         }
-        let mean = lanes.iter().fold(f32x8::ZERO, |a, &x| a + x) * inv_views;
-        let p_mean = probs.iter().fold(f32x8::ZERO, |a, &x| a + x) * inv_views;
+        let mean = lanes.iter().fold(Lanes::ZERO, |a, &x| a + x) * inv_views;
+        let p_mean = probs.iter().fold(Lanes::ZERO, |a, &x| a + x) * inv_views;
         for (k, view) in views.rows.iter().enumerate() {
-            let centred = lanes[k] - mean - f32x8::splat(view.offset - 1.0 + view.s);
+            let centred = lanes[k] - mean - Lanes::splat(view.offset - 1.0 + view.s);
             let g = probs[k] * inv_rows + (probs[k] * centred - p_mean) * scale;
             store(&mut z[k * n..(k + 1) * n], at, g);
         }

@@ -5,8 +5,9 @@
 //! thread each, the exponential a scalar call per element: at N = 50,000 and M = 512 they took
 //! about as long as the step's two matrix products together. Here each row is done in one
 //! visit while it sits in the cache (maximum, then `exp(x − max)` written in place and summed),
-//! the exponential eight lanes at a time (`wide`'s `f32x8::exp`, a polynomial within a few ulp),
-//! the rows spread over the threads with rayon.
+//! the exponential eight lanes at a time ([`Lanes::exp`], `wide`'s polynomial, within a few ulp),
+//! the rows spread over the threads with rayon, each row's work compiled for AVX2 as well and
+//! chosen at run time (`multiversion`; the same bits either way, see [`crate::lanes`]).
 //!
 //! Like `bank-train`'s host convolutions, the functions take any `B: Backend` and check at run
 //! time ([`bank_core::same_type`]) whether `B` is `Flex` and the tensor `f32`; on any other
@@ -14,19 +15,19 @@
 //! with burn's to f32 rounding (another exponential, another summation order).
 
 use burn::prelude::*;
+use multiversion::multiversion;
 use rayon::prelude::*;
-use wide::f32x8;
 
-/// Lanes of one exponential.
-pub(crate) const LANES: usize = 8;
+use crate::lanes::{LANES, Lanes};
 
 /// The largest value of `row` (`−∞` when empty). NaN entries are skipped here; they make
 /// their row's sum NaN in [`exp_shifted_sum`], as in burn.
+#[inline(always)]
 pub(crate) fn row_max(row: &[f32]) -> f32 {
-    let mut lanes = f32x8::splat(f32::NEG_INFINITY);
+    let mut lanes = Lanes::splat(f32::NEG_INFINITY);
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
-        lanes = lanes.max(f32x8::new(lane_array(chunk)));
+        lanes = lanes.max(Lanes::load(chunk));
     }
     let tail = chunks
         .remainder()
@@ -38,36 +39,46 @@ pub(crate) fn row_max(row: &[f32]) -> f32 {
         .fold(tail, |m, x| if x > m { x } else { m })
 }
 
-/// A chunk of exactly [`LANES`] values as an array.
-fn lane_array(chunk: &[f32]) -> [f32; LANES] {
-    let mut lanes = [0.0; LANES];
-    lanes.copy_from_slice(chunk);
-    lanes
-}
-
 /// `x ← exp(x − shift)` for each of up to [`LANES`] values, through the same lanes as the full
 /// chunks (the unused lanes hold a value whose exponential is 0); returns their sum.
+#[cold]
+#[inline(never)]
 fn exp_tail(values: &mut [f32], shift: f32) -> f32 {
     let mut lanes = [-1e4; LANES];
     for (lane, &x) in lanes.iter_mut().zip(values.iter()) {
         *lane = x - shift;
     }
-    let e = f32x8::new(lanes).exp().to_array();
+    let e = Lanes(lanes).exp().to_array();
     values.copy_from_slice(&e[..values.len()]);
     values.iter().sum()
 }
 
 /// `x ← exp(x − shift)` for each value of `row`; returns their sum.
+#[inline(always)]
 pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
-    let mut sum = f32x8::ZERO;
-    let shift_lanes = f32x8::splat(shift);
+    let mut sum = Lanes::ZERO;
+    let shift_lanes = Lanes::splat(shift);
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
-        let e = (f32x8::new(lane_array(chunk)) - shift_lanes).exp();
+        let e = (Lanes::load(chunk) - shift_lanes).exp();
         chunk.copy_from_slice(&e.to_array());
         sum += e;
     }
-    sum.reduce_add() + exp_tail(chunks.into_remainder(), shift)
+    let tail = chunks.into_remainder();
+    let tail_sum = if tail.is_empty() {
+        0.0
+    } else {
+        exp_tail(tail, shift)
+    };
+    sum.reduce_add() + tail_sum
+}
+
+/// One row in place: `x ← exp(x − shift)`, with `shift` the row's maximum unless given;
+/// returns the shift and the sum of the new values.
+#[multiversion(targets("x86_64+avx2"))]
+fn exp_row_in_place(row: &mut [f32], shift: Option<f32>) -> (f32, f32) {
+    let shift = shift.unwrap_or_else(|| row_max(row));
+    (shift, exp_shifted_sum(row, shift))
 }
 
 /// Row by row of the row-major `[rows, cols]` matrix `values`: `x ← exp(x − max_row)` in place.
@@ -82,10 +93,7 @@ pub(crate) fn exp_shifted_rows_in_place(values: &mut [f32], cols: usize) -> (Vec
     values
         .par_chunks_mut(cols)
         .zip(max.par_iter_mut().zip(sum.par_iter_mut()))
-        .for_each(|(row, (max, sum))| {
-            *max = row_max(row);
-            *sum = exp_shifted_sum(row, *max);
-        });
+        .for_each(|(row, (max, sum))| (*max, *sum) = exp_row_in_place(row, None));
     (max, sum)
 }
 
@@ -103,7 +111,7 @@ pub(crate) fn exp_rows(values: &[f32], cols: usize) -> (Vec<f32>, Vec<f32>) {
         .zip(sum.par_iter_mut())
         .for_each(|((dst, row), sum)| {
             dst.copy_from_slice(row);
-            *sum = exp_shifted_sum(dst, 0.0);
+            *sum = exp_row_in_place(dst, Some(0.0)).1;
         });
     (out, sum)
 }

@@ -28,6 +28,7 @@ mod host_objective;
 mod host_softmax;
 mod host_step;
 mod instance;
+mod lanes;
 mod log_probs;
 mod merged;
 mod multi_view;
