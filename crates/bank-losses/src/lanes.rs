@@ -8,8 +8,8 @@
 //! arrays leave the width to the compiler: inside a function that `multiversion` also compiles
 //! for AVX2 and picks at run time (`host_objective`, `host_softmax`), each operation becomes one
 //! 256-bit instruction, and since every lane is rounded the same way either way, the results are
-//! the same bits on every x86-64 processor. On burn-flex's host step at N = 50,000 the passes
-//! take about a third less time with AVX2 (`docs/results.md`).
+//! the same bits on every x86-64 processor. On burn-flex's host step at N = 50,000 the step
+//! with the consistency loss takes about a quarter less time with AVX2 (`docs/results.md`).
 //!
 //! Every function is `#[inline(always)]`: the width is decided in the function it lands in.
 
@@ -82,8 +82,9 @@ impl Lanes {
         (((l[0] + l[1]) + l[2]) + l[3]) + (((l[4] + l[5]) + l[6]) + l[7])
     }
 
-    /// `exp` of each lane: `wide`'s polynomial (Cephes' degree-7 fit after the reduction by
-    /// `ln 2` in two parts), within a few ulp; 0 below −103.63, `+∞` above 88.723, NaN on NaN.
+    /// `exp` of each lane: `wide`'s (after the reduction by `ln 2` in two parts, the Taylor
+    /// polynomial of degree 7), within a few ulp; 0 below −103.63, `+∞` above 88.723, NaN on
+    /// NaN.
     #[inline(always)]
     pub fn exp(self) -> Self {
         self.map(exp)
