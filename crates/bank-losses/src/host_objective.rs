@@ -204,7 +204,7 @@ impl PositiveTerm {
 #[inline(always)]
 fn load(row: &[f32], (start, len): (usize, usize), fill: f32) -> Lanes {
     if len == LANES {
-        Lanes(row[start..start + LANES].try_into().expect("8 lanes"))
+        Lanes::load(&row[start..start + LANES])
     } else {
         load_tail(&row[start..start + len], fill)
     }
