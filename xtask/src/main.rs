@@ -252,8 +252,66 @@ impl Backend {
     }
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().task {
+fn main() -> std::process::ExitCode {
+    let Err(err) = run_task(Cli::parse().task) else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    match passed_on(&err) {
+        Some(code) => std::process::ExitCode::from(code),
+        None => {
+            report(&err);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code to end with, silently, when a program xtask ran failed and has said why itself
+/// (bank-train's error, cargo's): nothing of ours to add. `None` for our own errors, a program
+/// ended by a signal (it said nothing), or a failure we added context to.
+fn passed_on(err: &anyhow::Error) -> Option<u8> {
+    match err.downcast_ref::<ChildFailed>() {
+        Some(ChildFailed {
+            code: Some(code), ..
+        }) if err.chain().count() == 1 => Some(u8::try_from(*code).unwrap_or(1)),
+        _ => None,
+    }
+}
+
+/// Prints an error and its causes to stderr; the stack backtrace only with
+/// `RUST_LIB_BACKTRACE=1` (a wrong path is not a bug, whatever `RUST_BACKTRACE` says).
+fn report(err: &anyhow::Error) {
+    eprintln!("Error: {err}");
+    let causes: Vec<_> = err.chain().skip(1).collect();
+    if !causes.is_empty() {
+        eprintln!("\nCaused by:");
+        for (i, cause) in causes.iter().enumerate() {
+            eprintln!("    {i}: {cause}");
+        }
+    }
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v != "0") {
+        eprintln!("\nStack backtrace:\n{}", err.backtrace());
+    }
+}
+
+/// A program xtask ran ended unsuccessfully: `code` is its exit code, `None` when a signal
+/// ended it.
+#[derive(Debug)]
+pub(crate) struct ChildFailed {
+    command: String,
+    status: std::process::ExitStatus,
+    code: Option<i32>,
+}
+
+impl std::fmt::Display for ChildFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed with {}", self.command, self.status)
+    }
+}
+
+impl std::error::Error for ChildFailed {}
+
+fn run_task(task: Task) -> Result<()> {
+    match task {
         Task::Train {
             backend,
             config,
@@ -565,7 +623,12 @@ pub(crate) fn run(mut cmd: Command) -> Result<()> {
         .status()
         .with_context(|| format!("cannot start {}", Shown(&cmd)))?;
     if !status.success() {
-        bail!("{} failed with {status}", Shown(&cmd));
+        return Err(ChildFailed {
+            command: Shown(&cmd).to_string(),
+            status,
+            code: status.code(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -620,4 +683,29 @@ fn ensure_vulkan_driver() -> Result<()> {
         .args(["install", "-y", "-qq", "mesa-vulkan-drivers"])
         .env("DEBIAN_FRONTEND", "noninteractive");
     run(install)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Result<()> {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        run(cmd)
+    }
+
+    #[test]
+    fn a_failed_program_passes_its_exit_code_on_and_nothing_else() {
+        assert!(sh("exit 0").is_ok());
+        let err = sh("exit 3").unwrap_err();
+        assert_eq!(passed_on(&err), Some(3));
+        assert!(err.to_string().ends_with("exit status: 3"), "{err}");
+        // With our context on top, or ended by a signal (it printed nothing): reported in full.
+        assert_eq!(passed_on(&err.context("running the peer")), None);
+        let killed = sh("kill -9 $$").unwrap_err();
+        assert_eq!(passed_on(&killed), None, "{killed}");
+        assert!(killed.to_string().contains("signal"), "{killed}");
+        assert_eq!(passed_on(&anyhow::anyhow!("--minutes must be > 0")), None);
+    }
 }

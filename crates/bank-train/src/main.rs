@@ -215,7 +215,34 @@ impl Progress for Bars {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints an error and its causes to stderr. Bad input is not a bug, so the stack backtrace
+/// (captured by `anyhow` when `RUST_BACKTRACE=1`, which many Rust users keep set for panics) is
+/// printed only when asked for errors in particular: `RUST_LIB_BACKTRACE=1`.
+fn report(err: &anyhow::Error) {
+    eprintln!("Error: {err}");
+    let causes: Vec<_> = err.chain().skip(1).collect();
+    if !causes.is_empty() {
+        eprintln!("\nCaused by:");
+        for (i, cause) in causes.iter().enumerate() {
+            eprintln!("    {i}: {cause}");
+        }
+    }
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v != "0") {
+        eprintln!("\nStack backtrace:\n{}", err.backtrace());
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -306,6 +333,8 @@ fn train(
                 .with_context(|| format!("reading the run's config {}", saved.display()))?;
         }
     }
+    // Refused before the data is read (decoding a dataset takes a minute the first time).
+    bank_train::run_folder::RunFolder::open(&run_dir, resume)?;
     let root = data_source::data_root(data)?;
     match &config.data.path {
         Some(path) => println!("data: {} ({:?})", path.display(), config.data.dataset),
@@ -342,8 +371,10 @@ fn train(
         &mut bars,
     )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    // The files this run folder holds, the optional ones (protocols, pictures) when written.
+    // What the run folder holds now (a resumed finished run rewrites only summary.json), the
+    // optional files (protocols, pictures) when present.
     let files: Vec<&str> = [
+        "config.toml",
         "metrics.jsonl",
         "training.png",
         "summary.json",
@@ -355,7 +386,7 @@ fn train(
     .into_iter()
     .filter(|f| run_dir.join(f).exists())
     .collect();
-    println!("written: {}/{{{}}}", run_dir.display(), files.join(","));
+    println!("run folder: {}/{{{}}}", run_dir.display(), files.join(","));
     Ok(())
 }
 

@@ -372,7 +372,8 @@ fn the_variant_flag_trains_one_arm_of_the_ablation_and_refuses_unknown_ones() {
 }
 
 /// A `--data` folder that does not exist (a typo) is refused, named, and not created: nothing is
-/// downloaded into it and no run folder is made.
+/// downloaded into it and no run folder is made. The error is one line, without the stack
+/// backtrace `RUST_BACKTRACE=1` asks of panics, and the exit code is 1.
 #[test]
 fn the_binary_refuses_a_data_folder_that_does_not_exist() {
     let root = tempfile::tempdir().unwrap();
@@ -383,14 +384,48 @@ fn the_binary_refuses_a_data_folder_that_does_not_exist() {
         .arg("--data")
         .arg(&missing)
         .env_remove("MEMBANK_DATA")
-        .env("RUST_BACKTRACE", "0")
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LIB_BACKTRACE")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let named = missing.display().to_string();
     assert!(err.contains("--data") && err.contains(&named), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(!missing.exists(), "the missing folder was created");
     assert!(!runs.exists(), "a run folder was created");
+}
+
+/// An existing run folder without `--resume` is refused before the data is touched: here the data
+/// folder does not exist either, and the error names the run, not the data.
+#[test]
+fn the_binary_refuses_an_existing_run_before_reading_the_data() {
+    let root = tempfile::tempdir().unwrap();
+    let (missing, runs) = (root.path().join("no-such-data"), root.path().join("runs"));
+    let run = runs.join("taken");
+    fs::create_dir_all(&run).unwrap();
+    fs::write(run.join("notes.txt"), "mine").unwrap();
+    let out = Command::new(BIN)
+        .args(["train", "--name", "taken", "--runs"])
+        .arg(&runs)
+        .arg("--data")
+        .arg(&missing)
+        .env_remove("MEMBANK_DATA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("already exists") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(!err.contains(&missing.display().to_string()), "{err}");
+    assert_eq!(
+        fs::read_dir(&run).unwrap().count(),
+        1,
+        "the folder was written to"
+    );
+    assert_eq!(fs::read(run.join("notes.txt")).unwrap(), b"mine");
 }
