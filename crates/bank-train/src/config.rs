@@ -439,6 +439,12 @@ impl Default for CheckpointConfig {
 impl TrainConfig {
     /// Reads `path` and applies `overrides` (`section.field=value`, value in TOML syntax; a bare
     /// word is taken as a string).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for an unreadable file; [`Error::Config`] for malformed TOML, an override
+    /// not of the form `section.field=value`, an unknown field or a value of the wrong type
+    /// (naming the file, or the first `--set` override that brought it in), or a value out of
+    /// range (naming the field).
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut table: toml::Table = match path {
             Some(p) => {
@@ -450,17 +456,37 @@ impl TrainConfig {
             }
             None => toml::Table::new(),
         };
+        let file = table.clone();
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let config: Self = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config {
-                field: path.map_or("overrides".into(), |p| p.display().to_string()),
-                reason: e.to_string(),
-            })?;
+        let config: Self = Self::deserialize_table(table).map_err(|e| Error::Config {
+            field: Self::culprit(path, file, overrides),
+            reason: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
+    }
+
+    fn deserialize_table(table: toml::Table) -> std::result::Result<Self, toml::de::Error> {
+        toml::Value::Table(table).try_into()
+    }
+
+    /// What to name when the file plus `overrides` does not deserialise: the first override after
+    /// which it stops doing so (`--set eval.every=1`), else the file.
+    fn culprit(path: Option<&Path>, mut table: toml::Table, overrides: &[String]) -> String {
+        let file = path.map_or_else(|| "overrides".into(), |p| p.display().to_string());
+        if Self::deserialize_table(table.clone()).is_err() {
+            return file;
+        }
+        for o in overrides {
+            // Applied once already: cannot fail.
+            let _ = apply_override(&mut table, o);
+            if Self::deserialize_table(table.clone()).is_err() {
+                return format!("--set {o}");
+            }
+        }
+        file
     }
 
     /// Parses a configuration written by [`TrainConfig::to_toml`] (a run's `config.toml`, a

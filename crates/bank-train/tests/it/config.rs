@@ -82,3 +82,32 @@ fn invalid_values_and_unknown_fields_are_named() {
         );
     }
 }
+
+/// An unknown field or a value of the wrong type is blamed on where it came from: the file when
+/// it is in the file, else the first `--set` that brought it in.
+#[test]
+fn a_wrong_field_names_the_file_or_the_override_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, typo) = (dir.path().join("good.toml"), dir.path().join("typo.toml"));
+    std::fs::write(&good, "[train]\nepochs = 3\n").unwrap();
+    std::fs::write(&typo, "[train]\nepochs = 3\n[eval]\nevery = 2\n").unwrap();
+    let err = |file: &std::path::Path, overrides: &[&str]| {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        TrainConfig::load(Some(file), &o).unwrap_err().to_string()
+    };
+    let ok = ["train.batch_size=64"];
+    let e = err(&good, &[ok[0], "eval.every=100", "eval.k=5"]);
+    assert!(
+        e.contains("`--set eval.every=100`") && e.contains("every") && !e.contains("good.toml"),
+        "{e}"
+    );
+    let e = err(&good, &[ok[0], "train.epochs=\"ten\""]);
+    assert!(e.contains("--set train.epochs=\"ten\""), "{e}");
+    let e = err(&typo, &ok);
+    assert!(e.contains("typo.toml") && e.contains("every"), "{e}");
+    assert!(!e.contains("--set"), "{e}");
+    let e = TrainConfig::load(None, &["eval.every=1".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--set eval.every=1"), "{e}");
+}
