@@ -105,8 +105,16 @@ fn walk(root: &Path, options: &ScanOptions) -> Result<(Found, BTreeSet<String>)>
             if entry.depth() == 1 {
                 dirs.insert(name);
             }
-        } else {
+        } else if kind.is_file() {
             files.push((name, entry.path().to_path_buf()));
+        } else {
+            // Reading a named pipe blocks until something writes to it; a device never ends.
+            return Err(Error::Format {
+                path: entry.path().to_path_buf(),
+                reason: "not a regular file (a named pipe, socket or device): an image folder \
+                         holds files and folders only"
+                    .into(),
+            });
         }
     }
     Ok((files, dirs))

@@ -211,7 +211,7 @@ pub struct TrainSection {
     pub batch_size: usize,
     /// Views per sample K (1: vanilla NPID).
     pub views: usize,
-    /// Loader threads (0: all cores).
+    /// Loader threads (0: all cores; at most [`MAX_THREADS`]).
     pub threads: usize,
     /// Devices of data-parallel training (`["cpu", "cpu"]`, `["cuda:0", "cuda:1"]`): one replica
     /// per entry, each training on its shard of every batch
@@ -436,6 +436,10 @@ impl Default for CheckpointConfig {
     }
 }
 
+/// The most loader threads `train.threads` may ask for: each is an OS thread with its own stack,
+/// and far beyond the cores there are they only cost memory (100,000 overflowed a stack).
+pub const MAX_THREADS: usize = 1024;
+
 impl TrainConfig {
     /// Reads `path` and applies `overrides` (`section.field=value`, value in TOML syntax; a bare
     /// word is taken as a string).
@@ -527,6 +531,27 @@ impl TrainConfig {
             return bad("name", self.name.clone(), "must be a plain folder name");
         }
         self.data.validate()?;
+        let min_size = self.model.arch.min_image_size();
+        if let Ok(size) = self.data.image_size()
+            && size < min_size
+        {
+            return bad(
+                "data.image_size",
+                size.to_string(),
+                &format!(
+                    "{:?} needs views of at least {min_size}×{min_size} pixels (its pooling \
+                     leaves nothing of smaller ones)",
+                    self.model.arch
+                ),
+            );
+        }
+        if self.train.threads > MAX_THREADS {
+            return bad(
+                "train.threads",
+                self.train.threads.to_string(),
+                &format!("must be at most {MAX_THREADS} (0: one per core)"),
+            );
+        }
         if self.model.dim == 0 {
             return bad("model.dim", "0".into(), "must be at least 1");
         }

@@ -321,17 +321,12 @@ fn train(
 ) -> Result<()> {
     let mut config = TrainConfig::load(config_path, overrides)?;
     let run_dir = bank_train::run_dir(runs, &config);
-    if resume {
-        // A resumed run keeps the configuration it was started with (plus these overrides).
-        if let Some(ckpt) = checkpoint::latest(&run_dir.join("checkpoints"))? {
-            let saved = ckpt
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(&run_dir)
-                .join("config.toml");
-            config = TrainConfig::load(Some(&saved), overrides)
-                .with_context(|| format!("reading the run's config {}", saved.display()))?;
-        }
+    let saved = run_dir.join("config.toml");
+    if resume && saved.exists() {
+        // A resumed run keeps the configuration it was started with (plus these overrides),
+        // also when it stopped before its first checkpoint.
+        config = TrainConfig::load(Some(&saved), overrides)
+            .with_context(|| format!("reading the run's config {}", saved.display()))?;
     }
     // Refused before the data is read (decoding a dataset takes a minute the first time).
     bank_train::run_folder::RunFolder::open(&run_dir, resume)?;

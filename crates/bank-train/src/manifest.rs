@@ -109,6 +109,9 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound if !dir.is_dir() => {
+                Error::checkpoint(dir, "no such checkpoint folder")
+            }
             std::io::ErrorKind::NotFound => Error::checkpoint(
                 &path,
                 "missing: the checkpoint has no checksum list (incomplete, or written by an \

@@ -137,6 +137,19 @@ pub fn train<B: AutodiffBackend>(
     let mut state = TrainState::<B>::new(config, data.train.len(), device)?;
     if let Some(ckpt) = &resume_from {
         state = state.restore(ckpt, device)?;
+        if state.epochs_done > config.train.epochs {
+            // Nothing to train, and the folder would record fewer epochs than its metrics hold.
+            return Err(Error::Config {
+                field: "train.epochs".into(),
+                reason: format!(
+                    "{}: the run has done {} epochs ({}); a resume may add epochs, not remove \
+                     them",
+                    config.train.epochs,
+                    state.epochs_done,
+                    ckpt.display()
+                ),
+            });
+        }
         progress.note(&format!(
             "resumed from {} ({} epochs and {} batches done, step {})",
             ckpt.display(),

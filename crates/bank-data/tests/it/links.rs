@@ -211,3 +211,53 @@ fn a_dangling_link_or_a_loop_inside_a_tar_is_an_error_naming_it() {
         );
     }
 }
+
+/// `scan_folder` on `root` in a thread, failing the test (not hanging it) after 60 s.
+fn scan_within_a_minute(root: &Path) -> Result<ImageIndex> {
+    let (send, receive) = std::sync::mpsc::channel();
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        // The receiver gone (timed out): nothing to report to.
+        let _ = send.send(ImageIndex::scan_folder(&root, &ScanOptions::default()));
+    });
+    receive
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the scan did not finish within a minute")
+}
+
+#[test]
+fn a_named_pipe_or_a_socket_among_the_images_is_an_error_naming_it_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tree_with_links(dir.path());
+    // Reading a pipe nobody writes to blocks for ever: the scan must not open it.
+    let pipe = root.join("cls2").join("pipe.jpg");
+    let made = std::process::Command::new("mkfifo").arg(&pipe).status();
+    assert!(made.unwrap().success(), "mkfifo");
+    let e = scan_within_a_minute(&root).unwrap_err().to_string();
+    assert!(
+        e.contains("cls2/pipe.jpg") && e.contains("not a regular file"),
+        "{e}"
+    );
+    // Reached through a symbolic link (followed by default): the same.
+    fs::remove_file(&pipe).unwrap();
+    let outside_pipe = dir.path().join("outside").join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&outside_pipe)
+        .status();
+    assert!(made.unwrap().success(), "mkfifo");
+    symlink(&outside_pipe, root.join("cls5").join("link.jpg")).unwrap();
+    let e = scan_within_a_minute(&root).unwrap_err().to_string();
+    assert!(
+        e.contains("cls5/link.jpg") && e.contains("not a regular file"),
+        "{e}"
+    );
+    fs::remove_file(root.join("cls5").join("link.jpg")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(root.join("cls7").join("s.png")).unwrap();
+    let e = scan_within_a_minute(&root).unwrap_err().to_string();
+    assert!(
+        e.contains("cls7/s.png") && e.contains("not a regular file"),
+        "{e}"
+    );
+    fs::remove_file(root.join("cls7").join("s.png")).unwrap();
+    assert_eq!(scan_within_a_minute(&root).unwrap().len(), 200);
+}

@@ -23,6 +23,18 @@ pub enum Arch {
     Resnet50Cifar,
 }
 
+impl Arch {
+    /// The smallest input side (pixels) the backbone maps to a non-empty feature map: the small
+    /// CNN's two 2×2 max-pools (floor) need 4; a ResNet's stride-2 3×3 convolutions and max-pool
+    /// (padding 1) keep at least one position from any size.
+    pub fn min_image_size(self) -> usize {
+        match self {
+            Self::SmallCnn => 4,
+            Self::Resnet18 | Self::Resnet18Imagenet | Self::Resnet50 | Self::Resnet50Cifar => 1,
+        }
+    }
+}
+
 /// Configuration of an [`EmbeddingNet`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelConfig {

@@ -69,6 +69,15 @@ fn invalid_values_and_unknown_fields_are_named() {
     let e = err(&["model.arch=resnet99"]);
     assert!(e.contains("resnet99"), "{e}");
     assert!(err(&["nonsense"]).contains("section.field=value"));
+    // Views the small CNN's pooling would empty (a panic in burn's mean before), and a thread
+    // count that overflowed a stack.
+    let e = err(&["data.image_size=3"]);
+    assert!(e.contains("data.image_size") && e.contains("4×4"), "{e}");
+    assert!(TrainConfig::load(None, &["data.image_size=4".into()]).is_ok());
+    let resnet = ["data.image_size=3".into(), "model.arch=resnet18".into()];
+    assert!(TrainConfig::load(None, &resnet).is_ok());
+    let e = err(&["train.threads=100000"]);
+    assert!(e.contains("train.threads") && e.contains("1024"), "{e}");
     // The merge schedule is checked with merging off too (a case `cargo xtask fuzz` found: NaN
     // was accepted, and only a later resume with merging on would have refused it).
     for bad in ["nan", "-0.5", "inf"] {

@@ -134,3 +134,52 @@ fn small_cnn_weights_start_as_pytorchs_defaults() {
         );
     }
 }
+
+/// Every backbone maps views of its `min_image_size` to unit embeddings (what the config check
+/// lets through works), and the small CNN's minimum is tight: one pixel less and its second
+/// max-pool has nothing left to pool.
+#[test]
+fn every_backbone_embeds_views_of_its_minimum_size() {
+    let _turn = crate::backend_turn();
+    let device = Default::default();
+    for arch in [
+        Arch::SmallCnn,
+        Arch::Resnet18,
+        Arch::Resnet18Imagenet,
+        Arch::Resnet50,
+        Arch::Resnet50Cifar,
+    ] {
+        let side = arch.min_image_size();
+        let model = ModelConfig::new(arch, 128).init::<NdArray>(&device);
+        let images = Tensor::<NdArray, 4>::random(
+            [2, 3, side, side],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let f = model.forward(images);
+        assert_eq!(f.dims(), [2, 128], "{arch:?} at {side}×{side}");
+        let norms: Vec<f32> = f
+            .powi_scalar(2)
+            .sum_dim(1)
+            .sqrt()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert!(
+            norms.iter().all(|n| (n - 1.0).abs() < 1e-4),
+            "{arch:?}: {norms:?}"
+        );
+    }
+    // One pixel less: the small CNN either panics or gives no finite embedding.
+    let model = ModelConfig::new(Arch::SmallCnn, 128).init::<NdArray>(&device);
+    let images =
+        Tensor::<NdArray, 4>::random([2, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+    let finite = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let f: Vec<f32> = model.forward(images).into_data().to_vec().unwrap();
+        f.iter().all(|v| v.is_finite())
+    }));
+    assert!(
+        !matches!(finite, Ok(true)),
+        "the small CNN embeds 3×3 views"
+    );
+}

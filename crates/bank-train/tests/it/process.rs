@@ -301,6 +301,23 @@ fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
     assert!(err.contains("`model.dim` was 128, now 64"), "{err}");
     assert_eq!(fs::read(dir.join("config.toml")).unwrap(), config_before);
 
+    // A `--checkpoint` that does not exist is named as such (not as a checkpoint missing its
+    // checksum list).
+    let missing = dir.join("checkpoints").join("epoch-0009");
+    let out = Command::new(BIN)
+        .args(["eval", "--run"])
+        .arg(&dir)
+        .arg("--checkpoint")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&missing.display().to_string()) && err.contains("no such checkpoint folder"),
+        "{err}"
+    );
+
     // Images removed from the data folder after training: the bank has more rows than the data.
     let removed = fs::read_dir(setup.images.join("train/cat"))
         .unwrap()
@@ -428,4 +445,32 @@ fn the_binary_refuses_an_existing_run_before_reading_the_data() {
         "the folder was written to"
     );
     assert_eq!(fs::read(run.join("notes.txt")).unwrap(), b"mine");
+}
+
+/// A run stopped before its first checkpoint (only `config.toml` written) resumes with the
+/// configuration it was started with, not the defaults, when `--resume` is given without it.
+#[test]
+fn a_run_without_a_checkpoint_resumes_with_its_own_config() {
+    let setup = Setup::new(1, 2);
+    let dir = setup.run_dir("early");
+    fs::create_dir_all(&dir).unwrap();
+    let mut overrides = setup.overrides.clone();
+    overrides.push("name=\"early\"".into());
+    let config = bank_train::TrainConfig::load(None, &overrides).unwrap();
+    fs::write(dir.join("config.toml"), config.to_toml()).unwrap();
+    let out = Command::new(BIN)
+        .args(["train", "--name", "early", "--resume", "--runs"])
+        .arg(&setup.runs)
+        .arg("--data")
+        .arg(&setup.images)
+        .output()
+        .unwrap();
+    ok(out, "resume");
+    let mut saved = bank_train::TrainConfig::load(Some(&dir.join("config.toml")), &[]).unwrap();
+    // The run records its resolved config: the normalisation measured on the images.
+    assert!(saved.data.mean.is_some() && saved.data.std.is_some());
+    (saved.data.mean, saved.data.std) = (None, None);
+    assert_eq!(saved, config, "config.toml changed");
+    // 10 classes × 2 images, not CIFAR-10.
+    assert_eq!(summary(&dir).train_images, 20, "trained on other data");
 }

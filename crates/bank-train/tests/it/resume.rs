@@ -154,6 +154,19 @@ fn one_epoch_crash_resume_equals_two_epochs_straight() {
     let again = summary(&resumed);
     assert_eq!(again.views_per_s, got.views_per_s, "a finished run resumed");
     assert_eq!(again.images_per_s, got.images_per_s);
+
+    // Fewer epochs than the run has done: refused, naming the field, the folder untouched.
+    let files = ["config.toml", "summary.json", "metrics.jsonl"];
+    let before: Vec<Vec<u8>> = files.map(|f| fs::read(resumed.join(f)).unwrap()).into();
+    let mut fewer = cfg.clone();
+    fewer.train.epochs = 1;
+    let e = run(&resumed, true, &fewer).unwrap_err().to_string();
+    assert!(
+        e.contains("train.epochs") && e.contains("has done 2 epochs"),
+        "{e}"
+    );
+    let after: Vec<Vec<u8>> = files.map(|f| fs::read(resumed.join(f)).unwrap()).into();
+    assert!(before == after, "the run folder was written to");
 }
 
 #[test]
