@@ -66,6 +66,16 @@ pub enum Error {
         /// Every refused change.
         changes: Vec<crate::resume::ConfigChange>,
     },
+    /// Another process is training the same run folder (it holds the folder's lock).
+    #[error(
+        "{}: another process is training this run (wait for it to end, or stop it, then \
+         resume)",
+        path.display()
+    )]
+    RunBusy {
+        /// The run folder.
+        path: PathBuf,
+    },
     /// The run folder exists and resuming was not asked for.
     #[error(
         "{} already exists; pass --resume to continue it, or choose another --name",

@@ -9,10 +9,19 @@ use crate::{Error, Result, checkpoint};
 
 /// A run's folder: `config.toml`, `metrics.jsonl`, `training.png`, `summary.json`,
 /// `checkpoints/`.
-#[derive(Debug, Clone)]
+///
+/// From [`create`](Self::create) on, the folder is locked (an exclusive lock on its `.lock`
+/// file, released when the `RunFolder` is dropped or the process ends, however it ends): a
+/// second training of the same run, e.g. a `--resume` started while the run still goes, is
+/// refused instead of writing every epoch twice.
+#[derive(Debug)]
 pub struct RunFolder {
     dir: PathBuf,
+    lock: Option<fs::File>,
 }
+
+/// The lock file of a run folder.
+pub const LOCK_FILE: &str = ".lock";
 
 impl RunFolder {
     /// Opens `dir` for a fresh run (it must not exist) or, with `resume`, for continuing from its
@@ -24,6 +33,7 @@ impl RunFolder {
     pub fn open(dir: &Path, resume: bool) -> Result<(Self, Option<PathBuf>)> {
         let folder = Self {
             dir: dir.to_path_buf(),
+            lock: None,
         };
         if !resume && dir.exists() {
             return Err(Error::RunExists {
@@ -38,13 +48,39 @@ impl RunFolder {
         Ok((folder, latest))
     }
 
-    /// Creates the folder and records the resolved configuration (atomically).
+    /// Creates the folder, locks it, and records the resolved configuration (atomically).
     ///
     /// # Errors
-    /// IO errors naming the path.
-    pub fn create(&self, config: &TrainConfig) -> Result<()> {
+    /// [`Error::RunBusy`] when another process holds the folder's lock; IO errors naming the
+    /// path.
+    pub fn create(&mut self, config: &TrainConfig) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        self.lock()?;
         bank_core::write_atomic(&self.dir.join("config.toml"), config.to_toml().as_bytes())?;
+        Ok(())
+    }
+
+    fn lock(&mut self) -> Result<()> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let path = self.dir.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::RunBusy {
+                    path: self.dir.clone(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        self.lock = Some(file);
         Ok(())
     }
 

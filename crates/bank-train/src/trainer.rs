@@ -122,7 +122,7 @@ pub fn train<B: AutodiffBackend>(
     check_against_data(config, data)?;
     let devices = parse_devices::<B>(&config.train.devices, device)?;
     let device = &devices[0];
-    let (folder, resume_from) = RunFolder::open(&options.run_dir, options.resume)?;
+    let (mut folder, resume_from) = RunFolder::open(&options.run_dir, options.resume)?;
     if let Some(ckpt) = &resume_from {
         let run_config = checkpoint::read_state(ckpt)?.config;
         let run_config = TrainConfig::from_toml(&run_config)

@@ -167,6 +167,17 @@ fn one_epoch_crash_resume_equals_two_epochs_straight() {
     );
     let after: Vec<Vec<u8>> = files.map(|f| fs::read(resumed.join(f)).unwrap()).into();
     assert!(before == after, "the run folder was written to");
+
+    // Another process training the run (here: its lock taken): refused, nothing written; free
+    // again once the lock is released.
+    let lock = fs::File::open(resumed.join(bank_train::run_folder::LOCK_FILE)).unwrap();
+    lock.try_lock().unwrap();
+    let e = run(&resumed, true, &cfg).unwrap_err();
+    assert!(matches!(e, Error::RunBusy { .. }), "{e}");
+    let after: Vec<Vec<u8>> = files.map(|f| fs::read(resumed.join(f)).unwrap()).into();
+    assert!(before == after, "the run folder was written to");
+    drop(lock);
+    run(&resumed, true, &cfg).unwrap();
 }
 
 #[test]
