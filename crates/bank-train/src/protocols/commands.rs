@@ -84,7 +84,8 @@ fn labels_and_sources(dataset: &dyn Dataset) -> (Vec<i64>, Vec<String>) {
 ///
 /// # Errors
 /// A split the data does not have (`test` without labelled evaluation images), a bank that does
-/// not match the training set, unreadable images, unwritable files.
+/// not match the training set, unreadable images, unwritable files, an earlier export at `out`
+/// (never overwritten).
 pub fn export_run<B: AutodiffBackend>(
     run: &LoadedRun<B>,
     data: &TrainData,
@@ -92,6 +93,7 @@ pub fn export_run<B: AutodiffBackend>(
     out: &Path,
     device: &B::Device,
 ) -> Result<Vec<PathBuf>> {
+    export::check_free(out)?;
     let dataset = match split {
         Split::Train | Split::Bank => &data.train,
         Split::Test => {

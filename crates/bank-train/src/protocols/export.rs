@@ -8,6 +8,9 @@
 //!   (the bank of a run with merging); metadata `class_names` and `item_sources` (JSON arrays);
 //! - `DIR/feats.<name>.npy` for each tensor, plus `DIR/feats.class_names.npy` and
 //!   `DIR/feats.item_sources.npy` (unicode string arrays, `<U`).
+//!
+//! An export never overwrites (an earlier export's files would mix with this one's) and leaves
+//! nothing behind when it fails.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -64,34 +67,90 @@ pub fn paths(out: &Path) -> (PathBuf, String) {
     )
 }
 
-/// Writes `export` as described in the module docs; returns the files written.
+/// The files [`write`] writes for `export` at `out`, the safetensors file first.
+pub fn files(out: &Path, export: &Export) -> Vec<PathBuf> {
+    let (st_path, prefix) = paths(out);
+    let names = export.arrays.iter().map(|a| a.name.as_str());
+    let npy = names.chain(["class_names", "item_sources"]);
+    std::iter::once(st_path)
+        .chain(npy.map(|name| PathBuf::from(format!("{prefix}{name}.npy"))))
+        .collect()
+}
+
+/// Writes `export` as described in the module docs; returns the files written. Refuses to
+/// overwrite: an earlier export at `out` (of this or another split, whose files would otherwise
+/// mix with these) stays as it was. When a write fails, the files of this export already written
+/// are removed.
 ///
 /// # Errors
-/// [`Error::Io`] naming the file that could not be written.
+/// [`Error::Io`] naming a file that already exists or could not be written.
 pub fn write(out: &Path, export: &Export) -> Result<Vec<PathBuf>> {
-    let (st_path, prefix) = paths(out);
-    if let Some(dir) = st_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let files = files(out, export);
+    // Anything at one of the names, a dangling link included: nothing removed below is not ours.
+    if let Some(taken) = files.iter().find(|f| f.symlink_metadata().is_ok()) {
+        return Err(taken_error(taken));
+    }
+    if let Some(dir) = files[0].parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    write_safetensors(&st_path, export)?;
-    let mut written = vec![st_path];
-    for a in &export.arrays {
-        let path = PathBuf::from(format!("{prefix}{}.npy", a.name));
-        match &a.values {
-            Array::F32(v) => write_npy(&path, &a.shape, v)?,
-            Array::I64(v) => write_npy(&path, &a.shape, v)?,
+    let mut written = Vec::new();
+    let result = write_files(&files, export, &mut written);
+    if result.is_err() {
+        for f in &written {
+            // Best effort: the error that stopped the export is the one to report.
+            let _ = std::fs::remove_file(f);
         }
-        written.push(path);
     }
-    for (name, strings) in [
-        ("class_names", &export.class_names),
-        ("item_sources", &export.item_sources),
-    ] {
-        let path = PathBuf::from(format!("{prefix}{name}.npy"));
-        write_strings(&path, strings)?;
-        written.push(path);
+    result.map(|()| written)
+}
+
+/// Refuses `out` before any work when its safetensors file exists (what [`write`] would refuse
+/// after the features were computed).
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn check_free(out: &Path) -> Result<()> {
+    let (st_path, _) = paths(out);
+    match st_path.symlink_metadata() {
+        Ok(_) => Err(taken_error(&st_path)),
+        Err(_) => Ok(()),
     }
-    Ok(written)
+}
+
+fn taken_error(path: &Path) -> Error {
+    Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists: an export never overwrites one; choose another --out or delete the \
+             earlier export's files",
+        ),
+    )
+}
+
+/// Writes the files of [`files`] in order, recording each in `written` once it exists.
+fn write_files(files: &[PathBuf], export: &Export, written: &mut Vec<PathBuf>) -> Result<()> {
+    let (st_path, npy) = files
+        .split_first()
+        .expect("files() lists the safetensors file");
+    written.push(st_path.clone());
+    write_safetensors(st_path, export)?;
+    let (arrays, strings) = npy.split_at(export.arrays.len());
+    for (a, path) in export.arrays.iter().zip(arrays) {
+        written.push(path.clone());
+        match &a.values {
+            Array::F32(v) => write_npy(path, &a.shape, v)?,
+            Array::I64(v) => write_npy(path, &a.shape, v)?,
+        }
+    }
+    for (values, path) in [&export.class_names, &export.item_sources]
+        .into_iter()
+        .zip(strings)
+    {
+        written.push(path.clone());
+        write_strings(path, values)?;
+    }
+    Ok(())
 }
 
 /// Little-endian bytes of an array, with its safetensors dtype.

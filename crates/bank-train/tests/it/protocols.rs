@@ -346,6 +346,53 @@ fn export_reads_back_bit_for_bit_with_safetensors_and_npy_readers() {
     );
 }
 
+/// An export never overwrites: a second one at the same `--out` (here with other values, as a
+/// bank export over a test export would be) is refused naming the file, and the first stays
+/// byte for byte. An export that fails half-way (one of its `.npy` names too long for the file
+/// system) leaves none of its files behind.
+#[test]
+fn an_export_never_overwrites_and_a_failed_one_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("feats");
+    let first = export::write(&out, &awkward_export()).unwrap();
+    let bytes = |files: &[std::path::PathBuf]| -> Vec<Vec<u8>> {
+        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+    };
+    let before = bytes(&first);
+    let mut other = awkward_export();
+    other.arrays.truncate(1);
+    let e = export::write(&out, &other).unwrap_err().to_string();
+    assert!(
+        e.contains("feats.safetensors") && e.contains("never overwrites"),
+        "{e}"
+    );
+    assert_eq!(bytes(&first), before, "the first export changed");
+
+    // A dangling link at one of the names counts as taken (it is not the export's to remove).
+    let out = dir.path().join("linked");
+    let link = export::files(&out, &other).pop().unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).unwrap();
+    let e = export::write(&out, &other).unwrap_err().to_string();
+    assert!(e.contains("never overwrites"), "{e}");
+    assert!(link.symlink_metadata().is_ok(), "the link was removed");
+
+    let out = dir.path().join("half");
+    let mut long = awkward_export();
+    // 300 bytes: over the 255 a file name may have.
+    long.arrays.last_mut().unwrap().name = "x".repeat(300);
+    let e = export::write(&out, &long).unwrap_err().to_string();
+    assert!(e.contains(&"x".repeat(300)), "{e}");
+    let files = export::files(&out, &long);
+    assert!(files.len() >= 3);
+    let left: Vec<_> = files
+        .iter()
+        .filter(|f| f.symlink_metadata().is_ok())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // The safetensors file (written first, before the failure) existed: the cleanup removed it.
+    assert!(!out.with_extension("safetensors").exists());
+}
+
 /// The Python interpreter with numpy and safetensors, when this machine has one.
 fn python() -> Option<std::path::PathBuf> {
     let home = std::env::var_os("HOME")?;
@@ -551,6 +598,13 @@ mod in_a_run {
         };
         export_run(&run, &data, Split::Bank, &root.path().join("bank"), &device).unwrap();
         let bytes = std::fs::read(root.path().join("bank.safetensors")).unwrap();
+        // The test split over it: refused before its features are computed, the bank's kept.
+        let e = export_run(&run, &data, Split::Test, &root.path().join("bank"), &device);
+        assert!(e.unwrap_err().to_string().contains("never overwrites"));
+        assert_eq!(
+            std::fs::read(root.path().join("bank.safetensors")).unwrap(),
+            bytes
+        );
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         // The checkpoint's bank file read on the device, not the host copy the export wrote from.
         let bank_file = run.checkpoint.join("bank.safetensors");
