@@ -281,7 +281,15 @@ fn passed_on(err: &anyhow::Error) -> Option<u8> {
 /// `RUST_LIB_BACKTRACE=1` (a wrong path is not a bug, whatever `RUST_BACKTRACE` says).
 fn report(err: &anyhow::Error) {
     eprintln!("Error: {err}");
-    let causes: Vec<_> = err.chain().skip(1).collect();
+    // A cause whose text the message above already shows (`path: {source}`) is not repeated.
+    let mut above = err.to_string();
+    let mut causes = Vec::new();
+    for cause in err.chain().skip(1).map(|c| c.to_string()) {
+        if !above.contains(&cause) {
+            above.clone_from(&cause);
+            causes.push(cause);
+        }
+    }
     if !causes.is_empty() {
         eprintln!("\nCaused by:");
         for (i, cause) in causes.iter().enumerate() {

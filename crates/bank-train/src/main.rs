@@ -230,7 +230,15 @@ fn main() -> std::process::ExitCode {
 /// printed only when asked for errors in particular: `RUST_LIB_BACKTRACE=1`.
 fn report(err: &anyhow::Error) {
     eprintln!("Error: {err}");
-    let causes: Vec<_> = err.chain().skip(1).collect();
+    // A cause whose text the message above already shows (`path: {source}`) is not repeated.
+    let mut above = err.to_string();
+    let mut causes = Vec::new();
+    for cause in err.chain().skip(1).map(|c| c.to_string()) {
+        if !above.contains(&cause) {
+            above.clone_from(&cause);
+            causes.push(cause);
+        }
+    }
     if !causes.is_empty() {
         eprintln!("\nCaused by:");
         for (i, cause) in causes.iter().enumerate() {
@@ -437,6 +445,9 @@ fn eval(
     chosen: Option<&Path>,
     protocols: &[Protocol],
 ) -> Result<()> {
+    if !run.is_dir() {
+        bail!("{}: no such run folder", run.display());
+    }
     let config = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
     let ckpt = match chosen {
         Some(c) => c.to_path_buf(),

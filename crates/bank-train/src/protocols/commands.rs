@@ -43,12 +43,15 @@ pub struct LoadedRun<B: AutodiffBackend> {
 /// Loads `run`'s config and `checkpoint` (default: the newest under `run/checkpoints`).
 ///
 /// # Errors
-/// No checkpoint, an unreadable config or checkpoint.
+/// No such run folder, no checkpoint, an unreadable config or checkpoint.
 pub fn load_run<B: AutodiffBackend>(
     run: &Path,
     checkpoint: Option<&Path>,
     device: &B::Device,
 ) -> Result<LoadedRun<B>> {
+    if !run.is_dir() {
+        return Err(Error::checkpoint(run, "no such run folder"));
+    }
     let config = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
     let ckpt = match checkpoint {
         Some(p) => p.to_path_buf(),

@@ -317,6 +317,22 @@ fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
         err.contains(&missing.display().to_string()) && err.contains("no such checkpoint folder"),
         "{err}"
     );
+    // A run folder that does not exist is named as such; one without its config.toml gets the
+    // IO error in one line (its text is not repeated as its cause).
+    let (nowhere, empty) = (setup.run_dir("nowhere"), setup.run_dir("empty"));
+    fs::create_dir_all(&empty).unwrap();
+    let export: &[&str] = &["export", "--split", "bank", "--out", "x", "--run"];
+    for (args, run, want) in [
+        (&["eval", "--run"][..], &nowhere, "no such run folder"),
+        (export, &nowhere, "no such run folder"),
+        (&["eval", "--run"][..], &empty, "config.toml: No such file"),
+    ] {
+        let out = Command::new(BIN).args(args).arg(run).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
 
     // Images removed from the data folder after training: the bank has more rows than the data.
     let removed = fs::read_dir(setup.images.join("train/cat"))
