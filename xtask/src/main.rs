@@ -12,6 +12,8 @@ mod compare_search;
 mod compare_step;
 mod libtorch;
 mod peer;
+#[path = "../../crates/bank-train/src/report.rs"]
+mod report;
 mod result_line;
 
 #[derive(Parser)]
@@ -259,7 +261,7 @@ fn main() -> std::process::ExitCode {
     match passed_on(&err) {
         Some(code) => std::process::ExitCode::from(code),
         None => {
-            report(&err);
+            report::report(&err);
             std::process::ExitCode::FAILURE
         }
     }
@@ -274,30 +276,6 @@ fn passed_on(err: &anyhow::Error) -> Option<u8> {
             code: Some(code), ..
         }) if err.chain().count() == 1 => Some(u8::try_from(*code).unwrap_or(1)),
         _ => None,
-    }
-}
-
-/// Prints an error and its causes to stderr; the stack backtrace only with
-/// `RUST_LIB_BACKTRACE=1` (a wrong path is not a bug, whatever `RUST_BACKTRACE` says).
-fn report(err: &anyhow::Error) {
-    eprintln!("Error: {err}");
-    // A cause whose text the message above already shows (`path: {source}`) is not repeated.
-    let mut above = err.to_string();
-    let mut causes = Vec::new();
-    for cause in err.chain().skip(1).map(|c| c.to_string()) {
-        if !above.contains(&cause) {
-            above.clone_from(&cause);
-            causes.push(cause);
-        }
-    }
-    if !causes.is_empty() {
-        eprintln!("\nCaused by:");
-        for (i, cause) in causes.iter().enumerate() {
-            eprintln!("    {i}: {cause}");
-        }
-    }
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v != "0") {
-        eprintln!("\nStack backtrace:\n{}", err.backtrace());
     }
 }
 

@@ -1,5 +1,7 @@
 //! `bank-train`: train an embedding network with a memory bank, or evaluate a trained run.
 
+mod report;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -219,34 +221,9 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            report(&err);
+            report::report(&err);
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// Prints an error and its causes to stderr. Bad input is not a bug, so the stack backtrace
-/// (captured by `anyhow` when `RUST_BACKTRACE=1`, which many Rust users keep set for panics) is
-/// printed only when asked for errors in particular: `RUST_LIB_BACKTRACE=1`.
-fn report(err: &anyhow::Error) {
-    eprintln!("Error: {err}");
-    // A cause whose text the message above already shows (`path: {source}`) is not repeated.
-    let mut above = err.to_string();
-    let mut causes = Vec::new();
-    for cause in err.chain().skip(1).map(|c| c.to_string()) {
-        if !above.contains(&cause) {
-            above.clone_from(&cause);
-            causes.push(cause);
-        }
-    }
-    if !causes.is_empty() {
-        eprintln!("\nCaused by:");
-        for (i, cause) in causes.iter().enumerate() {
-            eprintln!("    {i}: {cause}");
-        }
-    }
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v != "0") {
-        eprintln!("\nStack backtrace:\n{}", err.backtrace());
     }
 }
 

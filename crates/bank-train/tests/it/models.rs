@@ -23,16 +23,13 @@ fn resnet_bn_channels(layers: [usize; 4], bottleneck: bool) -> usize {
     total
 }
 
-/// `backbone_params` counts trainable parameters as PyTorch does; burn's `num_params` also counts
-/// BatchNorm running mean and variance (2 per channel), given as `bn_channels`.
-fn check(arch: Arch, side: usize, backbone_params: usize, bn_channels: usize) {
-    let _turn = crate::backend_turn();
+/// `model` maps two random `side`×`side` images to two unit rows of 128.
+fn embeds_unit_rows(model: &bank_train::model::EmbeddingNet<NdArray>, arch: Arch, side: usize) {
     let device = Default::default();
-    let model = ModelConfig::new(arch, 128).init::<NdArray>(&device);
     let images =
         Tensor::<NdArray, 4>::random([2, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
     let f = model.forward(images);
-    assert_eq!(f.dims(), [2, 128]);
+    assert_eq!(f.dims(), [2, 128], "{arch:?} at {side}×{side}");
     let norms: Vec<f32> = f
         .powi_scalar(2)
         .sum_dim(1)
@@ -40,9 +37,19 @@ fn check(arch: Arch, side: usize, backbone_params: usize, bn_channels: usize) {
         .into_data()
         .to_vec()
         .unwrap();
-    for n in norms {
-        assert!((n - 1.0).abs() < 1e-4, "{arch:?}: norm {n}");
-    }
+    assert!(
+        norms.iter().all(|n| (n - 1.0).abs() < 1e-4),
+        "{arch:?}: norms {norms:?}"
+    );
+}
+
+/// `backbone_params` counts trainable parameters as PyTorch does; burn's `num_params` also counts
+/// BatchNorm running mean and variance (2 per channel), given as `bn_channels`.
+fn check(arch: Arch, side: usize, backbone_params: usize, bn_channels: usize) {
+    let _turn = crate::backend_turn();
+    let device = Default::default();
+    let model = ModelConfig::new(arch, 128).init::<NdArray>(&device);
+    embeds_unit_rows(&model, arch, side);
     // Backbone + BatchNorm running statistics + projection (features·128 weights + 128 biases).
     let features = match arch {
         Arch::SmallCnn => 128,
@@ -149,26 +156,8 @@ fn every_backbone_embeds_views_of_its_minimum_size() {
         Arch::Resnet50,
         Arch::Resnet50Cifar,
     ] {
-        let side = arch.min_image_size();
         let model = ModelConfig::new(arch, 128).init::<NdArray>(&device);
-        let images = Tensor::<NdArray, 4>::random(
-            [2, 3, side, side],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let f = model.forward(images);
-        assert_eq!(f.dims(), [2, 128], "{arch:?} at {side}×{side}");
-        let norms: Vec<f32> = f
-            .powi_scalar(2)
-            .sum_dim(1)
-            .sqrt()
-            .into_data()
-            .to_vec()
-            .unwrap();
-        assert!(
-            norms.iter().all(|n| (n - 1.0).abs() < 1e-4),
-            "{arch:?}: {norms:?}"
-        );
+        embeds_unit_rows(&model, arch, arch.min_image_size());
     }
     // One pixel less: the small CNN either panics or gives no finite embedding.
     let model = ModelConfig::new(Arch::SmallCnn, 128).init::<NdArray>(&device);
