@@ -271,21 +271,17 @@ fn main() -> std::process::ExitCode {
 /// (bank-train's error, cargo's): nothing of ours to add. `None` for our own errors, a program
 /// ended by a signal (it said nothing), or a failure we added context to.
 fn passed_on(err: &anyhow::Error) -> Option<u8> {
-    match err.downcast_ref::<ChildFailed>() {
-        Some(ChildFailed {
-            code: Some(code), ..
-        }) if err.chain().count() == 1 => Some(u8::try_from(*code).unwrap_or(1)),
-        _ => None,
-    }
+    let failed = err.downcast_ref::<ChildFailed>()?;
+    let code = failed.status.code().filter(|_| err.chain().count() == 1)?;
+    Some(u8::try_from(code).unwrap_or(1))
 }
 
-/// A program xtask ran ended unsuccessfully: `code` is its exit code, `None` when a signal
-/// ended it.
+/// A program xtask ran ended unsuccessfully (its status has no exit code when a signal ended
+/// it).
 #[derive(Debug)]
 pub(crate) struct ChildFailed {
     command: String,
     status: std::process::ExitStatus,
-    code: Option<i32>,
 }
 
 impl std::fmt::Display for ChildFailed {
@@ -612,7 +608,6 @@ pub(crate) fn run(mut cmd: Command) -> Result<()> {
         return Err(ChildFailed {
             command: Shown(&cmd).to_string(),
             status,
-            code: status.code(),
         }
         .into());
     }
