@@ -25,13 +25,14 @@ pub const LOCK_FILE: &str = ".lock";
 
 impl RunFolder {
     /// Opens `dir` for a fresh run (it must not exist) or, with `resume`, for continuing from its
-    /// newest checkpoint (returned; `None` when it has none). Creates nothing.
+    /// newest checkpoint (returned; `None` when it has none). Locks an existing folder (see the
+    /// type's docs); creates nothing else.
     ///
     /// # Errors
-    /// [`Error::RunExists`] for an existing folder without `resume`; IO errors listing
-    /// checkpoints.
+    /// [`Error::RunExists`] for an existing folder without `resume`; [`Error::RunBusy`] when
+    /// another process trains it; IO errors listing checkpoints.
     pub fn open(dir: &Path, resume: bool) -> Result<(Self, Option<PathBuf>)> {
-        let folder = Self {
+        let mut folder = Self {
             dir: dir.to_path_buf(),
             lock: None,
         };
@@ -39,6 +40,10 @@ impl RunFolder {
             return Err(Error::RunExists {
                 path: dir.to_path_buf(),
             });
+        }
+        if dir.is_dir() {
+            // Before its checkpoints are read: a run another process trains is refused first.
+            folder.lock()?;
         }
         let latest = if resume {
             checkpoint::latest(&folder.checkpoints())?
