@@ -4,6 +4,7 @@
 //! `configs/cifar10_small_cpu.toml` sets `data.train_per_class = 500`), unknown fields are errors, and
 //! [`TrainConfig::validate`] names the first field out of range.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -659,20 +660,75 @@ impl TrainConfig {
     }
 }
 
-/// Sets `a.b.c = value` in `table`.
-fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+/// An override split into its dotted key and its value: TOML syntax, a bare word (e.g.
+/// `cosine`) taken as a string.
+fn parse_override(assignment: &str) -> Result<(&str, toml::Value)> {
     let (key, raw) = assignment.split_once('=').ok_or_else(|| Error::Config {
         field: assignment.into(),
         reason: "an override is `section.field=value`".into(),
     })?;
-    let key = key.trim();
     let raw = raw.trim();
-    // Parse the value as TOML; a bare word (e.g. `cosine`) is a string.
     let value = format!("v = {raw}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    Ok((key.trim(), value))
+}
+
+/// Refuses overrides from different sources that set one field to two different values, e.g.
+/// `--set name=a` with `--name b`, or `--set train.devices=…` with `--devices …`: otherwise the
+/// later one would win without a word. Each override comes with its source (`--set`, `--name`,
+/// `--devices`), named in the message. Within one source the later override wins (`--set a=1 --set a=2` gives 2, as a
+/// script adds to its base overrides); the same value from two sources is accepted.
+///
+/// # Errors
+/// [`Error::Config`] naming the field and both overrides with their sources; an override not of
+/// the form `section.field=value`.
+pub fn check_override_conflicts(overrides: &[(&str, &str)]) -> Result<()> {
+    let mut seen: BTreeMap<&str, (&str, &str, toml::Value)> = BTreeMap::new();
+    for &(source, assignment) in overrides {
+        let (key, value) = parse_override(assignment)?;
+        match seen.get(key) {
+            Some((first_source, _, _)) if *first_source == source => {
+                seen.insert(key, (source, assignment, value));
+            }
+            Some((first_source, first, first_value)) if !same_value(first_value, &value) => {
+                return Err(Error::Config {
+                    field: key.into(),
+                    reason: format!(
+                        "set to two different values: `{}` ({first_source}) and `{}` \
+                         ({source}); give it once",
+                        first.trim(),
+                        assignment.trim()
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(key, (source, assignment, value));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Equal TOML values, a whole number equal to the same float (`0` and `0.0`).
+fn same_value(a: &toml::Value, b: &toml::Value) -> bool {
+    let number = |v: &toml::Value| match v {
+        toml::Value::Integer(i) => Some(*i as f64),
+        toml::Value::Float(f) => Some(*f),
+        _ => None,
+    };
+    match (number(a), number(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Sets `a.b.c = value` in `table`.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, value) = parse_override(assignment)?;
     let parts: Vec<&str> = key.split('.').collect();
     let mut node = table;
     for part in &parts[..parts.len() - 1] {

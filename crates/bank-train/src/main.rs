@@ -253,17 +253,32 @@ fn run() -> Result<()> {
             overrides,
         } => {
             set.extend(overrides);
-            let mut name = name;
+            // Each override with the option it came from: one field set to two values by two
+            // options is refused.
+            let mut sourced: Vec<(String, String)> =
+                set.iter().map(|o| ("--set".into(), o.clone())).collect();
+            if !devices.is_empty() {
+                sourced.push(("--devices".into(), format!("train.devices={devices:?}")));
+            }
+            if let Some(name) = &name {
+                sourced.push(("--name".into(), format!("name=\"{name}\"")));
+            }
+            let pairs: Vec<(&str, &str)> = sourced
+                .iter()
+                .map(|(s, o)| (s.as_str(), o.as_str()))
+                .collect();
+            bank_train::config::check_override_conflicts(&pairs)?;
+            let mut set: Vec<String> = sourced.into_iter().map(|(_, o)| o).collect();
             if let Some(variant) = variant {
+                // The arm of the recipe as the file and every override above define it: its
+                // settings win (`--set train.views=4 --variant vanilla` trains K = 1 with the
+                // rest of a K = 4 recipe), and the run is `<recipe name>-<variant>` unless
+                // `--name`.
                 let recipe = TrainConfig::load(config.as_deref(), &set)?;
                 set.extend(variant.overrides(&recipe));
-                name.get_or_insert_with(|| format!("{}-{variant}", recipe.name));
-            }
-            if !devices.is_empty() {
-                set.push(format!("train.devices={devices:?}"));
-            }
-            if let Some(name) = name {
-                set.push(format!("name=\"{name}\""));
+                if name.is_none() {
+                    set.push(format!("name=\"{}-{variant}\"", recipe.name));
+                }
             }
             train(config.as_deref(), data.as_deref(), &runs, resume, &set)
         }
@@ -309,9 +324,14 @@ fn train(
     let saved = run_dir.join("config.toml");
     if resume && saved.exists() {
         // A resumed run keeps the configuration it was started with (plus these overrides),
-        // also when it stopped before its first checkpoint.
-        config = TrainConfig::load(Some(&saved), overrides)
+        // also when it stopped before its first checkpoint; a config file that says otherwise
+        // is refused.
+        let run_config = TrainConfig::load(Some(&saved), overrides)
             .with_context(|| format!("reading the run's config {}", saved.display()))?;
+        if let Some(path) = config_path {
+            warn_config_file_ignored(path, &saved, &run_config, &config);
+        }
+        config = run_config;
     }
     // Refused before the data is read (decoding a dataset takes a minute the first time).
     bank_train::run_folder::RunFolder::open(&run_dir, resume)?;
@@ -368,6 +388,36 @@ fn train(
     .collect();
     println!("run folder: {}/{{{}}}", run_dir.display(), files.join(","));
     Ok(())
+}
+
+/// A config file given with `--resume` that differs from the run's own `config.toml` (both with
+/// the resume's overrides) is ignored, as a resume keeps the configuration the run was started
+/// with: says so, with the fields, rather than letting an edited file go unused without a word.
+/// Not an error: a run started with overrides differs from its file, and resuming it with the
+/// same file is how it is continued.
+fn warn_config_file_ignored(file: &Path, saved: &Path, run: &TrainConfig, given: &TrainConfig) {
+    // A field the file leaves unset that the run has is one the run resolved when it started
+    // (the normalisation measured on the images), not a change.
+    let changes: Vec<_> = bank_train::resume::config_changes(run, given)
+        .into_iter()
+        .filter(|c| c.new != "unset")
+        .collect();
+    let Some(first) = changes.first() else {
+        return;
+    };
+    let fields: Vec<String> = changes
+        .iter()
+        .map(|c| format!("`{}` (run {}, file {})", c.field, c.old, c.new))
+        .collect();
+    eprintln!(
+        "warning: {} differs from the run's {} in {}; a resumed run keeps its own configuration: \
+         to change a field, pass it as an override (e.g. {}={})",
+        file.display(),
+        saved.display(),
+        fields.join(", "),
+        first.field,
+        first.new
+    );
 }
 
 fn run_ablation(

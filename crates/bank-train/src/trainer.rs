@@ -158,7 +158,13 @@ pub fn train<B: AutodiffBackend>(
             state.step
         ));
     } else if options.resume {
-        progress.note("no checkpoint to resume from; starting from scratch");
+        // Named: a mistyped --name resumes nothing and starts a new run elsewhere.
+        let dir = options.run_dir.display();
+        progress.note(&if options.run_dir.exists() {
+            format!("{dir}: no checkpoint to resume from; starting from scratch")
+        } else {
+            format!("{dir} does not exist: nothing to resume; starting a new run there")
+        });
     }
     folder.create(config)?;
     let mut parallel = start_parallel(&mut state, config, &devices, resume_from.as_deref())?;

@@ -120,3 +120,40 @@ fn a_wrong_field_names_the_file_or_the_override_it_came_from() {
         .to_string();
     assert!(e.contains("--set eval.every=1"), "{e}");
 }
+
+/// One field set to two values by different options is refused, naming both; within one option
+/// the later value wins, and the same value twice (`0` and `0.0` too) is no conflict.
+#[test]
+fn a_field_set_two_ways_by_different_options_is_refused() {
+    use bank_train::config::check_override_conflicts as check;
+    let e = check(&[
+        ("--set", "train.views=4"),
+        ("--set", "eval.k=5"),
+        ("--devices", "train.views=1"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("train.views")
+            && e.contains("`train.views=4` (--set)")
+            && e.contains("`train.views=1` (--devices)"),
+        "{e}"
+    );
+    let e = check(&[("--set", "name=\"a\""), ("--name", "name=\"b\"")]).unwrap_err();
+    assert!(e.to_string().contains("--name"), "{e}");
+    // The later `--set` wins over the earlier one, and agrees with the other option.
+    check(&[
+        ("--set", "train.views=4"),
+        ("--set", "train.views=1"),
+        ("--name", "train.views=1"),
+    ])
+    .unwrap();
+    check(&[
+        ("--set", "method.consistency=0"),
+        ("--name", "method.consistency=0.0"),
+        ("--set", "train.devices=[\"cpu\", \"cpu\"]"),
+        ("--devices", "train.devices=[\"cpu\",\"cpu\"]"),
+    ])
+    .unwrap();
+    assert!(check(&[("--set", "no equals sign")]).is_err());
+}

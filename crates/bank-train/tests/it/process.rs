@@ -490,3 +490,61 @@ fn a_run_without_a_checkpoint_resumes_with_its_own_config() {
     // 10 classes × 2 images, not CIFAR-10.
     assert_eq!(summary(&dir).train_images, 20, "trained on other data");
 }
+
+/// `--devices` with an override it contradicts (`--set train.devices=[\"cpu\"]`) is refused,
+/// naming both, before any folder is made.
+#[test]
+fn an_option_that_contradicts_an_override_is_refused() {
+    let setup = Setup::new(1, 2);
+    let out = setup
+        .train("clash", false, &["train.devices=[\"cpu\"]"])
+        .args(["--devices", "cpu,cpu"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("train.devices=[\"cpu\"]") && err.contains("(--devices)"),
+        "{err}"
+    );
+    assert!(!setup.runs.exists(), "a folder was made");
+}
+
+/// A `--config` file given with `--resume` that differs from the run's `config.toml` is ignored
+/// (the run keeps its configuration), with a warning naming the field; the same file gives no
+/// warning. A `--resume` of a run that does not exist says so, naming the folder.
+#[test]
+fn a_resume_warns_when_its_config_file_differs_from_the_run() {
+    let setup = Setup::new(1, 2);
+    let file = setup.runs.parent().unwrap().join("recipe.toml");
+    fs::write(&file, "[optim]\nlr = 0.03\n").unwrap();
+    let run = |resume: bool| {
+        let mut cmd = setup.train("r", resume, &["checkpoint.every_steps=0"]);
+        let out = cmd.arg("--config").arg(&file).output().unwrap();
+        ok(out, "train")
+    };
+    let first = run(true);
+    let said = String::from_utf8_lossy(&first.stdout);
+    let dir = setup.run_dir("r");
+    assert!(
+        said.contains(&format!("{} does not exist", dir.display())),
+        "{said}"
+    );
+    let quiet = run(true);
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    fs::write(&file, "[optim]\nlr = 0.05\n").unwrap();
+    let warned = run(true);
+    let err = String::from_utf8_lossy(&warned.stderr);
+    assert!(
+        err.contains("warning")
+            && err.contains("recipe.toml")
+            && err.contains("`optim.lr` (run 0.03, file 0.05)"),
+        "{err}"
+    );
+    let saved = bank_train::TrainConfig::load(Some(&dir.join("config.toml")), &[]).unwrap();
+    assert_eq!(saved.optim.lr, 0.03, "the run's config changed");
+}
