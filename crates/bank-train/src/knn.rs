@@ -4,12 +4,12 @@
 use bank_core::MemoryBank;
 use bank_mining::{KnnConfig, Neighbours, query_neighbours};
 use burn::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
 /// Top-1 and top-5 accuracy, in [0, 1].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct KnnAccuracy {
     /// Fraction whose highest-voted class is right.
     pub top1: f64,

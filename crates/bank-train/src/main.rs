@@ -516,22 +516,41 @@ fn eval(
     )?;
     let model = burn::module::AutodiffModule::valid(&model);
     println!("checkpoint {}", ckpt.display());
+    // One folder per checkpoint evaluated; a protocol run again replaces its own entry only.
+    let out_dir = eval_folder(run, &ckpt);
+    let file = out_dir.join("eval.json");
+    let earlier = runner::read_report(&file)?;
+    std::fs::create_dir_all(&out_dir).with_context(|| out_dir.display().to_string())?;
     let inputs = runner::Inputs::<Train> {
         model: &model,
         bank: Some(&bank),
         eval: eval_sets,
         view: &data.view,
         config: &config,
-        out_dir: run,
+        out_dir: &out_dir,
     };
     let mut report = runner::run(protocols, &inputs, &device, &mut |line| println!("{line}"))?;
     report.checkpoint = Some(ckpt.display().to_string());
     for line in runner::lines(&report, &config) {
         println!("{line}");
     }
-    runner::write_report(&run.join("eval.json"), &report)?;
-    println!("written: {}", run.join("eval.json").display());
+    if let Some(earlier) = earlier {
+        report = report.keeping(earlier);
+    }
+    runner::write_report(&file, &report)?;
+    println!("written: {}", file.display());
     Ok(())
+}
+
+/// Where `eval` writes for checkpoint `ckpt`: `RUN/eval/<checkpoint folder name>/`, so that
+/// evaluating another checkpoint never replaces this one's results.
+fn eval_folder(run: &Path, ckpt: &Path) -> PathBuf {
+    let name = ckpt
+        .canonicalize()
+        .ok()
+        .and_then(|c| c.file_name().map(|n| n.to_os_string()))
+        .unwrap_or_else(|| "checkpoint".into());
+    run.join("eval").join(name)
 }
 
 fn export(

@@ -53,7 +53,7 @@ impl Default for LinearProbeConfig {
 }
 
 /// Top-1 and top-5 accuracy of the probe on the test split, in [0, 1].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ProbeAccuracy {
     /// Fraction whose highest logit is the right class.
     pub top1: f64,

@@ -7,12 +7,12 @@
 use bank_core::MemoryBankConfig;
 use bank_mining::{KnnConfig, Neighbours, nearest_neighbours};
 use burn::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
 /// Recall at one K.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RecallAt {
     /// Neighbours looked at.
     pub k: usize,

@@ -6,7 +6,7 @@ use std::path::Path;
 use bank_core::{HostBank, MemoryBankConfig};
 use bank_mining::{KnnConfig, query_neighbours};
 use burn::tensor::backend::AutodiffBackend;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::clustering::nmi_of_features;
 use super::features::{Features, compute_features};
@@ -25,7 +25,7 @@ const SHOWN_QUERIES: usize = 12;
 const SHOWN_NEIGHBOURS: usize = 8;
 
 /// Recall@K and NMI among the test images.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetrievalReport {
     /// Test images (queries).
     pub images: usize,
@@ -38,7 +38,7 @@ pub struct RetrievalReport {
 }
 
 /// What the protocols measured; absent entries were not asked for.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ProtocolReport {
     /// The checkpoint folder evaluated (`bank-train eval`; absent at the end of training, which
     /// evaluates the final state).
@@ -312,6 +312,40 @@ pub fn lines(report: &ProtocolReport, config: &TrainConfig) -> Vec<String> {
         ));
     }
     out
+}
+
+impl ProtocolReport {
+    /// This report with what `earlier` measured and this one did not (a protocol not run
+    /// again): `bank-train eval --protocol linear` after `--protocol knn` keeps the kNN result.
+    pub fn keeping(self, earlier: ProtocolReport) -> ProtocolReport {
+        ProtocolReport {
+            checkpoint: self.checkpoint.or(earlier.checkpoint),
+            knn_bank: self.knn_bank.or(earlier.knn_bank),
+            knn_recomputed: self.knn_recomputed.or(earlier.knn_recomputed),
+            linear_embedding: self.linear_embedding.or(earlier.linear_embedding),
+            linear_pooled: self.linear_pooled.or(earlier.linear_pooled),
+            retrieval: self.retrieval.or(earlier.retrieval),
+        }
+    }
+}
+
+/// Reads a report [`write_report`] wrote; `None` when `path` does not exist.
+///
+/// # Errors
+/// [`Error::Io`] when it cannot be read; [`Error::Report`] naming `path` when it is not such a
+/// report.
+pub fn read_report(path: &Path) -> Result<Option<ProtocolReport>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Report {
+            path: path.to_path_buf(),
+            reason: format!("not an evaluation report ({e}); move it away to evaluate again"),
+        })
 }
 
 /// Writes `report` as JSON to `path`.

@@ -548,3 +548,77 @@ fn a_resume_warns_when_its_config_file_differs_from_the_run() {
     let saved = bank_train::TrainConfig::load(Some(&dir.join("config.toml")), &[]).unwrap();
     assert_eq!(saved.optim.lr, 0.03, "the run's config changed");
 }
+
+/// `eval` writes one folder per checkpoint: evaluating an older checkpoint leaves the newest's
+/// results alone, and a second protocol on the same checkpoint keeps the first one's result. A
+/// damaged `eval.json` is refused, named, before anything is computed, and left as it was.
+#[test]
+fn eval_keeps_every_checkpoint_and_protocol_it_measured() {
+    let setup = Setup::new(2, 2);
+    ok(setup.train("e", false, &[]).output().unwrap(), "run");
+    let dir = setup.run_dir("e");
+    let mut ckpts: Vec<PathBuf> = fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    ckpts.sort();
+    assert_eq!(ckpts.len(), 2, "{ckpts:?}");
+    let eval = |extra: &[&std::ffi::OsStr]| {
+        let out = Command::new(BIN)
+            .args(["eval", "--run"])
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        ok(out, "eval")
+    };
+    let report = |ckpt: &Path| -> serde_json::Value {
+        let file = dir
+            .join("eval")
+            .join(ckpt.file_name().unwrap())
+            .join("eval.json");
+        serde_json::from_slice(&fs::read(file).unwrap()).unwrap()
+    };
+    eval(&[]);
+    let newest = report(&ckpts[1]);
+    assert!(
+        newest["knn_bank"].is_object() && newest["retrieval"].is_null(),
+        "{newest}"
+    );
+    eval(&["--protocol".as_ref(), "retrieval".as_ref()]);
+    let both = report(&ckpts[1]);
+    assert_eq!(
+        both["knn_bank"], newest["knn_bank"],
+        "the kNN result was lost"
+    );
+    assert!(both["retrieval"].is_object(), "{both}");
+    assert!(
+        dir.join("eval")
+            .join(ckpts[1].file_name().unwrap())
+            .join("retrieval.png")
+            .exists()
+    );
+    eval(&["--checkpoint".as_ref(), ckpts[0].as_os_str()]);
+    assert!(report(&ckpts[0])["knn_bank"].is_object());
+    assert_eq!(
+        report(&ckpts[1]),
+        both,
+        "the newest checkpoint's results changed"
+    );
+
+    let file = dir
+        .join("eval")
+        .join(ckpts[1].file_name().unwrap())
+        .join("eval.json");
+    fs::write(&file, b"{\"knn_bank\": 3").unwrap();
+    let out = Command::new(BIN)
+        .args(["eval", "--run"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert_eq!(fs::read(&file).unwrap(), b"{\"knn_bank\": 3");
+}
