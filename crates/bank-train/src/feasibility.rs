@@ -111,3 +111,47 @@ pub fn check_bank_against_data(
     }
     Ok(())
 }
+
+/// A lower bound on the bytes one training step holds (f32): the `train.batch_size ×
+/// train.views` input views of `data.image_size` and the backbone's first activation for each
+/// ([`Arch::first_activation`](crate::model::Arch::first_activation)), or the same for an
+/// evaluation batch (`eval.batch_size` views, centre crops of the same size) when larger. Every layer
+/// after the first and the backward pass come on top, so a step needs more than this.
+///
+/// # Errors
+/// [`Error::Config`] naming `data.image_size` when the dataset gives no default.
+pub fn step_memory_lower_bound(config: &TrainConfig) -> Result<u64> {
+    let per_view = |size: usize| {
+        let (c, side) = config.model.arch.first_activation(size);
+        (config.data.channels * size * size + c * side * side) as u64 * 4
+    };
+    let views = (config.train.batch_size * config.train.views).max(config.eval.batch_size);
+    Ok(views as u64 * per_view(config.data.image_size()?))
+}
+
+/// Refuses a configuration whose step cannot fit in `memory_bytes` (the machine's memory, for a
+/// backend that computes in it) by [`step_memory_lower_bound`]: a `data.image_size` of 100,000
+/// was killed by the kernel's out-of-memory killer, without a message, after the data
+/// had been read.
+///
+/// # Errors
+/// [`Error::Config`] naming `data.image_size`, the bound and the memory.
+pub fn check_step_memory(config: &TrainConfig, memory_bytes: u64) -> Result<()> {
+    let need = step_memory_lower_bound(config)?;
+    if need <= memory_bytes {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(Error::Config {
+        field: "data.image_size".into(),
+        reason: format!(
+            "{}: a step at this size needs more than {:.1} GiB (the views of a batch and {:?}'s \
+             first layer for each), and this machine has {:.1} GiB; use smaller views, or a \
+             smaller train.batch_size or eval.batch_size",
+            config.data.image_size()?,
+            gib(need),
+            config.model.arch,
+            gib(memory_bytes)
+        ),
+    })
+}

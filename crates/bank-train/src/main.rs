@@ -334,6 +334,9 @@ fn train(
         config = run_config;
     }
     // Refused before the data is read (decoding a dataset takes a minute the first time).
+    if let Some(memory) = host_memory() {
+        bank_train::feasibility::check_step_memory(&config, memory)?;
+    }
     bank_train::run_folder::RunFolder::open(&run_dir, resume)?;
     let root = data_source::data_root(data)?;
     match &config.data.path {
@@ -388,6 +391,20 @@ fn train(
     .collect();
     println!("run folder: {}/{{{}}}", run_dir.display(), files.join(","));
     Ok(())
+}
+
+/// The memory the backend computes in, in bytes, when it is the machine's (flex, ndarray,
+/// LibTorch on its default CPU device): the smaller of the physical memory and the cgroup's
+/// limit. `None` for a GPU backend.
+fn host_memory() -> Option<u64> {
+    if cfg!(any(feature = "cuda", feature = "wgpu")) {
+        return None;
+    }
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    let total = system.total_memory();
+    let limit = system.cgroup_limits().map_or(u64::MAX, |c| c.total_memory);
+    Some(total.min(limit)).filter(|&m| m > 0)
 }
 
 /// A config file given with `--resume` that differs from the run's own `config.toml` (both with

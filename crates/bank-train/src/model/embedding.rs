@@ -24,6 +24,18 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The backbone's first activation for a view of side `size` pixels: (channels, side) of the
+    /// stem convolution's output, which the network holds for every view of a batch: the small
+    /// CNN's 32 channels and a CIFAR stem's 64 at full size, an ImageNet stem's 64 at half
+    /// (stride 2, padding 3, 7×7).
+    pub fn first_activation(self, size: usize) -> (usize, usize) {
+        match self {
+            Self::SmallCnn => (32, size),
+            Self::Resnet18 | Self::Resnet50Cifar => (64, size),
+            Self::Resnet18Imagenet | Self::Resnet50 => (64, (size + 2 * 3 - 7) / 2 + 1),
+        }
+    }
+
     /// The smallest input side (pixels) the backbone maps to a non-empty feature map: the small
     /// CNN's two 2×2 max-pools (floor) need 4; a ResNet's stride-2 3×3 convolutions and max-pool
     /// (padding 1) keep at least one position from any size.

@@ -335,3 +335,40 @@ fn a_bank_that_is_not_the_datasets_is_refused_naming_the_bank_file() {
         .unwrap_err();
     assert!(e.to_string().contains("3 reference labels for 5"), "{e}");
 }
+
+/// The step's memory bound against hand-computed bytes, and a view size no machine here holds
+/// refused naming `data.image_size`, the sizes a recipe uses accepted.
+#[test]
+fn a_step_larger_than_the_machines_memory_is_refused_naming_the_image_size() {
+    use bank_train::feasibility::{check_step_memory, step_memory_lower_bound};
+    let load = |o: &[&str]| {
+        let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+        TrainConfig::load(None, &o).unwrap()
+    };
+    // Small CNN, 32 px, 3 channels: 256 training views of (3 + 32) × 32² floats; the default
+    // eval batch (256) is not larger.
+    let c = load(&[
+        "train.batch_size=128",
+        "train.views=2",
+        "data.image_size=32",
+    ]);
+    assert_eq!(step_memory_lower_bound(&c).unwrap(), 256 * 35 * 1024 * 4);
+    // An ImageNet stem halves the side (224 → 112); an eval batch of 512 is the larger.
+    let c = load(&[
+        "model.arch=resnet18_imagenet",
+        "train.batch_size=64",
+        "train.views=1",
+        "eval.batch_size=512",
+        "data.image_size=224",
+    ]);
+    let per_view = 3 * 224 * 224 + 64 * 112 * 112;
+    assert_eq!(step_memory_lower_bound(&c).unwrap(), 512 * per_view * 4);
+    let gib8 = 8u64 << 30;
+    check_step_memory(&c, gib8).unwrap();
+    let c = load(&["data.image_size=3200"]);
+    let e = check_step_memory(&c, gib8).unwrap_err().to_string();
+    assert!(
+        e.contains("data.image_size") && e.contains("3200") && e.contains("8.0 GiB"),
+        "{e}"
+    );
+}

@@ -622,3 +622,25 @@ fn eval_keeps_every_checkpoint_and_protocol_it_measured() {
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert_eq!(fs::read(&file).unwrap(), b"{\"knn_bank\": 3");
 }
+
+/// Views too large for this machine's memory are refused before the data is read and before a
+/// run folder is made (they were killed by the out-of-memory killer, without a message).
+#[test]
+fn views_too_large_for_the_machine_are_refused_before_any_work() {
+    let setup = Setup::new(1, 2);
+    let out = setup
+        .train("huge", false, &["data.image_size=100000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("data.image_size") && err.contains("GiB"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("indexed image tree"),
+        "the data was read: {err}"
+    );
+    assert!(!setup.runs.exists(), "a folder was made");
+}
