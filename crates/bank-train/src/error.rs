@@ -66,6 +66,16 @@ pub enum Error {
         /// Every refused change.
         changes: Vec<crate::resume::ConfigChange>,
     },
+    /// A checkpoint read for evaluation or export that was not written under the run's config.
+    #[error("{} does not match checkpoint {}: {reason}", config.display(), checkpoint.display())]
+    CheckpointOfAnotherRun {
+        /// The run's `config.toml`.
+        config: PathBuf,
+        /// The checkpoint folder.
+        checkpoint: PathBuf,
+        /// The fields that differ.
+        reason: String,
+    },
     /// Another process is training the same run folder (it holds the folder's lock).
     #[error(
         "{}: another process is training this run (wait for it to end, or stop it, then \

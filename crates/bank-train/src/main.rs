@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use bank_train::metrics::EpochMetrics;
 use bank_train::protocols::commands::{self, Split};
 use bank_train::protocols::{Protocol, runner};
-use bank_train::{Progress, RunOptions, TrainConfig, ablation, checkpoint, data_source};
+use bank_train::{Progress, RunOptions, TrainConfig, ablation, data_source};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
@@ -489,17 +489,13 @@ fn eval(
     chosen: Option<&Path>,
     protocols: &[Protocol],
 ) -> Result<()> {
-    if !run.is_dir() {
-        bail!("{}: no such run folder", run.display());
-    }
-    let config = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
-    let ckpt = match chosen {
-        Some(c) => c.to_path_buf(),
-        None => match checkpoint::latest(&run.join("checkpoints"))? {
-            Some(c) => c,
-            None => bail!("{}: no checkpoint to evaluate", run.display()),
-        },
-    };
+    let device = Default::default();
+    let loaded = commands::load_run::<Train>(run, chosen, &device)?;
+    let (config, ckpt, bank) = (&loaded.config, &loaded.checkpoint, &loaded.bank);
+    // One folder per checkpoint evaluated; a protocol run again replaces its own entry only.
+    let out_dir = eval_folder(run, ckpt);
+    let file = out_dir.join("eval.json");
+    let earlier = runner::read_report(&file)?;
     let data = data_source::open(&config.data, &data_source::data_root(data)?)?;
     let Some(eval_sets) = &data.eval else {
         bail!(
@@ -507,48 +503,25 @@ fn eval(
             run.display()
         );
     };
-    // The run's config.toml, the checkpoint, the bank and the data must belong together.
-    let ckpt_config = TrainConfig::from_toml(&checkpoint::read_state(&ckpt)?.config)
-        .with_context(|| format!("reading the config of checkpoint {}", ckpt.display()))?;
-    bank_train::resume::check_resume(&ckpt_config, &config).with_context(|| {
-        format!(
-            "{} does not match checkpoint {}",
-            run.join("config.toml").display(),
-            ckpt.display()
-        )
-    })?;
-    let device = Default::default();
-    let model = bank_train::state::model_config(&config).init::<Train>(&device);
-    let (model, _, bank, _) = checkpoint::load_host(
-        &ckpt,
-        model,
-        bank_train::optimizer::<Train>(&config),
-        &device,
-    )?;
     bank_train::feasibility::check_bank_against_data(
         &ckpt.join("bank.safetensors"),
         (bank.num_rows(), bank.dim()),
-        &config,
+        config,
         &data,
     )?;
-    let model = burn::module::AutodiffModule::valid(&model);
     println!("checkpoint {}", ckpt.display());
-    // One folder per checkpoint evaluated; a protocol run again replaces its own entry only.
-    let out_dir = eval_folder(run, &ckpt);
-    let file = out_dir.join("eval.json");
-    let earlier = runner::read_report(&file)?;
     std::fs::create_dir_all(&out_dir).with_context(|| out_dir.display().to_string())?;
     let inputs = runner::Inputs::<Train> {
-        model: &model,
-        bank: Some(&bank),
+        model: &loaded.model,
+        bank: Some(bank),
         eval: eval_sets,
         view: &data.view,
-        config: &config,
+        config,
         out_dir: &out_dir,
     };
     let mut report = runner::run(protocols, &inputs, &device, &mut |line| println!("{line}"))?;
     report.checkpoint = Some(ckpt.display().to_string());
-    for line in runner::lines(&report, &config) {
+    for line in runner::lines(&report, config) {
         println!("{line}");
     }
     if let Some(earlier) = earlier {
@@ -577,6 +550,8 @@ fn export(
     split: Split,
     out: &Path,
 ) -> Result<()> {
+    // An earlier export is refused before the checkpoint and the data are read.
+    bank_train::protocols::export::check_free(out)?;
     let device = Default::default();
     let loaded = commands::load_run::<Train>(run, chosen, &device)?;
     let data = data_source::open(&loaded.config.data, &data_source::data_root(data)?)?;

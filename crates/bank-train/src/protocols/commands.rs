@@ -40,10 +40,14 @@ pub struct LoadedRun<B: AutodiffBackend> {
     pub attachments: Vec<Attachment>,
 }
 
-/// Loads `run`'s config and `checkpoint` (default: the newest under `run/checkpoints`).
+/// Loads `run`'s config and `checkpoint` (default: the newest under `run/checkpoints`), after
+/// checking that the checkpoint was written under that config (as a resume would accept it): a
+/// checkpoint of another run is refused.
 ///
 /// # Errors
-/// No such run folder, no checkpoint, an unreadable config or checkpoint.
+/// No such run folder, no checkpoint, an unreadable config or checkpoint;
+/// [`Error::CheckpointOfAnotherRun`] naming both when the checkpoint's config differs from
+/// the run's in a field a resume may not change.
 pub fn load_run<B: AutodiffBackend>(
     run: &Path,
     checkpoint: Option<&Path>,
@@ -58,6 +62,15 @@ pub fn load_run<B: AutodiffBackend>(
         None => checkpoint::latest(&run.join("checkpoints"))?
             .ok_or_else(|| Error::checkpoint(run, "no checkpoint to read"))?,
     };
+    let ckpt_config = TrainConfig::from_toml(&checkpoint::read_state(&ckpt)?.config)
+        .map_err(|e| Error::checkpoint(&ckpt, format!("its config: {e}")))?;
+    crate::resume::check_resume(&ckpt_config, &config).map_err(|e| {
+        Error::CheckpointOfAnotherRun {
+            config: run.join("config.toml"),
+            checkpoint: ckpt.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     let model = crate::state::model_config(&config).init::<B>(device);
     let (model, _, bank, attachments) =
         checkpoint::load_host(&ckpt, model, crate::optimizer::<B>(&config), device)?;

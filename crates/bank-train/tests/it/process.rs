@@ -644,3 +644,60 @@ fn views_too_large_for_the_machine_are_refused_before_any_work() {
     );
     assert!(!setup.runs.exists(), "a folder was made");
 }
+
+/// `eval` and `export` refuse a `--checkpoint` of another run (here: another seed), naming the
+/// run's config and the checkpoint; `export` refuses an earlier export before it reads anything.
+#[test]
+fn eval_and_export_refuse_a_checkpoint_of_another_run() {
+    let setup = Setup::new(1, 2);
+    ok(setup.train("a", false, &[]).output().unwrap(), "a");
+    ok(setup.train("b", false, &["seed=1"]).output().unwrap(), "b");
+    let other = setup.run_dir("b").join("checkpoints");
+    let other = fs::read_dir(&other)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let out_file = setup.runs.join("x.safetensors");
+    let export: &[&str] = &["export", "--split", "bank", "--out"];
+    for args in [&["eval"][..], export] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        if args.len() > 1 {
+            cmd.arg(&out_file);
+        }
+        let out = cmd
+            .arg("--run")
+            .arg(setup.run_dir("a"))
+            .arg("--checkpoint")
+            .arg(&other)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("does not match checkpoint")
+                && err.contains(&other.display().to_string())
+                && err.contains("`seed` was 1, now 0"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!setup.run_dir("a").join("eval").exists());
+    assert!(!out_file.exists());
+    // An earlier export is named before the data is read (here the data is gone).
+    fs::write(&out_file, b"earlier").unwrap();
+    fs::remove_dir_all(&setup.images).unwrap();
+    let out = Command::new(BIN)
+        .args(export)
+        .arg(&out_file)
+        .arg("--run")
+        .arg(setup.run_dir("a"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&out_file.display().to_string()), "{err}");
+    assert!(!err.contains("images"), "the data was read first: {err}");
+    assert_eq!(fs::read(&out_file).unwrap(), b"earlier");
+}
