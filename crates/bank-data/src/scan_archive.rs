@@ -30,6 +30,13 @@ impl ImageIndex {
     pub fn scan_archive(archive: &Path, prefix: &str, options: &ScanOptions) -> Result<Self> {
         let prefix = normalise(prefix);
         let compressed = is_gzip(archive)?;
+        if !compressed && !is_tar(archive)? {
+            return Err(Error::format(
+                archive,
+                "a file, but neither a .tar nor a .tar.gz archive (no gzip or tar header): name \
+                 a folder of class folders, or an archive of one",
+            ));
+        }
         let namespace = read_namespace(archive, compressed)?;
         let visible = namespace.visible_files(archive, &prefix)?;
         let mut class_dirs = std::collections::BTreeSet::new();
@@ -102,6 +109,15 @@ pub(crate) fn is_gzip(path: &Path) -> Result<bool> {
         .and_then(|f| f.take(2).read_to_end(&mut magic))
         .map_err(|e| Error::io(path, e))?;
     Ok(magic == [0x1f, 0x8b])
+}
+
+/// Whether the file has a POSIX or GNU tar header (`ustar` at byte 257 of its first block).
+pub(crate) fn is_tar(path: &Path) -> Result<bool> {
+    let mut block = Vec::with_capacity(262);
+    File::open(path)
+        .and_then(|f| f.take(262).read_to_end(&mut block))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(block.get(257..262) == Some(b"ustar".as_slice()))
 }
 
 /// Opens the archive's tar stream (un-gzipped when `compressed`).

@@ -668,12 +668,39 @@ fn parse_override(assignment: &str) -> Result<(&str, toml::Value)> {
         reason: "an override is `section.field=value`".into(),
     })?;
     let raw = raw.trim();
-    let value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("parsed `v = …`"),
+        // Meant as a number, an array, a table or a quoted string, but not valid TOML: say why
+        // (a number beyond 64 bits was read as the string "9999…" before).
+        Err(e) if looks_like_toml(raw) => {
+            let integer = raw
+                .trim_start_matches(['+', '-'])
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '_');
+            let why = if integer {
+                format!("out of range for an integer (at most {})", i64::MAX)
+            } else {
+                e.message().trim_end().to_string()
+            };
+            return Err(Error::Config {
+                field: format!("--set {assignment}"),
+                reason: format!("`{raw}` is not a valid value: {why}"),
+            });
+        }
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
     Ok((key.trim(), value))
+}
+
+/// Whether an override's value is meant as TOML rather than a bare word: it starts like a
+/// number, an array, a table or a quoted string.
+fn looks_like_toml(raw: &str) -> bool {
+    let digits = raw.trim_start_matches(['+', '-']);
+    raw.starts_with(['[', '{', '"', '\''])
+        || (digits.starts_with(|c: char| c.is_ascii_digit())
+            && digits
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '_' | '.' | 'e' | 'E' | '+' | '-')))
 }
 
 /// Refuses overrides from different sources that set one field to two different values, e.g.

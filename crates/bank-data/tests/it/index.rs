@@ -232,3 +232,27 @@ fn a_tar_gz_and_the_same_plain_folder_give_identical_datasets() {
         reference_rgb(&bytes).as_raw().as_slice()
     );
 }
+
+/// A file that is neither a tar nor a gzip archive (a text file given as the data) is named as
+/// such, not as a corrupted archive; a plain `.tar` of the same tree is read.
+#[test]
+fn a_file_that_is_no_archive_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    fs::write(&notes, "hello\n".repeat(200)).unwrap();
+    let e = ImageIndex::scan_archive(&notes, "", &ScanOptions::default()).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("notes.txt") && text.contains("neither a .tar nor a .tar.gz"),
+        "{text}"
+    );
+    let tree = dir.path().join("tree/cat");
+    fs::create_dir_all(&tree).unwrap();
+    write_png(&tree.join("a.png"), 8, 8, &[128; 8 * 8 * 3]);
+    let tar_path = dir.path().join("tree.tar");
+    let mut b = tar::Builder::new(fs::File::create(&tar_path).unwrap());
+    b.append_dir_all(".", dir.path().join("tree")).unwrap();
+    b.into_inner().unwrap().flush().unwrap();
+    let index = ImageIndex::scan_archive(&tar_path, "", &ScanOptions::default()).unwrap();
+    assert_eq!(index.len(), 1);
+}

@@ -157,3 +157,29 @@ fn a_field_set_two_ways_by_different_options_is_refused() {
     .unwrap();
     assert!(check(&[("--set", "no equals sign")]).is_err());
 }
+
+/// An override meant as a number, an array or a quoted string that is not valid TOML says why
+/// (a number beyond 64 bits was taken as a string and reported as a wrong type); bare words,
+/// paths and names that start with a digit stay strings.
+#[test]
+fn an_invalid_override_value_says_why() {
+    let load = |o: &str| TrainConfig::load(None, &[o.to_string()]);
+    let e = load("train.epochs=99999999999999999999")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out of range for an integer"), "{e}");
+    let e = load("optim.milestones=[1,2").unwrap_err().to_string();
+    assert!(
+        e.contains("--set optim.milestones=[1,2") && e.contains("array"),
+        "{e}"
+    );
+    let e = load("optim.lr=1e400").unwrap_err().to_string();
+    assert!(e.contains("1e400") && e.contains("overflow"), "{e}");
+    assert_eq!(load("name=2024run").unwrap().name, "2024run");
+    assert_eq!(
+        load("optim.schedule=step").unwrap().optim.schedule,
+        LrSchedule::Step
+    );
+    let c = load("data.path=/tmp/x-1").unwrap();
+    assert_eq!(c.data.path.unwrap(), std::path::PathBuf::from("/tmp/x-1"));
+}
