@@ -96,7 +96,10 @@ pub(crate) fn decode_bytes(kind: ImageKind, bytes: &[u8]) -> Result<DecodedImage
         ImageKind::Png => check_png_complete(bytes)?,
     }
     let decoded = image::load_from_memory_with_format(bytes, kind.format())
-        .map_err(|e| format!("cannot decode the {kind:?} image (truncated or corrupt?): {e}"))?
+        .map_err(|e| match e {
+            image::ImageError::Limits(_) => too_large(kind, bytes),
+            e => format!("cannot decode the {kind:?} image (truncated or corrupt?): {e}"),
+        })?
         .into_rgb8();
     let (width, height) = decoded.dimensions();
     if width == 0 || height == 0 {
@@ -107,6 +110,19 @@ pub(crate) fn decode_bytes(kind: ImageKind, bytes: &[u8]) -> Result<DecodedImage
         width: width as usize,
         pixels: decoded.into_raw(),
     })
+}
+
+/// Why an image beyond the decoder's memory limit (`image`'s default, 512 MiB) is refused: its
+/// size, when its header gives it.
+fn too_large(kind: ImageKind, bytes: &[u8]) -> String {
+    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), kind.format());
+    let size = reader
+        .into_dimensions()
+        .map_or(String::new(), |(w, h)| format!(" ({w}×{h} pixels)"));
+    format!(
+        "the {kind:?} image{size} is too large to decode: it needs more memory than the \
+         decoder's limit of 512 MiB"
+    )
 }
 
 /// How the files of a tree map to labels.

@@ -256,3 +256,26 @@ fn a_file_that_is_no_archive_is_named_as_such() {
     let index = ImageIndex::scan_archive(&tar_path, "", &ScanOptions::default()).unwrap();
     assert_eq!(index.len(), 1);
 }
+
+/// A PNG whose header declares more pixels than the decoder may allocate (a 30,000 × 30,000
+/// image) is refused naming the file and its size, not as "truncated or corrupt".
+#[test]
+fn an_image_too_large_to_decode_is_named_with_its_size() {
+    let mut png = Vec::new();
+    image::RgbImage::from_raw(8, 8, vec![7; 8 * 8 * 3])
+        .unwrap()
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    assert_eq!(&png[12..16], b"IHDR");
+    png[16..20].copy_from_slice(&30_000u32.to_be_bytes());
+    png[20..24].copy_from_slice(&30_000u32.to_be_bytes());
+    let crc = crc32fast::hash(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    let e = decode_image(Path::new("big.png"), &png)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("big.png") && e.contains("30000×30000 pixels") && e.contains("too large"),
+        "{e}"
+    );
+}
