@@ -325,7 +325,7 @@ fn train(
     if resume && saved.exists() {
         // A resumed run keeps the configuration it was started with (plus these overrides),
         // also when it stopped before its first checkpoint; a config file that says otherwise
-        // is refused.
+        // is named in a warning.
         let run_config = TrainConfig::load(Some(&saved), overrides)
             .with_context(|| format!("reading the run's config {}", saved.display()))?;
         if let Some(path) = config_path {
