@@ -44,6 +44,8 @@ impl RunFolder {
         if dir.is_dir() {
             // Before its checkpoints are read: a run another process trains is refused first.
             folder.lock()?;
+        } else {
+            check_can_create(dir)?;
         }
         let latest = if resume {
             checkpoint::latest(&folder.checkpoints())?
@@ -112,5 +114,51 @@ impl RunFolder {
     /// `summary.json`.
     pub fn summary(&self) -> PathBuf {
         self.dir.join("summary.json")
+    }
+}
+
+/// Whether the folder `dir` (not there yet) can be made: the nearest existing folder above it
+/// must be a folder this process can write in. Checked by making and removing an empty file
+/// there, before the data is read: a `--runs` that is a file or a read-only folder failed only
+/// after the dataset had been decoded.
+fn check_can_create(dir: &Path) -> Result<()> {
+    let base = dir
+        .ancestors()
+        .skip(1)
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("."));
+    let refuse = |kind: std::io::ErrorKind, why: String| {
+        Err(Error::io(
+            base,
+            std::io::Error::new(
+                kind,
+                format!(
+                    "the run folder {} cannot be made here: {why}",
+                    dir.display()
+                ),
+            ),
+        ))
+    };
+    if !base.is_dir() {
+        return refuse(std::io::ErrorKind::NotADirectory, "not a folder".into());
+    }
+    let probe = base.join(format!(".membank-probe-{}", std::process::id()));
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => refuse(e.kind(), e.to_string()),
     }
 }

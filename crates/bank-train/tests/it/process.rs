@@ -701,3 +701,36 @@ fn eval_and_export_refuse_a_checkpoint_of_another_run() {
     assert!(!err.contains("images"), "the data was read first: {err}");
     assert_eq!(fs::read(&out_file).unwrap(), b"earlier");
 }
+
+/// A `--runs` that is a file is refused naming it before the data is read (here the data folder
+/// does not exist either), and the file is left as it was.
+#[test]
+fn a_runs_folder_that_is_a_file_is_refused_before_the_data_is_read() {
+    let root = tempfile::tempdir().unwrap();
+    let runs = root.path().join("runs");
+    fs::write(&runs, b"mine").unwrap();
+    let out = Command::new(BIN)
+        .args(["train", "--runs"])
+        .arg(&runs)
+        .arg("--data")
+        .arg(root.path().join("no-such-data"))
+        .env_remove("MEMBANK_DATA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&runs.display().to_string()) && err.contains("not a folder"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("no-such-data"),
+        "the data was looked at first: {err}"
+    );
+    assert_eq!(fs::read(&runs).unwrap(), b"mine");
+    assert_eq!(
+        fs::read_dir(root.path()).unwrap().count(),
+        1,
+        "a file was left"
+    );
+}
