@@ -122,6 +122,15 @@ impl Setup {
     }
 }
 
+/// Runs `cmd`, which must fail with exit status 1 (an error, not a panic); its stderr.
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
 fn ok(output: Output, what: &str) -> Output {
     assert!(
         output.status.success(),
@@ -304,15 +313,13 @@ fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
     // A `--checkpoint` that does not exist is named as such (not as a checkpoint missing its
     // checksum list).
     let missing = dir.join("checkpoints").join("epoch-0009");
-    let out = Command::new(BIN)
-        .args(["eval", "--run"])
-        .arg(&dir)
-        .arg("--checkpoint")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = fails(
+        Command::new(BIN)
+            .args(["eval", "--run"])
+            .arg(&dir)
+            .arg("--checkpoint")
+            .arg(&missing),
+    );
     assert!(
         err.contains(&missing.display().to_string()) && err.contains("no such checkpoint folder"),
         "{err}"
@@ -341,14 +348,7 @@ fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
         .unwrap()
         .unwrap();
     fs::remove_file(removed.path()).unwrap();
-    let out = Command::new(BIN)
-        .args(["eval", "--run"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(!err.contains("panicked"), "{err}");
+    let err = fails(Command::new(BIN).args(["eval", "--run"]).arg(&dir));
     assert!(
         err.contains("bank.safetensors")
             && err.contains("20 rows")
@@ -411,19 +411,16 @@ fn the_variant_flag_trains_one_arm_of_the_ablation_and_refuses_unknown_ones() {
 fn the_binary_refuses_a_data_folder_that_does_not_exist() {
     let root = tempfile::tempdir().unwrap();
     let (missing, runs) = (root.path().join("no-such-data"), root.path().join("runs"));
-    let out = Command::new(BIN)
-        .args(["train", "--runs"])
-        .arg(&runs)
-        .arg("--data")
-        .arg(&missing)
-        .env_remove("MEMBANK_DATA")
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    let err = fails(
+        Command::new(BIN)
+            .args(["train", "--runs"])
+            .arg(&runs)
+            .arg("--data")
+            .arg(&missing)
+            .env_remove("MEMBANK_DATA")
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("RUST_LIB_BACKTRACE"),
+    );
     let named = missing.display().to_string();
     assert!(err.contains("--data") && err.contains(&named), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
@@ -440,16 +437,14 @@ fn the_binary_refuses_an_existing_run_before_reading_the_data() {
     let run = runs.join("taken");
     fs::create_dir_all(&run).unwrap();
     fs::write(run.join("notes.txt"), "mine").unwrap();
-    let out = Command::new(BIN)
-        .args(["train", "--name", "taken", "--runs"])
-        .arg(&runs)
-        .arg("--data")
-        .arg(&missing)
-        .env_remove("MEMBANK_DATA")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = fails(
+        Command::new(BIN)
+            .args(["train", "--name", "taken", "--runs"])
+            .arg(&runs)
+            .arg("--data")
+            .arg(&missing)
+            .env_remove("MEMBANK_DATA"),
+    );
     assert!(
         err.contains("already exists") && err.contains("--resume"),
         "{err}"
@@ -496,13 +491,11 @@ fn a_run_without_a_checkpoint_resumes_with_its_own_config() {
 #[test]
 fn an_option_that_contradicts_an_override_is_refused() {
     let setup = Setup::new(1, 2);
-    let out = setup
-        .train("clash", false, &["train.devices=[\"cpu\"]"])
-        .args(["--devices", "cpu,cpu"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = fails(
+        setup
+            .train("clash", false, &["train.devices=[\"cpu\"]"])
+            .args(["--devices", "cpu,cpu"]),
+    );
     assert!(
         err.contains("train.devices=[\"cpu\"]") && err.contains("(--devices)"),
         "{err}"
@@ -612,13 +605,7 @@ fn eval_keeps_every_checkpoint_and_protocol_it_measured() {
         .join(ckpts[1].file_name().unwrap())
         .join("eval.json");
     fs::write(&file, b"{\"knn_bank\": 3").unwrap();
-    let out = Command::new(BIN)
-        .args(["eval", "--run"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = fails(Command::new(BIN).args(["eval", "--run"]).arg(&dir));
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert_eq!(fs::read(&file).unwrap(), b"{\"knn_bank\": 3");
 }
@@ -628,12 +615,7 @@ fn eval_keeps_every_checkpoint_and_protocol_it_measured() {
 #[test]
 fn views_too_large_for_the_machine_are_refused_before_any_work() {
     let setup = Setup::new(1, 2);
-    let out = setup
-        .train("huge", false, &["data.image_size=100000"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = fails(&mut setup.train("huge", false, &["data.image_size=100000"]));
     assert!(
         err.contains("data.image_size") && err.contains("GiB"),
         "{err}"
@@ -688,15 +670,13 @@ fn eval_and_export_refuse_a_checkpoint_of_another_run() {
     // An earlier export is named before the data is read (here the data is gone).
     fs::write(&out_file, b"earlier").unwrap();
     fs::remove_dir_all(&setup.images).unwrap();
-    let out = Command::new(BIN)
-        .args(export)
-        .arg(&out_file)
-        .arg("--run")
-        .arg(setup.run_dir("a"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = fails(
+        Command::new(BIN)
+            .args(export)
+            .arg(&out_file)
+            .arg("--run")
+            .arg(setup.run_dir("a")),
+    );
     assert!(err.contains(&out_file.display().to_string()), "{err}");
     assert!(!err.contains("images"), "the data was read first: {err}");
     assert_eq!(fs::read(&out_file).unwrap(), b"earlier");
@@ -709,16 +689,14 @@ fn a_runs_folder_that_is_a_file_is_refused_before_the_data_is_read() {
     let root = tempfile::tempdir().unwrap();
     let runs = root.path().join("runs");
     fs::write(&runs, b"mine").unwrap();
-    let out = Command::new(BIN)
-        .args(["train", "--runs"])
-        .arg(&runs)
-        .arg("--data")
-        .arg(root.path().join("no-such-data"))
-        .env_remove("MEMBANK_DATA")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = fails(
+        Command::new(BIN)
+            .args(["train", "--runs"])
+            .arg(&runs)
+            .arg("--data")
+            .arg(root.path().join("no-such-data"))
+            .env_remove("MEMBANK_DATA"),
+    );
     assert!(
         err.contains(&runs.display().to_string()) && err.contains("not a folder"),
         "{err}"
