@@ -448,7 +448,7 @@ impl TrainConfig {
     /// # Errors
     /// [`Error::Io`] for an unreadable file; [`Error::Config`] for malformed TOML, an override
     /// not of the form `section.field=value`, an unknown field or a value of the wrong type
-    /// (naming the file, or the first `--set` override that brought it in), or a value out of
+    /// (naming the file, or the first override that brought it in), or a value out of
     /// range (naming the field).
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut table: toml::Table = match path {
@@ -467,7 +467,7 @@ impl TrainConfig {
         }
         let config: Self = Self::deserialize_table(table).map_err(|e| Error::Config {
             field: Self::culprit(path, file, overrides),
-            reason: e.to_string(),
+            reason: in_words(&e),
         })?;
         config.validate()?;
         Ok(config)
@@ -478,7 +478,7 @@ impl TrainConfig {
     }
 
     /// What to name when the file plus `overrides` does not deserialise: the first override after
-    /// which it stops doing so (`--set eval.every=1`), else the file.
+    /// which it stops doing so (`override eval.every=1`), else the file.
     fn culprit(path: Option<&Path>, mut table: toml::Table, overrides: &[String]) -> String {
         let file = path.map_or_else(|| "overrides".into(), |p| p.display().to_string());
         if Self::deserialize_table(table.clone()).is_err() {
@@ -488,7 +488,7 @@ impl TrainConfig {
             // Applied once already: cannot fail.
             let _ = apply_override(&mut table, o);
             if Self::deserialize_table(table.clone()).is_err() {
-                return format!("--set {o}");
+                return format!("override {o}");
             }
         }
         file
@@ -660,6 +660,29 @@ impl TrainConfig {
     }
 }
 
+/// A field-type error of serde/toml in one line and without Rust's type names: "invalid value:
+/// integer `-1`, expected usize\nin `train.epochs`\n" becomes "invalid value: integer `-1`,
+/// expected a whole number >= 0, in `train.epochs`".
+fn in_words(e: &toml::de::Error) -> String {
+    let text = e.to_string();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    [
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected u32", "expected a whole number >= 0"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+    ]
+    .iter()
+    .fold(line, |l, (rust, words)| l.replace(rust, words))
+}
+
 /// An override split into its dotted key and its value: TOML syntax, a bare word (e.g.
 /// `cosine`) taken as a string.
 fn parse_override(assignment: &str) -> Result<(&str, toml::Value)> {
@@ -683,7 +706,7 @@ fn parse_override(assignment: &str) -> Result<(&str, toml::Value)> {
                 e.message().trim_end().to_string()
             };
             return Err(Error::Config {
-                field: format!("--set {assignment}"),
+                field: format!("override {assignment}"),
                 reason: format!("`{raw}` is not a valid value: {why}"),
             });
         }

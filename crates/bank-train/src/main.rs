@@ -255,8 +255,10 @@ fn run() -> Result<()> {
             set.extend(overrides);
             // Each override with the option it came from: one field set to two values by two
             // options is refused.
-            let mut sourced: Vec<(String, String)> =
-                set.iter().map(|o| ("--set".into(), o.clone())).collect();
+            let mut sourced: Vec<(String, String)> = set
+                .iter()
+                .map(|o| ("an override".into(), o.clone()))
+                .collect();
             if !devices.is_empty() {
                 sourced.push(("--devices".into(), format!("train.devices={devices:?}")));
             }

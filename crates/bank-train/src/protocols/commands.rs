@@ -45,32 +45,50 @@ pub struct LoadedRun<B: AutodiffBackend> {
 /// checkpoint of another run is refused.
 ///
 /// # Errors
-/// No such run folder, no checkpoint, an unreadable config or checkpoint;
-/// [`Error::CheckpointOfAnotherRun`] naming both when the checkpoint's config differs from
-/// the run's in a field a resume may not change.
+/// No such run folder, no checkpoint, a `checkpoint` outside `run/checkpoints/`, an unreadable
+/// config or checkpoint; [`Error::CheckpointOfAnotherRun`] naming both when the checkpoint's
+/// config differs from the run's in a field a resume may not change.
 pub fn load_run<B: AutodiffBackend>(
     run: &Path,
     checkpoint: Option<&Path>,
     device: &B::Device,
 ) -> Result<LoadedRun<B>> {
     if !run.is_dir() {
-        return Err(Error::checkpoint(run, "no such run folder"));
+        let why = if run.exists() {
+            "not a folder"
+        } else {
+            "no such run folder"
+        };
+        return Err(Error::checkpoint(run, why));
     }
     let config = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
     let ckpt = match checkpoint {
-        Some(p) => p.to_path_buf(),
+        Some(p) => {
+            check_checkpoint_of(run, p)?;
+            p.to_path_buf()
+        }
         None => checkpoint::latest(&run.join("checkpoints"))?
             .ok_or_else(|| Error::checkpoint(run, "no checkpoint to read"))?,
     };
     let ckpt_config = TrainConfig::from_toml(&checkpoint::read_state(&ckpt)?.config)
         .map_err(|e| Error::checkpoint(&ckpt, format!("its config: {e}")))?;
-    crate::resume::check_resume(&ckpt_config, &config).map_err(|e| {
-        Error::CheckpointOfAnotherRun {
+    let refused: Vec<String> = crate::resume::config_changes(&ckpt_config, &config)
+        .into_iter()
+        .filter(|c| !crate::resume::changeable(&c.field))
+        .map(|c| {
+            format!(
+                "`{}` is {} in the checkpoint, {} in the run",
+                c.field, c.old, c.new
+            )
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(Error::CheckpointOfAnotherRun {
             config: run.join("config.toml"),
-            checkpoint: ckpt.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+            checkpoint: ckpt,
+            reason: refused.join("; "),
+        });
+    }
     let model = crate::state::model_config(&config).init::<B>(device);
     let (model, _, bank, attachments) =
         checkpoint::load_host(&ckpt, model, crate::optimizer::<B>(&config), device)?;
@@ -81,6 +99,31 @@ pub fn load_run<B: AutodiffBackend>(
         bank,
         attachments,
     })
+}
+
+/// Refuses a `--checkpoint` that is not one of `run`'s (in `run/checkpoints/`): its results
+/// would be filed under a run that never had it.
+fn check_checkpoint_of(run: &Path, checkpoint: &Path) -> Result<()> {
+    if !checkpoint.is_dir() {
+        return Err(Error::checkpoint(checkpoint, "no such checkpoint folder"));
+    }
+    let own = run.join("checkpoints").canonicalize().ok();
+    let parent = checkpoint
+        .canonicalize()
+        .ok()
+        .and_then(|c| c.parent().map(Path::to_path_buf));
+    if own.is_some() && own == parent {
+        return Ok(());
+    }
+    Err(Error::checkpoint(
+        checkpoint,
+        format!(
+            "not a checkpoint of run {} (whose checkpoints are in {}); give --run the run folder \
+             it belongs to",
+            run.display(),
+            run.join("checkpoints").display()
+        ),
+    ))
 }
 
 /// Labels of every item (−1 when unlabelled) and the sources of `dataset`.

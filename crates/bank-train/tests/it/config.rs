@@ -93,7 +93,7 @@ fn invalid_values_and_unknown_fields_are_named() {
 }
 
 /// An unknown field or a value of the wrong type is blamed on where it came from: the file when
-/// it is in the file, else the first `--set` that brought it in.
+/// it is in the file, else the first override that brought it in; in one line, without Rust's type names.
 #[test]
 fn a_wrong_field_names_the_file_or_the_override_it_came_from() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,18 +107,26 @@ fn a_wrong_field_names_the_file_or_the_override_it_came_from() {
     let ok = ["train.batch_size=64"];
     let e = err(&good, &[ok[0], "eval.every=100", "eval.k=5"]);
     assert!(
-        e.contains("`--set eval.every=100`") && e.contains("every") && !e.contains("good.toml"),
+        e.contains("`override eval.every=100`") && e.contains("every") && !e.contains("good.toml"),
         "{e}"
     );
     let e = err(&good, &[ok[0], "train.epochs=\"ten\""]);
-    assert!(e.contains("--set train.epochs=\"ten\""), "{e}");
+    assert!(e.contains("override train.epochs=\"ten\""), "{e}");
     let e = err(&typo, &ok);
     assert!(e.contains("typo.toml") && e.contains("every"), "{e}");
-    assert!(!e.contains("--set"), "{e}");
+    assert!(!e.contains("override"), "{e}");
     let e = TrainConfig::load(None, &["eval.every=1".into()])
         .unwrap_err()
         .to_string();
-    assert!(e.contains("--set eval.every=1"), "{e}");
+    assert!(e.contains("override eval.every=1"), "{e}");
+    let e = TrainConfig::load(None, &["train.epochs=-1".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("expected a whole number >= 0") && e.contains("in `train.epochs`"),
+        "{e}"
+    );
+    assert!(!e.contains("usize") && e.lines().count() == 1, "{e:?}");
 }
 
 /// One field set to two values by different options is refused, naming both; within one option
@@ -170,7 +178,7 @@ fn an_invalid_override_value_says_why() {
     assert!(e.contains("out of range for an integer"), "{e}");
     let e = load("optim.milestones=[1,2").unwrap_err().to_string();
     assert!(
-        e.contains("--set optim.milestones=[1,2") && e.contains("array"),
+        e.contains("override optim.milestones=[1,2") && e.contains("array"),
         "{e}"
     );
     let e = load("optim.lr=1e400").unwrap_err().to_string();

@@ -627,44 +627,60 @@ fn views_too_large_for_the_machine_are_refused_before_any_work() {
     assert!(!setup.runs.exists(), "a folder was made");
 }
 
-/// `eval` and `export` refuse a `--checkpoint` of another run (here: another seed), naming the
-/// run's config and the checkpoint; `export` refuses an earlier export before it reads anything.
+/// `eval` and `export` refuse a `--checkpoint` of another run (one with the same settings but
+/// its name, which a resume could change) and a checkpoint written under another config than
+/// the run's `config.toml` (here edited to another seed), naming both; `export` refuses an
+/// earlier export before it reads anything.
 #[test]
 fn eval_and_export_refuse_a_checkpoint_of_another_run() {
     let setup = Setup::new(1, 2);
     ok(setup.train("a", false, &[]).output().unwrap(), "a");
-    ok(setup.train("b", false, &["seed=1"]).output().unwrap(), "b");
-    let other = setup.run_dir("b").join("checkpoints");
-    let other = fs::read_dir(&other)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    ok(setup.train("b", false, &[]).output().unwrap(), "b");
+    let first = |run: &str| {
+        let mut c: Vec<PathBuf> = fs::read_dir(setup.run_dir(run).join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        c.sort();
+        c.remove(0)
+    };
+    let (other, own) = (first("b"), first("a"));
     let out_file = setup.runs.join("x.safetensors");
     let export: &[&str] = &["export", "--split", "bank", "--out"];
-    for args in [&["eval"][..], export] {
+    let refuse = |args: &[&str], ckpt: &Path| {
         let mut cmd = Command::new(BIN);
         cmd.args(args);
         if args.len() > 1 {
             cmd.arg(&out_file);
         }
-        let out = cmd
-            .arg("--run")
-            .arg(setup.run_dir("a"))
-            .arg("--checkpoint")
-            .arg(&other)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        fails(
+            cmd.arg("--run")
+                .arg(setup.run_dir("a"))
+                .arg("--checkpoint")
+                .arg(ckpt),
+        )
+    };
+    for args in [&["eval"][..], export] {
+        let err = refuse(args, &other);
         assert!(
-            err.contains("does not match checkpoint")
-                && err.contains(&other.display().to_string())
-                && err.contains("`seed` was 1, now 0"),
+            err.contains("not a checkpoint of run") && err.contains(&other.display().to_string()),
             "{args:?}: {err}"
         );
     }
+    let config = setup.run_dir("a").join("config.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, text.replace("seed = 0", "seed = 1")).unwrap();
+    for args in [&["eval"][..], export] {
+        let err = refuse(args, &own);
+        assert!(
+            err.contains("does not match checkpoint")
+                && err.contains(&own.display().to_string())
+                && err.contains("`seed` is 0 in the checkpoint, 1 in the run")
+                && !err.contains("resume"),
+            "{args:?}: {err}"
+        );
+    }
+    fs::write(&config, text).unwrap();
     assert!(!setup.run_dir("a").join("eval").exists());
     assert!(!out_file.exists());
     // An earlier export is named before the data is read (here the data is gone).
