@@ -101,6 +101,10 @@ enum Task {
         /// Protocols, comma-separated (passed to `bank-train eval --protocol`).
         #[arg(long, default_value = "knn")]
         protocol: String,
+        /// One of the run's checkpoint folders (`RUN/checkpoints/epoch-NNNN`) instead of the
+        /// newest.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
     /// Demonstrate the bank and the losses: learn embeddings of synthetic "images" (release build).
     Demo {
@@ -358,12 +362,16 @@ fn run_task(task: Task) -> Result<()> {
             run: dir,
             data,
             protocol,
+            checkpoint,
         } => {
             let mut cmd = bank_train(backend)?;
             cmd.arg("eval").arg("--run").arg(absolute(&dir)?);
             cmd.arg("--protocol").arg(protocol);
             if let Some(data) = data {
                 cmd.arg("--data").arg(absolute(&data)?);
+            }
+            if let Some(checkpoint) = checkpoint {
+                cmd.arg("--checkpoint").arg(absolute(&checkpoint)?);
             }
             run(cmd)
         }

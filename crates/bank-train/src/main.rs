@@ -522,7 +522,9 @@ fn eval(
         out_dir: &out_dir,
     };
     let mut report = runner::run(protocols, &inputs, &device, &mut |line| println!("{line}"))?;
-    report.checkpoint = Some(ckpt.display().to_string());
+    // The same path however the checkpoint was named (relative, absolute, through xtask).
+    let canonical = ckpt.canonicalize().unwrap_or_else(|_| ckpt.clone());
+    report.checkpoint = Some(canonical.display().to_string());
     for line in runner::lines(&report, config) {
         println!("{line}");
     }
