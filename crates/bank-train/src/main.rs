@@ -430,7 +430,7 @@ fn warn_config_file_ignored(file: &Path, saved: &Path, run: &TrainConfig, given:
         .collect();
     eprintln!(
         "warning: {} differs from the run's {} in {}; a resumed run keeps its own configuration: \
-         to change a field, pass it as an override (e.g. {}={})",
+         to change a field, pass it as an override (e.g. `-- {}={}` after the options)",
         file.display(),
         saved.display(),
         fields.join(", "),

@@ -145,8 +145,8 @@ pub fn append(path: &Path, m: &EpochMetrics) -> Result<()> {
     writeln!(f, "{line}").map_err(|e| Error::io(path, e))
 }
 
-/// Reads `metrics.jsonl`, keeping the epochs up to `up_to` (and rewriting the file so that a run
-/// resumed after a crash does not record an epoch twice).
+/// Reads `metrics.jsonl`, keeping the epochs up to `up_to` (and rewriting the file, when that
+/// drops lines, so that a run resumed after a crash does not record an epoch twice).
 pub fn read_and_truncate(path: &Path, up_to: usize) -> Result<Vec<EpochMetrics>> {
     if !path.is_file() {
         return Ok(Vec::new());
@@ -162,7 +162,9 @@ pub fn read_and_truncate(path: &Path, up_to: usize) -> Result<Vec<EpochMetrics>>
         out.push_str(&serde_json::to_string(m).expect("metrics serialise"));
         out.push('\n');
     }
-    bank_core::write_atomic(path, out.as_bytes())?;
+    if out != text {
+        bank_core::write_atomic(path, out.as_bytes())?;
+    }
     Ok(kept)
 }
 

@@ -166,7 +166,16 @@ pub fn train<B: AutodiffBackend>(
             format!("{dir} does not exist: nothing to resume; starting a new run there")
         });
     }
-    folder.create(config)?;
+    if resume_from.is_some() && state.epochs_done == config.train.epochs {
+        // Nothing left to train: `config.toml` keeps describing the training that was done (an
+        // override given now, say `optim.lr`, was never used); the folder is locked already.
+        progress.note(&format!(
+            "all {} epochs done: nothing to train; evaluating again (config.toml kept)",
+            state.epochs_done
+        ));
+    } else {
+        folder.create(config)?;
+    }
     let mut parallel = start_parallel(&mut state, config, &devices, resume_from.as_deref())?;
     if let Some(p) = &parallel {
         progress.note(&format!(

@@ -728,3 +728,35 @@ fn a_runs_folder_that_is_a_file_is_refused_before_the_data_is_read() {
         "a file was left"
     );
 }
+
+/// A `--resume` of a finished run trains nothing: it evaluates again, and the run's
+/// `config.toml` and `metrics.jsonl` stay as they were, also with an override (here the learning
+/// rate, which a resume may change but which no epoch used).
+#[test]
+fn a_finished_run_resumed_keeps_its_config_and_metrics() {
+    let setup = Setup::new(1, 2);
+    ok(setup.train("f", false, &[]).output().unwrap(), "train");
+    let dir = setup.run_dir("f");
+    let before: Vec<Vec<u8>> = ["config.toml", "metrics.jsonl"]
+        .iter()
+        .map(|f| fs::read(dir.join(f)).unwrap())
+        .collect();
+    let modified = fs::metadata(dir.join("metrics.jsonl"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let out = ok(
+        setup.train("f", true, &["optim.lr=0.05"]).output().unwrap(),
+        "resume",
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("nothing to train"), "{said}");
+    for (file, bytes) in ["config.toml", "metrics.jsonl"].iter().zip(&before) {
+        assert_eq!(&fs::read(dir.join(file)).unwrap(), bytes, "{file} changed");
+    }
+    let after = fs::metadata(dir.join("metrics.jsonl"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(after, modified, "metrics.jsonl was rewritten");
+}
