@@ -728,9 +728,10 @@ fn looks_like_toml(raw: &str) -> bool {
 
 /// Refuses overrides from different sources that set one field to two different values, e.g.
 /// `--set name=a` with `--name b`, or `--set train.devices=…` with `--devices …`: otherwise the
-/// later one would win without a word. Each override comes with its source (`--set`, `--name`,
-/// `--devices`), named in the message. Within one source the later override wins (`--set a=1 --set a=2` gives 2, as a
-/// script adds to its base overrides); the same value from two sources is accepted.
+/// later one would win without a word. Each override comes with its source (an override,
+/// `--name`, `--devices`), named in the message. Within one source the later override wins
+/// (`a=1 a=2` gives 2, as a script adds to its base overrides); the same value from two sources
+/// is accepted.
 ///
 /// # Errors
 /// [`Error::Config`] naming the field and both overrides with their sources; an override not of

@@ -494,8 +494,16 @@ fn eval(
     let device = Default::default();
     let loaded = commands::load_run::<Train>(run, chosen, &device)?;
     let (config, ckpt, bank) = (&loaded.config, &loaded.checkpoint, &loaded.bank);
-    // One folder per checkpoint evaluated; a protocol run again replaces its own entry only.
-    let out_dir = eval_folder(run, ckpt);
+    // The same path however the checkpoint was named (relative, absolute, through xtask).
+    let canonical = ckpt
+        .canonicalize()
+        .with_context(|| ckpt.display().to_string())?;
+    // One folder per checkpoint evaluated (`RUN/eval/<checkpoint folder name>/`), so evaluating
+    // another checkpoint never replaces this one's results; a protocol run again replaces only
+    // its own entry.
+    let out_dir = run
+        .join("eval")
+        .join(canonical.file_name().unwrap_or_default());
     let file = out_dir.join("eval.json");
     let earlier = runner::read_report(&file)?;
     let data = data_source::open(&config.data, &data_source::data_root(data)?)?;
@@ -522,8 +530,6 @@ fn eval(
         out_dir: &out_dir,
     };
     let mut report = runner::run(protocols, &inputs, &device, &mut |line| println!("{line}"))?;
-    // The same path however the checkpoint was named (relative, absolute, through xtask).
-    let canonical = ckpt.canonicalize().unwrap_or_else(|_| ckpt.clone());
     report.checkpoint = Some(canonical.display().to_string());
     for line in runner::lines(&report, config) {
         println!("{line}");
@@ -534,17 +540,6 @@ fn eval(
     runner::write_report(&file, &report)?;
     println!("written: {}", file.display());
     Ok(())
-}
-
-/// Where `eval` writes for checkpoint `ckpt`: `RUN/eval/<checkpoint folder name>/`, so that
-/// evaluating another checkpoint never replaces this one's results.
-fn eval_folder(run: &Path, ckpt: &Path) -> PathBuf {
-    let name = ckpt
-        .canonicalize()
-        .ok()
-        .and_then(|c| c.file_name().map(|n| n.to_os_string()))
-        .unwrap_or_else(|| "checkpoint".into());
-    run.join("eval").join(name)
 }
 
 fn export(

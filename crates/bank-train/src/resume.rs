@@ -80,16 +80,22 @@ pub fn changeable(field: &str) -> bool {
     CHANGEABLE_ON_RESUME.contains(&field)
 }
 
+/// The changes from `old` to `new` in fields outside [`CHANGEABLE_ON_RESUME`]: those that make
+/// `new` another run than `old`.
+pub fn refused_changes(old: &TrainConfig, new: &TrainConfig) -> Vec<ConfigChange> {
+    config_changes(old, new)
+        .into_iter()
+        .filter(|c| !changeable(&c.field))
+        .collect()
+}
+
 /// Refuses a resume of a run made with `old` under `new` when a field outside
 /// [`CHANGEABLE_ON_RESUME`] differs.
 ///
 /// # Errors
 /// [`Error::ResumeMismatch`] listing every refused field with its old and new value.
 pub fn check_resume(old: &TrainConfig, new: &TrainConfig) -> Result<()> {
-    let refused: Vec<ConfigChange> = config_changes(old, new)
-        .into_iter()
-        .filter(|c| !changeable(&c.field))
-        .collect();
+    let refused = refused_changes(old, new);
     if refused.is_empty() {
         Ok(())
     } else {

@@ -72,9 +72,8 @@ pub fn load_run<B: AutodiffBackend>(
     };
     let ckpt_config = TrainConfig::from_toml(&checkpoint::read_state(&ckpt)?.config)
         .map_err(|e| Error::checkpoint(&ckpt, format!("its config: {e}")))?;
-    let refused: Vec<String> = crate::resume::config_changes(&ckpt_config, &config)
+    let refused: Vec<String> = crate::resume::refused_changes(&ckpt_config, &config)
         .into_iter()
-        .filter(|c| !crate::resume::changeable(&c.field))
         .map(|c| {
             format!(
                 "`{}` is {} in the checkpoint, {} in the run",
