@@ -30,7 +30,8 @@ impl RunFolder {
     ///
     /// # Errors
     /// [`Error::RunExists`] for an existing folder without `resume`; [`Error::RunBusy`] when
-    /// another process trains it; IO errors listing checkpoints.
+    /// another process trains it; IO errors listing checkpoints; a damaged `metrics.jsonl`
+    /// (see [`metrics::read_lines`](crate::metrics::read_lines)).
     pub fn open(dir: &Path, resume: bool) -> Result<(Self, Option<PathBuf>)> {
         let mut folder = Self {
             dir: dir.to_path_buf(),
@@ -48,6 +49,8 @@ impl RunFolder {
             check_can_create(dir)?;
         }
         let latest = if resume {
+            // A damaged history is refused now, before the data is read, not after.
+            crate::metrics::read_lines(&folder.metrics())?;
             checkpoint::latest(&folder.checkpoints())?
         } else {
             None

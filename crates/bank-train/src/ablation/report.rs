@@ -77,12 +77,16 @@ impl RunRecord {
         }
         let summary: Summary = parse_json(&summary_path)?;
         let metrics = run.dir.join("metrics.jsonl");
-        let text = std::fs::read_to_string(&metrics).map_err(|e| Error::io(&metrics, e))?;
-        let epochs = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|e| malformed(&metrics, &e)))
-            .collect::<Result<Vec<EpochMetrics>>>()?;
+        if !metrics.is_file() {
+            return Err(Error::Checkpoint {
+                path: metrics,
+                reason: "missing from a finished run (it has summary.json)".into(),
+            });
+        }
+        let epochs = crate::metrics::read_lines(&metrics)?
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
         let protocols = run.dir.join("protocols.json");
         let linear_top1 = if protocols.is_file() {
             let v: serde_json::Value = parse_json(&protocols)?;

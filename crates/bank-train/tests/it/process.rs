@@ -731,7 +731,8 @@ fn a_runs_folder_that_is_a_file_is_refused_before_the_data_is_read() {
 
 /// A `--resume` of a finished run trains nothing: it evaluates again, and the run's
 /// `config.toml` and `metrics.jsonl` stay as they were, also with an override (here the learning
-/// rate, which a resume may change but which no epoch used).
+/// rate, which a resume may change but which no epoch used); a damaged `metrics.jsonl` is
+/// refused.
 #[test]
 fn a_finished_run_resumed_keeps_its_config_and_metrics() {
     let setup = Setup::new(1, 2);
@@ -759,4 +760,14 @@ fn a_finished_run_resumed_keeps_its_config_and_metrics() {
         .modified()
         .unwrap();
     assert_eq!(after, modified, "metrics.jsonl was rewritten");
+    // A history damaged in a way a kill cannot (a line cut short and followed by others) is
+    // refused, naming the file and the line, and left as it was.
+    let damaged = format!("{{\"epoch\":\n{}", String::from_utf8_lossy(&before[1]));
+    fs::write(dir.join("metrics.jsonl"), &damaged).unwrap();
+    let err = fails(&mut setup.train("f", true, &[]));
+    assert!(err.contains("metrics.jsonl: line 1 is not"), "{err}");
+    assert_eq!(
+        fs::read_to_string(dir.join("metrics.jsonl")).unwrap(),
+        damaged
+    );
 }
