@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch peer of membank: NPID with a memory bank (+ Bulat et al.'s K views and consistency).
+"""PyTorch peer of membank: NPID with a memory bank (+ Bulat et al.'s K views, consistency and merging).
 
 Same method and recipe as membank's CPU config (configs/cifar10_small_cpu.toml and the defaults of
 crates/bank-train/src/config.rs): small CNN conv3x3(32)-BN-ReLU-maxpool2, conv3x3(64)-BN-ReLU-
@@ -19,6 +19,15 @@ Switches for every difference suspected between membank and a plain PyTorch impl
   --bn-momentum 0.1                               running-statistics momentum (PyTorch convention)
   --norm cifar|dataset|none                       input normalisation (membank: cifar)
   --drop-last                                     drop the last partial batch (membank: keeps it)
+
+Merging (--merge-start E; off by default), as membank's `groups = "recompute"` schedule with no
+similarity floor and no group cap (crates/bank-mining/src/merge.rs), which is the ablation issue's
+PyTorch reference: after epoch E (0-based, membank's merge.schedule.start_epoch) and every
+--merge-every epochs after it, the mutual nearest-neighbour pairs of bank rows are ranked by
+similarity (ties by the lower indices) and the first ceil(f * count) of them linked, f =
+min(fraction_start + r * fraction_step, fraction_cap) in round r (from 0), down to
+--merge-min-similarity; the pairs linked are the groups until the next round (recomputed groups
+are pairs, so membank's max_group_size never binds). A sample linked to j is trained on -log(p(i|x) + p(j|x)).
 
 Data: an image folder DIR/train/<class>/*.png and DIR/test/<class>/*.png (torchvision ImageFolder,
 loaded as RGB). Writes one JSON line per epoch and a summary to --out (or stdout).
@@ -65,6 +74,13 @@ def parse():
     p.add_argument("--norm", choices=["cifar", "dataset", "none"], default="cifar")
     p.add_argument("--drop-last", action="store_true")
     p.add_argument("--test-limit", type=int, default=0)
+    p.add_argument("--merge-start", type=int, default=-1, help="first merge round after this epoch (0-based); -1: off")
+    p.add_argument("--merge-every", type=int, default=1)
+    p.add_argument("--merge-fraction-start", type=float, default=0.05)
+    p.add_argument("--merge-fraction-step", type=float, default=0.05)
+    p.add_argument("--merge-fraction-cap", type=float, default=0.75)
+    p.add_argument("--merge-min-similarity", type=float, default=-1.0, help="no pair below it is linked")
+    p.add_argument("--no-probe", action="store_true", help="skip the BatchNorm probe (knn_bank_teststats)")
     p.add_argument("--out", default=None, help="JSON-lines file (epochs, then the summary)")
     p.add_argument("--tag", default="")
     return p.parse_args()
@@ -100,12 +116,20 @@ def init_model(model, how, scale):
             c.weight.mul_(scale)
 
 
-def bank_loss(f, bank, idx, views, tau, consistency):
+def bank_loss(f, bank, idx, views, tau, consistency, mate=None):
     """The method's loss: the full softmax over the bank (f [B*K, D] sample-major, idx [B] the
     samples' bank rows), mean over the B*K rows, plus consistency * the mean over samples and
-    ordered pairs of views of KL(p_k || p_j) when K > 1."""
+    ordered pairs of views of KL(p_k || p_j) when K > 1. With merging, mate [N] is each row's
+    partner (-1: none) and a merged sample's positive is its row and its partner's."""
     logp = F.log_softmax(f @ bank.t() / tau, dim=1)
-    loss = F.nll_loss(logp, idx.repeat_interleave(views))
+    target = idx.repeat_interleave(views)
+    if mate is None:
+        loss = F.nll_loss(logp, target)
+    else:
+        own = logp.gather(1, target[:, None])[:, 0]
+        m = mate[target]
+        other = logp.gather(1, m.clamp(min=0)[:, None])[:, 0]
+        loss = -torch.where(m >= 0, torch.logaddexp(own, other), own).mean()
     if consistency > 0 and views > 1:
         lp = logp.view(len(idx), views, -1)
         p = lp.exp()
@@ -119,6 +143,30 @@ def bank_update(bank, idx, f, views, m):
     """In place: each sample's row <- normalise(m * row + (1 - m) * mean of its K views)."""
     mean_f = f.detach().view(len(idx), views, -1).mean(dim=1)
     bank[idx] = F.normalize(m * bank[idx] + (1 - m) * mean_f, dim=1)
+
+
+@torch.no_grad()
+def merge_round(bank, fraction, labels, floor=-1.0, chunk=4096):
+    """One merge round: each row's partner [N] (-1: none) and a record of the round. The mutual
+    nearest-neighbour pairs (i < j) of the bank rows, most similar first (ties by i, then j), the
+    first ceil(fraction * count) of them linked, those at or above `floor`."""
+    n = bank.shape[0]
+    sim, nn = torch.empty(n), torch.empty(n, dtype=torch.long)
+    for s in range(0, n, chunk):
+        block = bank[s:s + chunk] @ bank.t()
+        block[torch.arange(block.shape[0]), torch.arange(s, s + block.shape[0])] = -float("inf")
+        sim[s:s + chunk], nn[s:s + chunk] = block.max(dim=1)
+    i = torch.arange(n)
+    mutual = (i < nn) & (nn[nn] == i)
+    cand = sorted(zip((-sim[mutual]).tolist(), i[mutual].tolist(), nn[mutual].tolist()))
+    take = [c for c in cand[: math.ceil(fraction * len(cand))] if -c[0] >= floor]
+    mate = torch.full((n,), -1, dtype=torch.long)
+    same = 0
+    for _, a, b in take:
+        mate[a], mate[b] = b, a
+        same += int(labels[a] == labels[b])
+    return mate, {"candidates": len(cand), "pairs_merged": len(take),
+                  "purity": same / len(take) if take else None}
 
 
 class Folder:
@@ -244,7 +292,7 @@ def main():
             print(json.dumps(rec), flush=True)
 
     emit({"event": "config", **vars(a), "side": side, "train": n, "test": len(test), "init_weights": weight_stats()})
-    step, history = 0, []
+    step, history, mate, rounds = 0, [], None, 0
     for epoch in range(a.epochs):
         model.train()
         t0, loss_sum = time.time(), 0.0
@@ -254,7 +302,7 @@ def main():
                 g["lr"] = lr
             x = torch.stack([augment(train.images[j]) for j in idx for _ in range(a.views)])
             f = model(x)  # [B*K, D], sample-major
-            loss = bank_loss(f, bank, idx, a.views, a.tau, a.consistency)
+            loss = bank_loss(f, bank, idx, a.views, a.tau, a.consistency, mate)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -264,7 +312,13 @@ def main():
         train_s = time.time() - t0
         # evaluation: test features in inference mode (running statistics) against the bank
         test_eval = embed(model, test, clean)
-        test_batch = embed_own_stats(model, test, clean)
+        test_batch = test_eval if a.no_probe else embed_own_stats(model, test, clean)
+        merge = None
+        if 0 <= a.merge_start <= epoch and (epoch - a.merge_start) % a.merge_every == 0:
+            fraction = min(a.merge_fraction_start + rounds * a.merge_fraction_step, a.merge_fraction_cap)
+            mate, merge = merge_round(bank, fraction, train.labels, a.merge_min_similarity)
+            merge["round"] = rounds
+            rounds += 1
         rec = {
             "event": "epoch", "epoch": epoch + 1, "loss": round(loss_sum / steps_per_epoch, 4), "lr": lr,
             "train_s": round(train_s, 1),
@@ -273,6 +327,7 @@ def main():
             "knn_bank_teststats": knn(bank, train.labels, test_batch, test.labels, a.k, a.tau, len(train.classes)),
             # how far apart the features of the same clean images are under the two sets of statistics
             "cos_eval_vs_teststats": round((test_eval * test_batch).sum(1).mean().item(), 4),
+            "merge": merge,
         }
         history.append(rec)
         emit(rec)

@@ -44,8 +44,9 @@ def peer_args(cfg):
         unsupported.append(f"model.arch = {cfg['model']['arch']!r} (the peer has the small CNN only)")
     if method["loss"] != "softmax":
         unsupported.append(f"method.loss = {method['loss']!r} (the peer has the full softmax only)")
-    if cfg["merge"]["enabled"]:
-        unsupported.append("merge.enabled = true (the peer does not merge)")
+    merge = cfg["merge"]["schedule"] if cfg["merge"]["enabled"] else None
+    if merge and merge["groups"] != "recompute":
+        unsupported.append("merge.schedule.groups = \"accumulate\" (the peer forms the groups afresh each round)")
     if optim["schedule"] != "cosine" or optim.get("warmup_epochs", 0) != 0 or optim["nesterov"]:
         unsupported.append("optim: the peer runs cosine lr per step, no warm-up, no Nesterov")
     if data.get("channels", 3) != 3:
@@ -63,7 +64,11 @@ def peer_args(cfg):
         "--tau", str(method["temperature"]), "--bank-m", str(method["bank_momentum"]),
         "--dim", str(cfg["model"]["dim"]), "--k", str(cfg["eval"]["k"]), "--seed", str(cfg["seed"]),
         "--test-limit", str(data.get("test_limit", 0)),
-    ]
+    ] + ([] if merge is None else [
+        "--merge-start", str(merge["start_epoch"]), "--merge-every", str(merge["every_epochs"]),
+        "--merge-fraction-start", str(merge["fraction_start"]), "--merge-fraction-step", str(merge["fraction_step"]),
+        "--merge-fraction-cap", str(merge["fraction_cap"]), "--merge-min-similarity", str(merge["min_similarity"]),
+    ])
 
 
 def read_jsonl(path):
