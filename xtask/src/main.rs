@@ -146,7 +146,7 @@ enum Task {
     },
     /// membank and its PyTorch peer (`benches/peer/npid.py`) trained with the same recipe on the
     /// same image folder (`train/<class>/`, `test/<class>/`; `benches/peer/make_datasets.py` makes
-    /// three): training loss and kNN top-1 against the bank per epoch side by side, and kNN
+    /// six): training loss and kNN top-1 against the bank per epoch side by side, and kNN
     /// against recomputed features, written to `RUNS/NAME-parity.md`. Exits 3 when an epoch
     /// differs by more than `--tolerance` points. Finished runs are reused.
     ///
@@ -600,11 +600,15 @@ fn is_package_variable(name: &str) -> bool {
         )
 }
 
+/// The checkout `cargo xtask` runs in: cargo's `CARGO_MANIFEST_DIR` of this run (the xtask
+/// package's folder), else the one it was compiled in. Not the compiled-in path first: a build
+/// reused from another checkout (a copied `target/`) would work on that checkout instead.
 pub(crate) fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
         .parent()
-        .unwrap()
-        .to_path_buf()
+        .map_or(manifest.clone(), Path::to_path_buf)
 }
 
 pub(crate) fn run(mut cmd: Command) -> Result<()> {

@@ -1,5 +1,22 @@
 //! `bank-train`: train an embedding network with a memory bank, or evaluate a trained run.
 
+/// `println!` that goes on when stdout is closed (`| head`, a pager quit, a `tee` that died):
+/// what the run prints is also in its folder, so losing the terminal must not end the training.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that goes on when stderr is closed (see `say!`).
+macro_rules! say_err {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod report;
 
 use std::io::IsTerminal;
@@ -202,9 +219,15 @@ impl Progress for Bars {
                     .map_or("-".into(), |p| format!("{:.1}%", 100.0 * p))
             )
         });
-        println!(
+        say!(
             "epoch {:>3}/{}  loss {:.4}  lr {:.5}  {:.0} img/s, {:.0} views/s ({:.0} s){knn}{merge}",
-            m.epoch, self.epochs, m.loss, m.lr, m.images_per_s, m.views_per_s, m.train_seconds
+            m.epoch,
+            self.epochs,
+            m.loss,
+            m.lr,
+            m.images_per_s,
+            m.views_per_s,
+            m.train_seconds
         );
     }
 
@@ -212,7 +235,7 @@ impl Progress for Bars {
         match &self.bar {
             // Above the bar, not appended to its line.
             Some(bar) => bar.println(line),
-            None => println!("{line}"),
+            None => say!("{line}"),
         }
     }
 }
@@ -234,6 +257,8 @@ fn run() -> Result<()> {
                 .unwrap_or_else(|_| "warn,bank_data=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Its own report of a failed write is an `eprintln!`, which panics on a closed stderr.
+        .log_internal_errors(false)
         // Colour codes only on a terminal: logs sent to a file or a pipe stay plain text.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -342,12 +367,12 @@ fn train(
     bank_train::run_folder::RunFolder::open(&run_dir, resume)?;
     let root = data_source::data_root(data)?;
     match &config.data.path {
-        Some(path) => println!("data: {} ({:?})", path.display(), config.data.dataset),
-        None => println!("data: {}", root.display()),
+        Some(path) => say!("data: {} ({:?})", path.display(), config.data.dataset),
+        None => say!("data: {}", root.display()),
     }
     let data = data_source::open(&config.data, &root)?;
     let device = Default::default();
-    println!(
+    say!(
         "backend {} · {:?} · {} train / {} test images · {}×{} px, {} channel(s) · B {} × K {} · {} epochs · run {}",
         <Inner as Backend>::name(&device),
         config.model.arch,
@@ -375,7 +400,7 @@ fn train(
         &device,
         &mut bars,
     )?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    say!("{}", serde_json::to_string_pretty(&summary)?);
     // What the run folder holds now (a resumed finished run rewrites only summary.json), the
     // optional files (protocols, pictures) when present.
     let files: Vec<&str> = [
@@ -391,7 +416,7 @@ fn train(
     .into_iter()
     .filter(|f| run_dir.join(f).exists())
     .collect();
-    println!("run folder: {}/{{{}}}", run_dir.display(), files.join(","));
+    say!("run folder: {}/{{{}}}", run_dir.display(), files.join(","));
     Ok(())
 }
 
@@ -428,7 +453,7 @@ fn warn_config_file_ignored(file: &Path, saved: &Path, run: &TrainConfig, given:
         .iter()
         .map(|c| format!("`{}` (run {}, file {})", c.field, c.old, c.new))
         .collect();
-    eprintln!(
+    say_err!(
         "warning: {} differs from the run's {} in {}; a resumed run keeps its own configuration: \
          to change a field, pass it as an override (e.g. `-- {}={}` after the options)",
         file.display(),
@@ -450,7 +475,7 @@ fn run_ablation(
         let data = data_source::open(&plan.recipe().data, &root)?;
         let device = Default::default();
         for (i, run) in runs.iter().enumerate() {
-            println!(
+            say!(
                 "ablation run {}/{}: {} (K {}, λ {}, merging {})",
                 i + 1,
                 runs.len(),
@@ -471,7 +496,7 @@ fn run_ablation(
                 .execute::<Train>(&data, &device, &mut bars)
                 .with_context(|| format!("ablation run {}", run.dir.display()))?;
             if outcome == ablation::Outcome::Skipped {
-                println!("  finished before: skipped");
+                say!("  finished before: skipped");
             }
         }
     }
@@ -480,7 +505,7 @@ fn run_ablation(
     let written = ablation::write(&report, plan.root())?;
     print!("{}", report.markdown());
     for file in written {
-        println!("written: {}", file.display());
+        say!("written: {}", file.display());
     }
     Ok(())
 }
@@ -519,7 +544,7 @@ fn eval(
         config,
         &data,
     )?;
-    println!("checkpoint {}", ckpt.display());
+    say!("checkpoint {}", ckpt.display());
     std::fs::create_dir_all(&out_dir).with_context(|| out_dir.display().to_string())?;
     let inputs = runner::Inputs::<Train> {
         model: &loaded.model,
@@ -529,16 +554,16 @@ fn eval(
         config,
         out_dir: &out_dir,
     };
-    let mut report = runner::run(protocols, &inputs, &device, &mut |line| println!("{line}"))?;
+    let mut report = runner::run(protocols, &inputs, &device, &mut |line| say!("{line}"))?;
     report.checkpoint = Some(canonical.display().to_string());
     for line in runner::lines(&report, config) {
-        println!("{line}");
+        say!("{line}");
     }
     if let Some(earlier) = earlier {
         report = report.keeping(earlier);
     }
     runner::write_report(&file, &report)?;
-    println!("written: {}", file.display());
+    say!("written: {}", file.display());
     Ok(())
 }
 
@@ -561,9 +586,9 @@ fn export(
         &loaded.config,
         &data,
     )?;
-    println!("checkpoint {}", loaded.checkpoint.display());
+    say!("checkpoint {}", loaded.checkpoint.display());
     for file in commands::export_run(&loaded, &data, split, out, &device)? {
-        println!("written: {}", file.display());
+        say!("written: {}", file.display());
     }
     Ok(())
 }

@@ -5,8 +5,11 @@
 /// Prints an error and its causes to stderr. Bad input is not a bug, so the stack backtrace
 /// (captured by `anyhow` when `RUST_BACKTRACE=1`, which many Rust users keep set for panics) is
 /// printed only when asked for errors in particular: `RUST_LIB_BACKTRACE=1`.
+/// A closed stderr is no reason to panic on the way out: the exit status still says it failed.
 pub(crate) fn report(err: &anyhow::Error) {
-    eprintln!("Error: {err}");
+    use std::io::Write as _;
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "Error: {err}");
     // A cause whose text the message above already shows (`path: {source}`) is not repeated.
     let mut above = err.to_string();
     let mut causes = Vec::new();
@@ -17,12 +20,12 @@ pub(crate) fn report(err: &anyhow::Error) {
         }
     }
     if !causes.is_empty() {
-        eprintln!("\nCaused by:");
+        let _ = writeln!(stderr, "\nCaused by:");
         for (i, cause) in causes.iter().enumerate() {
-            eprintln!("    {i}: {cause}");
+            let _ = writeln!(stderr, "    {i}: {cause}");
         }
     }
     if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v != "0") {
-        eprintln!("\nStack backtrace:\n{}", err.backtrace());
+        let _ = writeln!(stderr, "\nStack backtrace:\n{}", err.backtrace());
     }
 }
