@@ -441,6 +441,10 @@ impl Default for CheckpointConfig {
 /// and far beyond the cores there are they only cost memory (100,000 overflowed a stack).
 pub const MAX_THREADS: usize = 1024;
 
+/// The largest `data.image_size`: a view of 16,384² pixels is 3 GiB in f32, beyond any GPU's
+/// batch; a larger side overflowed the view buffer's size (a panic) where no memory check runs.
+pub const MAX_IMAGE_SIZE: usize = 16_384;
+
 impl TrainConfig {
     /// Reads `path` and applies `overrides` (`section.field=value`, value in TOML syntax; a bare
     /// word is taken as a string).
@@ -543,6 +547,17 @@ impl TrainConfig {
                     "{:?} needs views of at least {min_size}×{min_size} pixels (its pooling \
                      leaves nothing of smaller ones)",
                     self.model.arch
+                ),
+            );
+        }
+        if let Ok(size) = self.data.image_size()
+            && size > MAX_IMAGE_SIZE
+        {
+            return bad(
+                "data.image_size",
+                size.to_string(),
+                &format!(
+                    "must be at most {MAX_IMAGE_SIZE} (one view of that side is 3 GiB in f32)"
                 ),
             );
         }

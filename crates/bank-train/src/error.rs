@@ -56,6 +56,18 @@ pub enum Error {
         /// Which part: `model parameters`, `bank rows`, `NCE normaliser Z`.
         part: &'static str,
     },
+    /// The network maps evaluation images to NaN or infinite features although its parameters
+    /// are finite (weights or running statistics grown too large: a diverged run).
+    #[error(
+        "the network's {what} of the evaluation images are NaN or infinite (in inference mode, \
+         with BatchNorm's running statistics): it has diverged though its parameters are finite; \
+         nothing was evaluated (train again, or resume from an earlier checkpoint, with a lower \
+         optim.lr)"
+    )]
+    NonFiniteFeatures {
+        /// `embeddings` or `pooled features`.
+        what: &'static str,
+    },
     /// `--resume` asked for settings that the run's checkpoint cannot continue with.
     #[error(
         "cannot resume with a changed configuration: {}; these fields may change on a resume: {}",

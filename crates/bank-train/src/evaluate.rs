@@ -28,7 +28,8 @@ pub fn eval_transform(view: &ViewSpec) -> Transform {
 /// - output: `[N, D]`, unit rows
 ///
 /// # Errors
-/// An image that cannot be read (streamed datasets decode here).
+/// An image that cannot be read (streamed datasets decode here);
+/// [`Error::NonFiniteFeatures`] when a feature is NaN or infinite (a diverged network).
 pub fn embed<B: Backend>(
     model: &EmbeddingNet<B>,
     dataset: &Arc<dyn Dataset>,
@@ -45,7 +46,22 @@ pub fn embed<B: Backend>(
     for batch in loader.epoch(0) {
         parts.push(model.forward(batch?.into_device::<B>(device).images));
     }
-    Ok(Tensor::cat(parts, 0))
+    let features = Tensor::cat(parts, 0);
+    if !all_finite(&features) {
+        return Err(Error::NonFiniteFeatures { what: "embeddings" });
+    }
+    Ok(features)
+}
+
+/// Whether every value of `t` is finite, by one scalar read: `sum(t · 0)` is 0, or NaN as soon
+/// as one value is NaN or ±∞.
+pub fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+    t.clone()
+        .mul_scalar(0.0)
+        .sum()
+        .into_scalar()
+        .elem::<f64>()
+        .is_finite()
 }
 
 /// Unit rows `[N, D]` as a bank (what the blocked kNN search runs against).

@@ -1,8 +1,9 @@
 //! Settings checked against the dataset before training starts: a setting that cannot work with
 //! the images at hand is refused, naming it, instead of failing after an epoch of work.
 
-use crate::config::{BankSharding, TrainConfig};
+use crate::config::{BankSharding, LossKind, TrainConfig};
 use crate::data_source::TrainData;
+use crate::protocols::Protocol;
 use crate::{Error, Result};
 
 /// Checks `config` against the sizes of `data`.
@@ -11,6 +12,9 @@ use crate::{Error, Result};
 ///   nearest other image);
 /// - `eval.k` may not exceed the labelled reference images kNN votes with, when kNN runs;
 /// - the training set may not be empty;
+/// - NCE (`method.loss = "nce"`) may not draw more noise rows (`method.nce_noise`) than the bank
+///   has;
+/// - the retrieval protocol at the end (`eval.protocols`) needs at least 2 test images;
 /// - a sharded bank (`method.bank_sharding = "sharded"`) needs at least one row per device
 ///   (`train.devices`): each replica holds a non-empty range of rows.
 ///
@@ -47,6 +51,29 @@ pub fn check_against_data(config: &TrainConfig, data: &TrainData) -> Result<()> 
                 "\"sharded\" splits the bank's {n} rows (one per training image) across the \
                  {devices} devices of train.devices, and each device needs at least one row: use \
                  at most {n} devices or \"replicated\""
+            ),
+        );
+    }
+    if config.method.loss == LossKind::Nce && config.method.nce_noise > n {
+        return refuse(
+            "method.nce_noise",
+            format!(
+                "{}: more noise rows per view than the bank's {n} rows (one per training image); \
+                 NPID draws 4,096 of 1.28 million; use at most {n}",
+                config.method.nce_noise
+            ),
+        );
+    }
+    if let Some(eval) = data.eval.as_ref()
+        && Protocol::Retrieval.wanted(&config.eval.protocols)
+        && eval.queries.len() < 2
+    {
+        return refuse(
+            "eval.protocols",
+            format!(
+                "retrieval ranks each test image's neighbours among the other test images and \
+                 needs at least 2; the data has {} (raise data.test_limit, or leave retrieval out)",
+                eval.queries.len()
             ),
         );
     }
@@ -112,45 +139,93 @@ pub fn check_bank_against_data(
     Ok(())
 }
 
-/// A lower bound on the bytes one training step holds (f32): the `train.batch_size ×
-/// train.views` input views of `data.image_size` and the backbone's first activation for each
-/// ([`Arch::first_activation`](crate::model::Arch::first_activation)), or the same for an
-/// evaluation batch (`eval.batch_size` views, centre crops of the same size) when larger. Every layer
-/// after the first and the backward pass come on top, so a step needs more than this.
+/// A lower bound on the bytes one training step holds (f32), as its two parts: the views and the
+/// embedding head.
+///
+/// - views: the `train.batch_size × train.views` input views of `data.image_size` and the
+///   backbone's first activation for each ([`Arch::first_activation`](crate::model::Arch::first_activation)),
+///   or the same for an evaluation batch (`eval.batch_size` views, centre crops of the same
+///   size) when larger;
+/// - head: the linear projection from the backbone's features to `model.dim`, its weights, their
+///   gradient and SGD's momentum.
+///
+/// Every other layer, the bank and the backward pass come on top, so a step needs more than
+/// this. Sizes beyond 64 bits saturate at `u64::MAX`.
 ///
 /// # Errors
 /// [`Error::Config`] naming `data.image_size` when the dataset gives no default.
+pub fn step_memory_parts(config: &TrainConfig) -> Result<(u64, u64)> {
+    let size = config.data.image_size()? as u128;
+    let (c, side) = config
+        .model
+        .arch
+        .first_activation(config.data.image_size()?);
+    let per_view = (config.data.channels as u128)
+        .saturating_mul(size.saturating_mul(size))
+        .saturating_add((c as u128).saturating_mul((side as u128).saturating_mul(side as u128)))
+        .saturating_mul(4);
+    let views = (config.train.batch_size as u128)
+        .saturating_mul(config.train.views as u128)
+        .max(config.eval.batch_size as u128);
+    let head = (config.model.arch.features() as u128)
+        .saturating_mul(config.model.dim as u128)
+        .saturating_mul(3 * 4);
+    let narrow = |b: u128| u64::try_from(b).unwrap_or(u64::MAX);
+    Ok((narrow(views.saturating_mul(per_view)), narrow(head)))
+}
+
+/// The sum of [`step_memory_parts`].
+///
+/// # Errors
+/// As [`step_memory_parts`].
 pub fn step_memory_lower_bound(config: &TrainConfig) -> Result<u64> {
-    let per_view = |size: usize| {
-        let (c, side) = config.model.arch.first_activation(size);
-        (config.data.channels * size * size + c * side * side) as u64 * 4
-    };
-    let views = (config.train.batch_size * config.train.views).max(config.eval.batch_size);
-    Ok(views as u64 * per_view(config.data.image_size()?))
+    let (views, head) = step_memory_parts(config)?;
+    Ok(views.saturating_add(head))
 }
 
 /// Refuses a configuration whose step cannot fit in `memory_bytes` (the machine's memory, for a
 /// backend that computes in it) by [`step_memory_lower_bound`]: a `data.image_size` of 100,000
 /// was killed by the kernel's out-of-memory killer, without a message, after the data
-/// had been read.
+/// had been read, and a `model.dim` of 10⁸ grew past 11 GiB.
 ///
 /// # Errors
-/// [`Error::Config`] naming `data.image_size`, the bound and the memory.
+/// [`Error::Config`] naming `data.image_size` (or `model.dim`, when the head is the larger
+/// part), the bound and the memory.
 pub fn check_step_memory(config: &TrainConfig, memory_bytes: u64) -> Result<()> {
-    let need = step_memory_lower_bound(config)?;
+    let (views, head) = step_memory_parts(config)?;
+    let need = views.saturating_add(head);
     if need <= memory_bytes {
         return Ok(());
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    Err(Error::Config {
-        field: "data.image_size".into(),
-        reason: format!(
-            "{}: a step at this size needs more than {:.1} GiB (the views of a batch and {:?}'s \
-             first layer for each), and this machine has {:.1} GiB; use smaller views, or a \
-             smaller train.batch_size or eval.batch_size",
+    let (field, value, what, smaller) = if head > views {
+        (
+            "model.dim",
+            config.model.dim,
+            format!(
+                "the embedding head alone ({} × {} weights, their gradient and momentum)",
+                config.model.arch.features(),
+                config.model.dim
+            ),
+            "a smaller model.dim (128 in the papers)",
+        )
+    } else {
+        (
+            "data.image_size",
             config.data.image_size()?,
+            format!(
+                "the views of a batch and {:?}'s first layer for each",
+                config.model.arch
+            ),
+            "smaller views, or a smaller train.batch_size or eval.batch_size",
+        )
+    };
+    Err(Error::Config {
+        field: field.into(),
+        reason: format!(
+            "{value}: a step needs more than {:.1} GiB ({what}), and this machine has {:.1} GiB; \
+             use {smaller}",
             gib(need),
-            config.model.arch,
             gib(memory_bytes)
         ),
     })

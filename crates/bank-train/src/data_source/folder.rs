@@ -162,6 +162,17 @@ fn one_class_check(index: ImageIndex, path: &Path) -> Result<ImageIndex> {
 /// A stratified, seeded `test_fraction` of every class as the test split.
 fn hold_out(all: ImageIndex, config: &DataConfig) -> Result<(ImageIndex, Option<ImageIndex>)> {
     let (train, test) = all.split_stratified(config.test_fraction, 0)?;
+    if test.is_empty() {
+        return Err(Error::Config {
+            field: "data.test_fraction".into(),
+            reason: format!(
+                "{}: holds out no image (round(fraction × images) is 0 in every class of the {} \
+                 images); raise it, or name a test folder with data.eval_path",
+                config.test_fraction,
+                train.len()
+            ),
+        });
+    }
     Ok((train, Some(test)))
 }
 

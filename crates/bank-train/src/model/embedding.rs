@@ -36,6 +36,16 @@ impl Arch {
         }
     }
 
+    /// The backbone's output width, which the embedding head projects to `model.dim`: the small
+    /// CNN's 128, a ResNet-18's 512, a ResNet-50's 2048.
+    pub fn features(self) -> usize {
+        match self {
+            Self::SmallCnn => 128,
+            Self::Resnet18 | Self::Resnet18Imagenet => 512,
+            Self::Resnet50 | Self::Resnet50Cifar => 2048,
+        }
+    }
+
     /// The smallest input side (pixels) the backbone maps to a non-empty feature map: the small
     /// CNN's two 2×2 max-pools (floor) need 4; a ResNet's stride-2 3×3 convolutions and max-pool
     /// (padding 1) keep at least one position from any size.
@@ -99,6 +109,12 @@ impl ModelConfig {
                 )
             }
         };
+        debug_assert_eq!(
+            features,
+            self.arch.features(),
+            "Arch::features of {:?}",
+            self.arch
+        );
         EmbeddingNet {
             backbone,
             head: LinearConfig::new(features, self.dim).init(device),

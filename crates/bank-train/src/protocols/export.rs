@@ -105,11 +105,23 @@ pub fn write(out: &Path, export: &Export) -> Result<Vec<PathBuf>> {
 }
 
 /// Refuses `out` before any work when its safetensors file exists (what [`write`] would refuse
-/// after the features were computed).
+/// after the features were computed), or when it names a folder.
 ///
 /// # Errors
-/// [`Error::Io`] naming the file.
+/// [`Error::Io`] naming the file or folder.
 pub fn check_free(out: &Path) -> Result<()> {
+    let text = out.to_string_lossy();
+    if out.is_dir() || text.ends_with(std::path::MAIN_SEPARATOR) || text.ends_with('/') {
+        // `DIR/` would give the hidden files `DIR/.safetensors`, `DIR/.embedding.npy`, ….
+        return Err(Error::io(
+            out,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "is a folder: --out names the files' common prefix, e.g. DIR/features for \
+                 DIR/features.safetensors and DIR/features.embedding.npy",
+            ),
+        ));
+    }
     let (st_path, _) = paths(out);
     match st_path.symlink_metadata() {
         Ok(_) => Err(taken_error(&st_path)),
@@ -244,5 +256,27 @@ impl Export {
     /// The array named `name`.
     pub fn array(&self, name: &str) -> Option<&Named> {
         self.arrays.iter().find(|a| a.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--out DIR/` or an existing folder would write hidden files (`DIR/.safetensors`): refused,
+    /// naming it; a prefix inside the folder is free.
+    #[test]
+    fn an_out_that_names_a_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let slash = PathBuf::from(format!("{}/new/", dir.path().display()));
+        for out in [dir.path().to_path_buf(), slash] {
+            let e = check_free(&out).unwrap_err().to_string();
+            assert!(
+                e.contains("is a folder") && e.contains("DIR/features"),
+                "{e}"
+            );
+        }
+        check_free(&dir.path().join("features")).unwrap();
+        assert!(!dir.path().join("new").exists());
     }
 }

@@ -6,10 +6,10 @@ use bank_data::{Dataset, LoaderConfig, MultiViewLoader};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use crate::Result;
 use crate::data_source::ViewSpec;
 use crate::evaluate::eval_transform;
 use crate::model::EmbeddingNet;
+use crate::{Error, Result};
 
 /// The embedding and the pooled backbone features of every image of a set, row-major, with the
 /// labels (when known).
@@ -71,7 +71,8 @@ pub fn to_tensor<B: Backend>(
 /// The features of every image of `dataset` under the evaluation transform of `view`, in order.
 ///
 /// # Errors
-/// An image that cannot be read (streamed datasets decode here).
+/// An image that cannot be read (streamed datasets decode here);
+/// [`Error::NonFiniteFeatures`] when a feature is NaN or infinite (a diverged network).
 pub fn compute_features<B: Backend>(
     model: &EmbeddingNet<B>,
     dataset: &Arc<dyn Dataset>,
@@ -92,6 +93,11 @@ pub fn compute_features<B: Backend>(
         pooled_dim = p.dims()[1];
         embedding.extend(host(e));
         pooled.extend(host(p));
+    }
+    for (values, what) in [(&embedding, "embeddings"), (&pooled, "pooled features")] {
+        if !values.iter().all(|v| v.is_finite()) {
+            return Err(Error::NonFiniteFeatures { what });
+        }
     }
     Ok(Features {
         embedding,

@@ -352,7 +352,12 @@ fn a_step_larger_than_the_machines_memory_is_refused_naming_the_image_size() {
         "train.views=2",
         "data.image_size=32",
     ]);
-    assert_eq!(step_memory_lower_bound(&c).unwrap(), 256 * 35 * 1024 * 4);
+    // The head: 128 backbone features × 128 dimensions, weights, gradient and momentum.
+    let head = 128 * 128 * 3 * 4;
+    assert_eq!(
+        step_memory_lower_bound(&c).unwrap(),
+        256 * 35 * 1024 * 4 + head
+    );
     // An ImageNet stem halves the side (224 → 112); an eval batch of 512 is the larger.
     let c = load(&[
         "model.arch=resnet18_imagenet",
@@ -362,7 +367,10 @@ fn a_step_larger_than_the_machines_memory_is_refused_naming_the_image_size() {
         "data.image_size=224",
     ]);
     let per_view = 3 * 224 * 224 + 64 * 112 * 112;
-    assert_eq!(step_memory_lower_bound(&c).unwrap(), 512 * per_view * 4);
+    assert_eq!(
+        step_memory_lower_bound(&c).unwrap(),
+        512 * per_view * 4 + 512 * 128 * 3 * 4
+    );
     let gib8 = 8u64 << 30;
     check_step_memory(&c, gib8).unwrap();
     let c = load(&["data.image_size=3200"]);
@@ -371,4 +379,48 @@ fn a_step_larger_than_the_machines_memory_is_refused_naming_the_image_size() {
         e.contains("data.image_size") && e.contains("3200") && e.contains("8.0 GiB"),
         "{e}"
     );
+    // A head of 10⁸ dimensions (15 GB of weights alone) is refused naming model.dim.
+    let e = check_step_memory(&load(&["model.dim=100000000"]), gib8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`model.dim`") && e.contains("100000000"), "{e}");
+    // Sizes beyond 64 bits saturate instead of wrapping round to a small number (which let a
+    // side of 2⁶³ through to a panic), and such sides are refused by the config anyway.
+    let mut c = load(&[]);
+    c.data.image_size = Some(1 << 40);
+    assert_eq!(step_memory_lower_bound(&c).unwrap(), u64::MAX);
+    let e = TrainConfig::load(None, &["data.image_size=9223372036854775807".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("data.image_size") && e.contains("at most 16384"),
+        "{e}"
+    );
+}
+
+/// NCE drawing more noise rows than the bank has, and the retrieval protocol with one test
+/// image, are refused before training, naming the setting; the boundary values pass.
+#[test]
+fn nce_noise_beyond_the_bank_and_retrieval_of_one_test_image_are_refused() {
+    use bank_train::feasibility::check_against_data;
+    let nce = |noise: usize| config(&["method.loss=nce", &format!("method.nce_noise={noise}")]);
+    let e = check_against_data(&nce(31), &sets(30))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`method.nce_noise`") && e.contains("31") && e.contains("30 rows"),
+        "{e}"
+    );
+    check_against_data(&nce(30), &sets(30)).unwrap();
+    let (a, b) = cifar_records(4, 12);
+    let with_tests = |n: usize| {
+        let test = halved(&b).select(&(0..n).collect::<Vec<_>>());
+        TrainData::from_sets(&config(&[]), Arc::new(halved(&a)), Arc::new(test)).unwrap()
+    };
+    let retrieval = config(&["eval.protocols=[\"retrieval\"]", "eval.k=1"]);
+    let e = check_against_data(&retrieval, &with_tests(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`eval.protocols`") && e.contains("has 1"), "{e}");
+    check_against_data(&retrieval, &with_tests(2)).unwrap();
 }

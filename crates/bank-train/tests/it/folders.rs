@@ -380,3 +380,29 @@ fn a_dataset_wrapped_in_one_more_folder_is_refused_with_the_fix() {
     assert_eq!(data.train.class_names(), ["cat", "dog"]);
     assert_eq!(data.eval.as_ref().unwrap().queries.len(), 8);
 }
+
+/// A `data.test_fraction` too small to hold out one image of any class is refused naming it (it
+/// said "no decodable images found" of a folder whose images were fine).
+#[test]
+fn a_test_fraction_that_holds_out_nothing_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    grey_mixed_folder(&images, 4);
+    let open = |fraction: &str| {
+        let config = config_with(&[
+            "data.dataset=image_folder".into(),
+            format!("data.path=\"{}\"", images.display()),
+            "data.image_size=32".into(),
+            "data.cache=false".into(),
+            format!("data.test_fraction={fraction}"),
+        ]);
+        data_source::open(&config.data, dir.path())
+    };
+    let err = open("0.1").err().expect("nothing held out").to_string();
+    assert!(
+        err.contains("data.test_fraction") && err.contains("0.1:"),
+        "{err}"
+    );
+    // A quarter of 4 is one image per class.
+    assert_eq!(open("0.25").unwrap().eval.unwrap().queries.len(), 10);
+}

@@ -771,3 +771,36 @@ fn a_finished_run_resumed_keeps_its_config_and_metrics() {
         damaged
     );
 }
+
+/// A training whose stdout and stderr are closed (`| head -2`, a pager quit, a `tee` that died)
+/// trains to the end: before, the first line printed after the close panicked and the run ended.
+#[test]
+fn a_training_whose_terminal_went_away_finishes() {
+    let setup = Setup::new(2, 2);
+    let mut child = setup
+        .train("closed", false, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the child prints anything: its first line meets a broken pipe.
+    drop((child.stdout.take(), child.stderr.take()));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(summary(&setup.run_dir("closed")).epochs, 2);
+}
+
+/// A learning rate of 10³⁰ leaves finite weights whose inference-mode features are NaN or
+/// infinite: the run stops with an error saying so, instead of finishing (exit 0) with a kNN
+/// accuracy computed from NaN features, and writes no checkpoint of that network.
+#[test]
+fn a_network_whose_features_are_not_finite_is_not_evaluated() {
+    let setup = Setup::new(1, 2);
+    // One step (the whole set in a batch): its loss is finite, the update it makes is not.
+    let overrides = ["optim.lr=1e30", "train.batch_size=64"];
+    let err = fails(&mut setup.train("diverged", false, &overrides));
+    assert!(err.contains("NaN or infinite"), "{err}");
+    let dir = setup.run_dir("diverged");
+    assert!(!dir.join("summary.json").exists());
+    assert!(!dir.join("checkpoints").exists());
+}
