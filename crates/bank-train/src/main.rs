@@ -386,6 +386,10 @@ fn train(
         config.train.epochs,
         run_dir.display()
     );
+    let merging = merging_in_words(&config);
+    if merging.starts_with("on, but") {
+        say_err!("warning: merging is {merging} (merge.schedule.start_epoch counts from 0)");
+    }
     let mut bars = Bars {
         bar: None,
         epochs: config.train.epochs,
@@ -482,11 +486,7 @@ fn run_ablation(
                 run.dir.display(),
                 run.config.train.views,
                 run.config.method.consistency,
-                if run.config.merge.enabled {
-                    "on"
-                } else {
-                    "off"
-                }
+                merging_in_words(&run.config)
             );
             let mut bars = Bars {
                 bar: None,
@@ -501,13 +501,40 @@ fn run_ablation(
         }
     }
     let report = ablation::AblationReport::collect(&plan.recipe().name, &runs)?;
+    if report.variants.iter().all(|v| v.runs.is_empty()) {
+        // A mistyped --runs or --config finds nothing: an empty table would look like success.
+        bail!(
+            "no finished run of the ablation under {} (looked for {}, …); nothing written: \
+             check --runs, --config and the overrides the runs were trained with",
+            plan.root().display(),
+            runs.first()
+                .map_or(String::new(), |r| r.dir.display().to_string())
+        );
+    }
     std::fs::create_dir_all(plan.root()).with_context(|| plan.root().display().to_string())?;
     let written = ablation::write(&report, plan.root())?;
-    print!("{}", report.markdown());
+    say!("{}", report.markdown().trim_end());
     for file in written {
         say!("written: {}", file.display());
     }
     Ok(())
+}
+
+/// "off", "on", or, when the schedule's first round comes too late for any epoch to train with
+/// merged positives, "on, but no epoch trains merged (first round after epoch E of N)".
+fn merging_in_words(config: &TrainConfig) -> String {
+    if !config.merge.enabled {
+        return "off".into();
+    }
+    let first = config.merge.schedule.start_epoch + 1;
+    if first >= config.train.epochs {
+        format!(
+            "on, but no epoch trains merged: the first round comes after epoch {first} of {}",
+            config.train.epochs
+        )
+    } else {
+        "on".into()
+    }
 }
 
 fn eval(

@@ -804,3 +804,47 @@ fn a_network_whose_features_are_not_finite_is_not_evaluated() {
     assert!(!dir.join("summary.json").exists());
     assert!(!dir.join("checkpoints").exists());
 }
+
+/// `ablation --report-only` that finds no finished run (a mistyped `--runs`) is an error that
+/// writes nothing, not an empty table and exit 0; a training whose merging schedule starts too
+/// late for any epoch to train merged says so.
+#[test]
+fn an_ablation_report_of_nothing_fails_and_merging_that_never_trains_is_named() {
+    let root = tempfile::tempdir().unwrap();
+    let runs = root.path().join("mistyped");
+    let err = fails(
+        Command::new(BIN)
+            .args(["ablation", "--report-only", "--seeds", "1", "--runs"])
+            .arg(&runs),
+    );
+    assert!(err.contains("no finished run"), "{err}");
+    assert!(!runs.exists(), "something was written");
+
+    let setup = Setup::new(1, 2);
+    let out = ok(
+        setup
+            .train("late", false, &["merge.enabled=true"])
+            .output()
+            .unwrap(),
+        "train",
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no epoch trains merged"), "{said}");
+    let out = ok(
+        setup
+            .train(
+                "early",
+                false,
+                &[
+                    "merge.enabled=true",
+                    "merge.schedule.start_epoch=0",
+                    "train.epochs=2",
+                ],
+            )
+            .output()
+            .unwrap(),
+        "train",
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("no epoch trains merged"), "{said}");
+}
