@@ -202,13 +202,17 @@ impl Progress for Bars {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        let knn = m.knn_bank.map_or(String::new(), |k| {
-            format!(
-                "  kNN(bank) top-1 {:.2}% top-5 {:.2}%",
-                100.0 * k.top1,
-                100.0 * k.top5
-            )
-        });
+        let against = [("bank", m.knn_bank), ("recomputed", m.knn_recomputed)];
+        let knn = against
+            .iter()
+            .find_map(|(what, k)| k.map(|k| (what, k)))
+            .map_or(String::new(), |(what, k)| {
+                format!(
+                    "  kNN({what}) top-1 {:.2}% top-5 {:.2}%",
+                    100.0 * k.top1,
+                    100.0 * k.top5
+                )
+            });
         let merge = m.merge.as_ref().map_or(String::new(), |r| {
             format!(
                 "  merged {} pairs → {} groups (largest {}, purity {})",

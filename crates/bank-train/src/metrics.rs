@@ -31,6 +31,11 @@ pub struct EpochMetrics {
     pub train_seconds: f64,
     /// Weighted kNN of the test images against the bank rows (the cheap monitor).
     pub knn_bank: Option<KnnAccuracyRecord>,
+    /// Weighted kNN of the test images against reference features the network recomputes, in
+    /// place of [`knn_bank`](Self::knn_bank) when the reference images are not bank rows
+    /// (unseen categories: `data.test_classes` apart from `data.train_classes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_recomputed: Option<KnnAccuracyRecord>,
     /// The merging round at the end of the epoch, if any.
     pub merge: Option<MergeRecord>,
 }

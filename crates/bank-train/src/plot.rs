@@ -56,14 +56,24 @@ fn try_draw(path: &Path, history: &[EpochMetrics]) -> Result<(), Box<dyn std::er
         &BLUE,
     )?;
 
+    // Against the bank; against recomputed features where the reference images are not bank
+    // rows (unseen categories), whose runs have no kNN against the bank.
+    let bank = history.iter().any(|m| m.knn_bank.is_some());
     let knn: Vec<(f64, f64)> = history
         .iter()
-        .filter_map(|m| m.knn_bank.map(|k| (m.epoch as f64, 100.0 * k.top1)))
+        .filter_map(|m| {
+            let k = if bank { m.knn_bank } else { m.knn_recomputed };
+            k.map(|k| (m.epoch as f64, 100.0 * k.top1))
+        })
         .collect();
     panel(
         &right,
         text,
-        "kNN top-1 vs bank (%)",
+        if bank {
+            "kNN top-1 vs bank (%)"
+        } else {
+            "kNN top-1 vs recomputed (%)"
+        },
         1.0..last,
         0.0..percent_axis_top(&knn),
         &knn,

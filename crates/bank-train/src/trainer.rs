@@ -224,11 +224,18 @@ pub fn train<B: AutodiffBackend>(
         if should_evaluate(config, epoch)
             && let Some(e) = &evaluator
         {
-            m.knn_bank = Some(knn_against_bank(e, &state, parallel.as_ref(), device)?.into());
+            // Against the bank only where the reference images are bank rows: reported as
+            // "bank", a kNN against recomputed features would be mislabelled.
+            if e.has_bank_rows() {
+                m.knn_bank = Some(knn_against_bank(e, &state, parallel.as_ref(), device)?.into());
+            } else {
+                let model = state.model.valid();
+                m.knn_recomputed = Some(e.against_recomputed(&model, device)?.into());
+            }
         }
         metrics::append(&folder.metrics(), &m)?;
         history.push(m.clone());
-        if m.knn_bank.is_some() {
+        if m.knn_bank.is_some() || m.knn_recomputed.is_some() {
             plot::draw(&folder.plot(), &history);
         }
         progress.epoch_end(&m);
@@ -321,6 +328,7 @@ fn run_epoch<B: AutodiffBackend>(
         images_per_s: p.views as f64 / p.seconds / config.train.views as f64,
         train_seconds: p.seconds,
         knn_bank: None,
+        knn_recomputed: None,
         merge: None,
     };
     Ok((state, metrics))

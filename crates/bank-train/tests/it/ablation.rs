@@ -33,6 +33,7 @@ fn fake_run(dir: &Path, knn_per_epoch: &[f64], recomputed: f64, purity: Option<f
             images_per_s: 100.0,
             train_seconds: 30.0,
             knn_bank: knn(k),
+            knn_recomputed: None,
             merge: purity
                 .filter(|_| i + 1 == knn_per_epoch.len())
                 .map(|p| MergeRecord {
