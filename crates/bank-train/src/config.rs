@@ -587,6 +587,36 @@ impl TrainConfig {
             );
         }
         positive("optim.gamma", self.optim.gamma)?;
+        // A setting of the other schedule would be ignored without a word.
+        match self.optim.schedule {
+            LrSchedule::Step if self.optim.warmup_epochs > 0 => {
+                return bad(
+                    "optim.warmup_epochs",
+                    self.optim.warmup_epochs.to_string(),
+                    "applies to optim.schedule = \"cosine\" only; the step schedule has no \
+                     warm-up: set it to 0",
+                );
+            }
+            LrSchedule::Cosine if !self.optim.milestones.is_empty() => {
+                return bad(
+                    "optim.milestones",
+                    format!("{:?}", self.optim.milestones),
+                    "apply to optim.schedule = \"step\" only; the cosine schedule has none: \
+                     leave them out",
+                );
+            }
+            LrSchedule::Cosine if self.optim.warmup_epochs >= self.train.epochs => {
+                return bad(
+                    "optim.warmup_epochs",
+                    self.optim.warmup_epochs.to_string(),
+                    &format!(
+                        "must be less than train.epochs ({}): the whole run would be warm-up",
+                        self.train.epochs
+                    ),
+                );
+            }
+            _ => {}
+        }
         for (field, v) in [
             ("train.epochs", self.train.epochs),
             ("train.batch_size", self.train.batch_size),

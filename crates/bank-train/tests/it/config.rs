@@ -78,6 +78,27 @@ fn invalid_values_and_unknown_fields_are_named() {
     assert!(TrainConfig::load(None, &resnet).is_ok());
     let e = err(&["train.threads=100000"]);
     assert!(e.contains("train.threads") && e.contains("1024"), "{e}");
+    // A setting of the schedule not chosen would be ignored without a word; a warm-up as long as
+    // the run would be all of it.
+    let e = err(&["optim.schedule=step", "optim.warmup_epochs=2"]);
+    assert!(
+        e.contains("optim.warmup_epochs") && e.contains("cosine"),
+        "{e}"
+    );
+    let e = err(&["optim.schedule=cosine", "optim.milestones=[5, 2]"]);
+    assert!(
+        e.contains("optim.milestones") && e.contains("[5, 2]"),
+        "{e}"
+    );
+    let e = err(&["train.epochs=5", "optim.warmup_epochs=5"]);
+    assert!(
+        e.contains("optim.warmup_epochs") && e.contains("(5)"),
+        "{e}"
+    );
+    let fine = ["train.epochs=5".into(), "optim.warmup_epochs=4".into()];
+    assert!(TrainConfig::load(None, &fine).is_ok());
+    let step = ["optim.schedule=step".into(), "optim.milestones=[2]".into()];
+    assert!(TrainConfig::load(None, &step).is_ok());
     // The merge schedule is checked with merging off too (a case `cargo xtask fuzz` found: NaN
     // was accepted, and only a later resume with merging on would have refused it).
     for bad in ["nan", "-0.5", "inf"] {

@@ -207,6 +207,7 @@ fn overrides() -> impl Strategy<Value = Vec<String>> {
 #[test]
 fn fuzz_configs() {
     let mut full = small_config();
+    full.optim.schedule = bank_train::config::LrSchedule::Step;
     full.optim.milestones = vec![3, 6];
     full.data.mean = Some(vec![0.5]);
     full.data.std = Some(vec![0.25]);
