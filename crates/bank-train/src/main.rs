@@ -369,7 +369,7 @@ fn train(
         bank_train::feasibility::check_step_memory(&config, memory)?;
     }
     bank_train::run_folder::RunFolder::open(&run_dir, resume)?;
-    let root = data_source::data_root(data)?;
+    let root = run_data_root(&run_dir, data)?;
     match &config.data.path {
         Some(path) => say!("data: {} ({:?})", path.display(), config.data.dataset),
         None => say!("data: {}", root.display()),
@@ -524,6 +524,24 @@ fn run_ablation(
     Ok(())
 }
 
+/// The data folder for the run in `run_dir`: `--data` when given, else the folder the run
+/// recorded when it read its data (`data_root.txt`, when it still exists: `eval` without `--data`
+/// once downloaded CIFAR-10's binaries next to a run trained on its JPEGs), else
+/// `MEMBANK_DATA` or the default.
+fn run_data_root(run_dir: &Path, data: Option<&Path>) -> Result<PathBuf> {
+    if data.is_none()
+        && let Some(root) = bank_train::run_folder::recorded_data_root(run_dir)
+    {
+        say!(
+            "data folder: {} (the run's, from {}; --data reads another)",
+            root.display(),
+            bank_train::run_folder::DATA_ROOT_FILE
+        );
+        return Ok(root);
+    }
+    Ok(data_source::data_root(data)?)
+}
+
 /// "off", "on", or, when the schedule's first round comes too late for any epoch to train with
 /// merged positives, "on, but no epoch trains merged (first round after epoch E of N)".
 fn merging_in_words(config: &TrainConfig) -> String {
@@ -562,7 +580,7 @@ fn eval(
         .join(canonical.file_name().unwrap_or_default());
     let file = out_dir.join("eval.json");
     let earlier = runner::read_report(&file)?;
-    let data = data_source::open(&config.data, &data_source::data_root(data)?)?;
+    let data = data_source::open(&config.data, &run_data_root(run, data)?)?;
     let Some(eval_sets) = &data.eval else {
         bail!(
             "{}: the run's data has no labelled evaluation set (set data.eval_path)",
@@ -609,7 +627,7 @@ fn export(
     bank_train::protocols::export::check_free(out)?;
     let device = Default::default();
     let loaded = commands::load_run::<Train>(run, chosen, &device)?;
-    let data = data_source::open(&loaded.config.data, &data_source::data_root(data)?)?;
+    let data = data_source::open(&loaded.config.data, &run_data_root(run, data)?)?;
     // Every split, not only the bank: features of another data set would be exported silently.
     bank_train::feasibility::check_bank_against_data(
         &loaded.checkpoint.join("bank.safetensors"),

@@ -23,6 +23,17 @@ pub struct RunFolder {
 /// The lock file of a run folder.
 pub const LOCK_FILE: &str = ".lock";
 
+/// The file in a run folder that names the data folder (`--data`) the run read its data from.
+pub const DATA_ROOT_FILE: &str = "data_root.txt";
+
+/// The data folder a run recorded ([`DATA_ROOT_FILE`]) when it is still a folder; `None` when
+/// the run recorded none (sets given in hand, a run from before stop 39) or it is gone.
+pub fn recorded_data_root(run_dir: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string(run_dir.join(DATA_ROOT_FILE)).ok()?;
+    let root = PathBuf::from(text.trim_end_matches('\n'));
+    root.is_dir().then_some(root)
+}
+
 impl RunFolder {
     /// Opens `dir` for a fresh run (it must not exist) or, with `resume`, for continuing from its
     /// newest checkpoint (returned; `None` when it has none). Locks an existing folder (see the
@@ -58,15 +69,22 @@ impl RunFolder {
         Ok((folder, latest))
     }
 
-    /// Creates the folder, locks it, and records the resolved configuration (atomically).
+    /// Creates the folder, locks it, and records the resolved configuration and, when known,
+    /// the data folder the data were read from ([`DATA_ROOT_FILE`]), each atomically.
     ///
     /// # Errors
     /// [`Error::RunBusy`] when another process holds the folder's lock; IO errors naming the
     /// path.
-    pub fn create(&mut self, config: &TrainConfig) -> Result<()> {
+    pub fn create(&mut self, config: &TrainConfig, data_root: Option<&Path>) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         self.lock()?;
         bank_core::write_atomic(&self.dir.join("config.toml"), config.to_toml().as_bytes())?;
+        if let Some(root) = data_root.and_then(Path::to_str) {
+            bank_core::write_atomic(
+                &self.dir.join(DATA_ROOT_FILE),
+                format!("{root}\n").as_bytes(),
+            )?;
+        }
         Ok(())
     }
 

@@ -174,7 +174,7 @@ pub fn train<B: AutodiffBackend>(
             state.epochs_done
         ));
     } else {
-        folder.create(config)?;
+        folder.create(config, data.root.as_deref())?;
     }
     let mut parallel = start_parallel(&mut state, config, &devices, resume_from.as_deref())?;
     if let Some(p) = &parallel {

@@ -60,6 +60,10 @@ pub struct TrainData {
     pub view: ViewSpec,
     /// Lines for the user (layout detected, evaluation skipped and why, mode chosen, …).
     pub notes: Vec<String>,
+    /// The data folder the sets were opened from ([`open`]'s `root`, absolute); `None` for sets
+    /// given in hand. A run records it (`data_root.txt`), so that `eval`, `export` and
+    /// `--resume` read the same data without `--data`.
+    pub root: Option<PathBuf>,
 }
 
 impl TrainData {
@@ -84,6 +88,7 @@ impl TrainData {
             eval,
             view,
             notes: Vec::new(),
+            root: None,
         })
     }
 
@@ -136,6 +141,7 @@ pub fn open(config: &DataConfig, root: &Path) -> Result<TrainData> {
         eval,
         view,
         notes,
+        root: Some(root.clone()),
     })
 }
 

@@ -848,3 +848,52 @@ fn an_ablation_report_of_nothing_fails_and_merging_that_never_trains_is_named() 
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("no epoch trains merged"), "{said}");
 }
+
+/// A run records the data folder it read (`data_root.txt`), and `eval` without `--data` reads
+/// that folder: before, it fell back to `~/.cache/membank/data` and started downloading
+/// CIFAR-10's binaries to evaluate a run trained on the JPEGs of `--data`.
+#[test]
+fn eval_without_data_reads_the_folder_the_run_was_trained_on() {
+    let root = tempfile::tempdir().unwrap();
+    let (home, runs) = (root.path().join("home"), root.path().join("runs"));
+    fs::create_dir_all(&home).unwrap();
+    let data = crate::shared_data();
+    let small = [
+        "train.epochs=1",
+        "data.train_per_class=10",
+        "data.test_limit=50",
+        "data.cache=false",
+        "eval.k=5",
+    ];
+    let out = Command::new(BIN)
+        .args(["train", "--name", "r", "--runs"])
+        .arg(&runs)
+        .arg("--data")
+        .arg(&data)
+        .args(small)
+        .env("HOME", &home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("MEMBANK_DATA")
+        .output()
+        .unwrap();
+    ok(out, "train");
+    let recorded = fs::read_to_string(runs.join("r/data_root.txt")).unwrap();
+    assert_eq!(
+        Path::new(recorded.trim_end()),
+        fs::canonicalize(&data).unwrap()
+    );
+    let out = Command::new(BIN)
+        .args(["eval", "--run"])
+        .arg(runs.join("r"))
+        .env("HOME", &home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("MEMBANK_DATA")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&ok(out, "eval").stdout).into_owned();
+    assert!(said.contains("data_root.txt"), "{said}");
+    assert!(
+        !home.join(".cache/membank/data").exists(),
+        "a download started"
+    );
+}
