@@ -525,7 +525,7 @@ fn a_resume_warns_when_its_config_file_differs_from_the_run() {
     );
     let quiet = run(true);
     assert!(
-        !String::from_utf8_lossy(&quiet.stderr).contains("warning"),
+        !String::from_utf8_lossy(&quiet.stderr).contains("differs from the run"),
         "{}",
         String::from_utf8_lossy(&quiet.stderr)
     );
