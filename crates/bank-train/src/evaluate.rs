@@ -11,6 +11,7 @@ use burn::tensor::TensorData;
 
 use crate::config::TrainConfig;
 use crate::data_source::{EvalData, ViewSpec};
+use crate::finite::all_finite;
 use crate::knn::{KnnAccuracy, KnnVote, knn_accuracy_with};
 use crate::model::EmbeddingNet;
 use crate::{Error, Result};
@@ -51,17 +52,6 @@ pub fn embed<B: Backend>(
         return Err(Error::NonFiniteFeatures { what: "embeddings" });
     }
     Ok(features)
-}
-
-/// Whether every value of `t` is finite, by one scalar read: `sum(t · 0)` is 0, or NaN as soon
-/// as one value is NaN or ±∞.
-pub fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
-    t.clone()
-        .mul_scalar(0.0)
-        .sum()
-        .into_scalar()
-        .elem::<f64>()
-        .is_finite()
 }
 
 /// Unit rows `[N, D]` as a bank (what the blocked kNN search runs against).

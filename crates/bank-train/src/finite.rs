@@ -23,8 +23,7 @@ impl<B: Backend> ZeroSum<B> {
     }
 
     fn all_finite(self) -> bool {
-        self.total
-            .is_none_or(|t| t.into_scalar().elem::<f64>().is_finite())
+        self.total.is_none_or(|t| all_finite(&t))
     }
 }
 
@@ -51,4 +50,15 @@ pub fn non_finite_part<B: Backend>(
         return Some("bank rows");
     }
     None
+}
+
+/// Whether every value of `t` is finite, by one scalar read: `sum(t · 0)` is 0, or NaN as soon
+/// as one value is NaN or ±∞.
+pub fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+    t.clone()
+        .mul_scalar(0.0)
+        .sum()
+        .into_scalar()
+        .elem::<f64>()
+        .is_finite()
 }
