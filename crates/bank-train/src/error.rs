@@ -88,6 +88,19 @@ pub enum Error {
         /// The fields that differ.
         reason: String,
     },
+    /// The data given to a resume, `eval` or `export` is not the data the run trained on
+    /// ([`crate::data_identity`]).
+    #[error(
+        "{}: the data differs from what this run trained on: {reason}; point --data (or \
+         data.path) at the run's data, or train a new run",
+        run.display()
+    )]
+    DataChanged {
+        /// The run folder.
+        run: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// Another process is training the same run folder (it holds the folder's lock).
     #[error(
         "{}: another process is training this run (wait for it to end, or stop it, then \

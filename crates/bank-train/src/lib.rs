@@ -16,6 +16,7 @@
 pub mod ablation;
 pub mod checkpoint;
 pub mod config;
+pub mod data_identity;
 pub mod data_source;
 mod error;
 pub mod evaluate;

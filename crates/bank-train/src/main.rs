@@ -135,6 +135,10 @@ enum Command {
         /// The run folder (`runs/<name>`).
         #[arg(long)]
         run: PathBuf,
+        /// Where the run's data is now, or how to evaluate: `data.path=…`, `data.eval_path=…`,
+        /// `eval.k=…` (repeatable; fields that shape the training are refused).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
         /// Data folder, as for `train`.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -150,6 +154,10 @@ enum Command {
         /// The run folder (`runs/<name>`).
         #[arg(long)]
         run: PathBuf,
+        /// Where the run's data is now, or how to evaluate: `data.path=…`, `data.eval_path=…`,
+        /// `eval.k=…` (repeatable; fields that shape the training are refused).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
         /// Data folder, as for `train`.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -330,16 +338,30 @@ fn run() -> Result<()> {
         Command::Eval {
             run,
             data,
+            set,
             protocol,
             checkpoint,
-        } => eval(&run, data.as_deref(), checkpoint.as_deref(), &protocol),
+        } => eval(
+            &run,
+            data.as_deref(),
+            checkpoint.as_deref(),
+            &set,
+            &protocol,
+        ),
         Command::Export {
             run,
             data,
+            set,
             split,
             out,
             checkpoint,
-        } => export(&run, data.as_deref(), checkpoint.as_deref(), split, &out),
+        } => export(
+            &run,
+            data.as_deref(),
+            checkpoint.as_deref(),
+            &set,
+            (split, &out),
+        ),
     }
 }
 
@@ -563,10 +585,11 @@ fn eval(
     run: &Path,
     data: Option<&Path>,
     chosen: Option<&Path>,
+    set: &[String],
     protocols: &[Protocol],
 ) -> Result<()> {
     let device = Default::default();
-    let loaded = commands::load_run::<Train>(run, chosen, &device)?;
+    let loaded = commands::load_run::<Train>(run, chosen, set, &device)?;
     let (config, ckpt, bank) = (&loaded.config, &loaded.checkpoint, &loaded.bank);
     // The same path however the checkpoint was named (relative, absolute, through xtask).
     let canonical = ckpt
@@ -583,10 +606,12 @@ fn eval(
     let data = data_source::open(&config.data, &run_data_root(run, data)?)?;
     let Some(eval_sets) = &data.eval else {
         bail!(
-            "{}: the run's data has no labelled evaluation set (set data.eval_path)",
+            "{}: the run's data has no labelled evaluation set (name a labelled folder: --set \
+             data.eval_path=FOLDER)",
             run.display()
         );
     };
+    bank_train::data_identity::check(run, &*data.train)?;
     bank_train::feasibility::check_bank_against_data(
         &ckpt.join("bank.safetensors"),
         (bank.num_rows(), bank.dim()),
@@ -620,15 +645,16 @@ fn export(
     run: &Path,
     data: Option<&Path>,
     chosen: Option<&Path>,
-    split: Split,
-    out: &Path,
+    set: &[String],
+    (split, out): (Split, &Path),
 ) -> Result<()> {
     // An earlier export is refused before the checkpoint and the data are read.
     bank_train::protocols::export::check_free(out)?;
     let device = Default::default();
-    let loaded = commands::load_run::<Train>(run, chosen, &device)?;
+    let loaded = commands::load_run::<Train>(run, chosen, set, &device)?;
     let data = data_source::open(&loaded.config.data, &run_data_root(run, data)?)?;
     // Every split, not only the bank: features of another data set would be exported silently.
+    bank_train::data_identity::check(run, &*data.train)?;
     bank_train::feasibility::check_bank_against_data(
         &loaded.checkpoint.join("bank.safetensors"),
         (loaded.bank.num_rows(), loaded.bank.dim()),

@@ -1,8 +1,9 @@
 //! What a resume may change: the requested configuration is compared with the one the run's
 //! checkpoint was written under, field by field. Fields that only steer how long the run goes,
 //! how often it evaluates or checkpoints, the learning rate from here on, or how the same images
-//! are fed may change; any other change is refused, naming the field with its old and new value,
-//! before anything in the run folder is written.
+//! are fed, or where the same images are now may change; any other change is refused, naming
+//! the field with its old and new value, before anything in the run folder is written. That the
+//! images are the same is checked by [`crate::data_identity`], not here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,10 +35,32 @@ pub const CHANGEABLE_ON_RESUME: &[&str] = &[
     "checkpoint.every_steps",
     "checkpoint.every_minutes",
     "checkpoint.keep",
+    "data.path",
+    "data.eval_path",
     "data.test_limit",
     "data.mode",
     "data.memory_budget_gib",
     "data.cache",
+];
+
+/// Fields `eval` and `export` may set (`--set`): where the data is now, and how to evaluate.
+/// `data.path` may point elsewhere (a moved folder) because the run's record of its training
+/// images ([`crate::data_identity`]) refuses other images.
+pub const CHANGEABLE_ON_EVAL: &[&str] = &[
+    "data.path",
+    "data.eval_path",
+    "data.test_limit",
+    "data.mode",
+    "data.memory_budget_gib",
+    "data.cache",
+    "eval.k",
+    "eval.batch_size",
+    "eval.kmeans_restarts",
+    "eval.linear.epochs",
+    "eval.linear.batch_size",
+    "eval.linear.lr",
+    "eval.linear.weight_decay",
+    "eval.linear.seed",
 ];
 
 /// One field that differs between the run's configuration and the requested one.

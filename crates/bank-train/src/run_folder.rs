@@ -5,6 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::config::TrainConfig;
+use crate::data_identity::DataIdentity;
+use crate::data_source::TrainData;
 use crate::{Error, Result, checkpoint};
 
 /// A run's folder: `config.toml`, `metrics.jsonl`, `training.png`, `summary.json`,
@@ -69,17 +71,19 @@ impl RunFolder {
         Ok((folder, latest))
     }
 
-    /// Creates the folder, locks it, and records the resolved configuration and, when known,
-    /// the data folder the data were read from ([`DATA_ROOT_FILE`]), each atomically.
+    /// Creates the folder, locks it, and records the resolved configuration, the training
+    /// images ([`DATA_IDENTITY_FILE`](crate::data_identity::DATA_IDENTITY_FILE)) and, when
+    /// known, the data folder they were read from ([`DATA_ROOT_FILE`]), each atomically.
     ///
     /// # Errors
     /// [`Error::RunBusy`] when another process holds the folder's lock; IO errors naming the
     /// path.
-    pub fn create(&mut self, config: &TrainConfig, data_root: Option<&Path>) -> Result<()> {
+    pub fn create(&mut self, config: &TrainConfig, data: &TrainData) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         self.lock()?;
         bank_core::write_atomic(&self.dir.join("config.toml"), config.to_toml().as_bytes())?;
-        if let Some(root) = data_root.and_then(Path::to_str) {
+        DataIdentity::of(&*data.train).record(&self.dir)?;
+        if let Some(root) = data.root.as_deref().and_then(Path::to_str) {
             bank_core::write_atomic(
                 &self.dir.join(DATA_ROOT_FILE),
                 format!("{root}\n").as_bytes(),

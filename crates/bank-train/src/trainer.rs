@@ -18,6 +18,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint::{self, EpochProgress};
 use crate::config::{BankSharding, TrainConfig};
+use crate::data_identity;
 use crate::data_source::{TrainData, ViewSpec};
 use crate::evaluate::KnnEvaluator;
 use crate::feasibility::check_against_data;
@@ -128,6 +129,9 @@ pub fn train<B: AutodiffBackend>(
         let run_config = TrainConfig::from_toml(&run_config)
             .map_err(|e| Error::checkpoint(ckpt.join("state.json"), e.to_string()))?;
         check_resume(&run_config, config)?;
+        let paths = (run_config.data.path.as_deref(), config.data.path.as_deref());
+        data_identity::check_moved(folder.dir(), paths.0, paths.1)?;
+        data_identity::check(folder.dir(), &*data.train)?;
     }
     let evaluator = data
         .eval
@@ -174,7 +178,7 @@ pub fn train<B: AutodiffBackend>(
             state.epochs_done
         ));
     } else {
-        folder.create(config, data.root.as_deref())?;
+        folder.create(config, data)?;
     }
     let mut parallel = start_parallel(&mut state, config, &devices, resume_from.as_deref())?;
     if let Some(p) = &parallel {

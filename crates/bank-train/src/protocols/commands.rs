@@ -13,6 +13,7 @@ use super::features::compute_features;
 use crate::config::TrainConfig;
 use crate::data_source::TrainData;
 use crate::model::EmbeddingNet;
+use crate::resume::{CHANGEABLE_ON_EVAL, config_changes};
 use crate::{Error, Result, checkpoint};
 
 /// Which rows an export holds.
@@ -40,17 +41,20 @@ pub struct LoadedRun<B: AutodiffBackend> {
     pub attachments: Vec<Attachment>,
 }
 
-/// Loads `run`'s config and `checkpoint` (default: the newest under `run/checkpoints`), after
+/// Loads `run`'s config with `overrides` (`section.field=value`, only fields of
+/// [`CHANGEABLE_ON_EVAL`]) and `checkpoint` (default: the newest under `run/checkpoints`), after
 /// checking that the checkpoint was written under that config (as a resume would accept it): a
 /// checkpoint of another run is refused.
 ///
 /// # Errors
 /// No such run folder, no checkpoint, a `checkpoint` outside `run/checkpoints/`, an unreadable
-/// config or checkpoint; [`Error::CheckpointOfAnotherRun`] naming both when the checkpoint's
-/// config differs from the run's in a field a resume may not change.
+/// config or checkpoint; [`Error::Config`] naming an override outside [`CHANGEABLE_ON_EVAL`];
+/// [`Error::CheckpointOfAnotherRun`] naming both when the checkpoint's config differs from the
+/// run's in a field a resume may not change.
 pub fn load_run<B: AutodiffBackend>(
     run: &Path,
     checkpoint: Option<&Path>,
+    overrides: &[String],
     device: &B::Device,
 ) -> Result<LoadedRun<B>> {
     if !run.is_dir() {
@@ -61,7 +65,7 @@ pub fn load_run<B: AutodiffBackend>(
         };
         return Err(Error::checkpoint(run, why));
     }
-    let config = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
+    let config = run_config(run, overrides)?;
     let ckpt = match checkpoint {
         Some(p) => {
             check_checkpoint_of(run, p)?;
@@ -98,6 +102,35 @@ pub fn load_run<B: AutodiffBackend>(
         bank,
         attachments,
     })
+}
+
+/// `run`'s `config.toml` with `overrides`, each of which must set a field of
+/// [`CHANGEABLE_ON_EVAL`].
+fn run_config(run: &Path, overrides: &[String]) -> Result<TrainConfig> {
+    let file = run.join("config.toml");
+    let config = TrainConfig::load(Some(&file), overrides)?;
+    if overrides.is_empty() {
+        return Ok(config);
+    }
+    let recorded = TrainConfig::load(Some(&file), &[])?;
+    crate::data_identity::check_moved(
+        run,
+        recorded.data.path.as_deref(),
+        config.data.path.as_deref(),
+    )?;
+    match config_changes(&recorded, &config)
+        .into_iter()
+        .find(|c| !CHANGEABLE_ON_EVAL.contains(&c.field.as_str()))
+    {
+        None => Ok(config),
+        Some(c) => Err(Error::Config {
+            field: c.field.clone(),
+            reason: format!(
+                "{c}: eval and export may set only {} (the others describe the training)",
+                CHANGEABLE_ON_EVAL.join(", ")
+            ),
+        }),
+    }
 }
 
 /// Refuses a `--checkpoint` that is not one of `run`'s (in `run/checkpoints/`): its results

@@ -350,11 +350,91 @@ fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
     fs::remove_file(removed.path()).unwrap();
     let err = fails(Command::new(BIN).args(["eval", "--run"]).arg(&dir));
     assert!(
+        err.contains("differs from what this run trained on")
+            && err.contains("20 images, the data now has 19"),
+        "{err}"
+    );
+    // A run without the record of its images (trained before it was kept) still gets the
+    // bank's row count checked.
+    fs::remove_file(dir.join("data.json")).unwrap();
+    let err = fails(Command::new(BIN).args(["eval", "--run"]).arg(&dir));
+    assert!(
         err.contains("bank.safetensors")
             && err.contains("20 rows")
             && err.contains("19 training images"),
         "{err}"
     );
+}
+
+/// Other images of the same number (one moved to another class) are refused by a resume, `eval`
+/// and `export`, leaving the run as it was; the same images in a moved folder are accepted
+/// through `--set data.path=…`, which `eval` allows and a resume accepts.
+#[test]
+fn other_images_of_the_same_number_are_refused_and_a_moved_folder_is_not() {
+    let setup = Setup::new(1, 2);
+    ok(setup.train("r", false, &[]).output().unwrap(), "run");
+    let dir = setup.run_dir("r");
+    let before = fs::read(dir.join("metrics.jsonl")).unwrap();
+    let cat = setup.images.join("train/cat");
+    let moved = fs::read_dir(&cat)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let dog = setup.images.join("train/dog");
+    fs::rename(cat.join(&moved), dog.join(&moved)).unwrap();
+    let said = |err: &str| {
+        err.contains("differs from what this run trained on") && err.contains("images 1–20")
+    };
+    let err = fails(&mut setup.train("r", true, &["train.epochs=2"]));
+    assert!(said(&err), "{err}");
+    let err = fails(Command::new(BIN).args(["eval", "--run"]).arg(&dir));
+    assert!(said(&err), "{err}");
+    let out = dir.join("exported");
+    let err = fails(
+        Command::new(BIN)
+            .args(["export", "--split", "bank", "--out"])
+            .arg(&out)
+            .arg("--run")
+            .arg(&dir),
+    );
+    assert!(said(&err), "{err}");
+    assert_eq!(fs::read(dir.join("metrics.jsonl")).unwrap(), before);
+    assert!(!out.with_extension("safetensors").exists());
+
+    // Put back, then the whole folder moved: the run's absolute data.path is gone.
+    fs::rename(dog.join(&moved), cat.join(&moved)).unwrap();
+    let elsewhere = setup.images.with_file_name("moved");
+    fs::rename(&setup.images, &elsewhere).unwrap();
+    let err = fails(Command::new(BIN).args(["eval", "--run"]).arg(&dir));
+    assert!(err.contains("data.path"), "{err}");
+    let path = format!("data.path=\"{}\"", elsewhere.display());
+    let eval = |set: &str| {
+        Command::new(BIN)
+            .args(["eval", "--run"])
+            .arg(&dir)
+            .args(["--set", &path, "--set", set])
+            .output()
+            .unwrap()
+    };
+    ok(eval("eval.k=3"), "eval of the moved folder");
+    // Only where the data is and how to evaluate may be set.
+    let out = eval("model.dim=64");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("model.dim") && err.contains("may set only"),
+        "{err}"
+    );
+    ok(
+        setup
+            .train("r", true, &[&path, "train.epochs=2"])
+            .output()
+            .unwrap(),
+        "resume from the moved folder",
+    );
+    assert_eq!(metrics(&dir).len(), 2);
 }
 
 #[test]

@@ -601,7 +601,7 @@ mod in_a_run {
         // Loading builds a model (initial weights drawn, then overwritten).
         let run = {
             let _turn = crate::backend_turn();
-            load_run::<FastTrain>(&dir, None, &device).unwrap()
+            load_run::<FastTrain>(&dir, None, &[], &device).unwrap()
         };
         export_run(&run, &data, Split::Bank, &root.path().join("bank"), &device).unwrap();
         let bytes = std::fs::read(root.path().join("bank.safetensors")).unwrap();
