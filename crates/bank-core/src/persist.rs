@@ -291,6 +291,11 @@ impl HostBank {
 
 /// Writes `bytes` to `path` atomically: into a temporary file in the same directory, flushed to
 /// disk, then renamed over `path`. Readers see the old file or the new one, never a partial one.
+///
+/// The temporary file (`.NAME.PID.tmp`) is locked while it is written. A process killed
+/// mid-write leaves it behind, unlocked: the next write of the same `path` removes such
+/// leftovers unmodified for a minute (a decoded dataset cache is hundreds of megabytes), and
+/// leaves those another process is still writing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -300,9 +305,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .ok_or_else(|| Error::corrupt(path, "not a file path"))?
         .to_string_lossy();
+    remove_abandoned(&dir, &file_name);
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut file = File::create(&tmp)?;
+        // Released when `file` closes, or when this process dies however it dies.
+        let _ = file.try_lock();
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -316,6 +324,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// How long a temporary file of [`write_atomic`] must have gone unmodified before an unlocked
+/// one counts as abandoned.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the temporary files of [`write_atomic`] for `file_name` in `dir` that no process
+/// writes any more (their lock can be taken). Best effort: what cannot be read or removed stays.
+fn remove_abandoned(dir: &Path, file_name: &str) {
+    let prefix = format!(".{file_name}.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // Old enough that its writer is past taking the lock (taken right after creating it).
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_AFTER));
+        let abandoned = old
+            && File::options()
+                .write(true)
+                .open(entry.path())
+                .is_ok_and(|f| f.try_lock().is_ok());
+        if abandoned {
+            tracing::info!(file = %entry.path().display(), "removed a partial file an interrupted write left");
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 struct Meta<'a> {

@@ -300,3 +300,35 @@ fn saving_replaces_atomically_and_leaves_no_temp_files() {
         .unwrap_err();
     assert!(err.to_string().contains("no/such/dir/b.bank"), "{err}");
 }
+
+/// What a write killed midway leaves (`.NAME.PID.tmp`, unlocked, a minute old) is removed by the
+/// next write of the same file; a temporary file another process still writes (locked), a fresh
+/// one, and those of other files stay.
+#[test]
+fn a_write_removes_what_an_interrupted_write_of_the_same_file_left() {
+    use std::fs::{self, File};
+    use std::time::{Duration, SystemTime};
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, age_s: u64| {
+        let path = dir.path().join(name);
+        let f = File::create(&path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+            .unwrap();
+        (path, f)
+    };
+    let (killed, _) = file(".cache.bin.4001.tmp", 120);
+    let (writing, held) = file(".cache.bin.4002.tmp", 120);
+    held.lock().unwrap();
+    let (fresh, _) = file(".cache.bin.4003.tmp", 0);
+    let (other, _) = file(".other.bin.4001.tmp", 120);
+    let (not_ours, _) = file(".cache.bin.x.tmp", 120);
+    let target = dir.path().join("cache.bin");
+    bank_core::write_atomic(&target, b"decoded").unwrap();
+    assert_eq!(fs::read(&target).unwrap(), b"decoded");
+    assert!(!killed.exists());
+    for kept in [&writing, &fresh, &other, &not_ours] {
+        assert!(kept.exists(), "{} removed", kept.display());
+    }
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 5);
+}
