@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -258,7 +259,18 @@ impl Backend {
     }
 }
 
+/// Whether [`run`] waits for a program now: Ctrl-C (sent to the whole foreground process group)
+/// is then that program's to handle. bank-train's training stops after the step it is in, with
+/// a checkpoint: xtask must wait for it rather than end first and leave it printing after the
+/// shell's prompt.
+static WAITING: AtomicBool = AtomicBool::new(false);
+
 fn main() -> std::process::ExitCode {
+    let _ = ctrlc::set_handler(|| {
+        if !WAITING.load(Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
     let Err(err) = run_task(Cli::parse().task) else {
         return std::process::ExitCode::SUCCESS;
     };
@@ -613,9 +625,10 @@ pub(crate) fn workspace_root() -> PathBuf {
 
 pub(crate) fn run(mut cmd: Command) -> Result<()> {
     eprintln!("xtask: {}", Shown(&cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {}", Shown(&cmd)))?;
+    WAITING.store(true, Ordering::SeqCst);
+    let status = cmd.status();
+    WAITING.store(false, Ordering::SeqCst);
+    let status = status.with_context(|| format!("cannot start {}", Shown(&cmd)))?;
     if !status.success() {
         return Err(ChildFailed {
             command: Shown(&cmd).to_string(),

@@ -101,6 +101,17 @@ pub enum Error {
         /// What differs.
         reason: String,
     },
+    /// The run stopped because the user asked it to ([`crate::Progress::stop_requested`]),
+    /// after writing a checkpoint where it was.
+    #[error(
+        "stopped on request; checkpoint {} written: to continue from there, run the same \
+         command again (`train` with --resume; `ablation` resumes by itself)",
+        checkpoint.display()
+    )]
+    Interrupted {
+        /// The checkpoint written at the stop.
+        checkpoint: PathBuf,
+    },
     /// Another process is training the same run folder (it holds the folder's lock).
     #[error(
         "{}: another process is training this run (wait for it to end, or stop it, then \

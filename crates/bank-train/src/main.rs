@@ -21,6 +21,7 @@ mod report;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use bank_train::metrics::EpochMetrics;
@@ -250,6 +251,31 @@ impl Progress for Bars {
             None => say!("{line}"),
         }
     }
+
+    fn stop_requested(&self) -> bool {
+        STOP.load(Ordering::SeqCst)
+    }
+}
+
+/// Set by the first Ctrl-C of a training: the run stops after the step it is in, with a
+/// checkpoint there.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Ctrl-C during training: the first asks the run to stop with a checkpoint
+/// ([`Progress::stop_requested`]), the second ends the process at once.
+fn stop_on_ctrl_c() {
+    let installed = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            say_err!("\nstopped at once: the run resumes from its last checkpoint");
+            std::process::exit(130);
+        }
+        say_err!(
+            "\nstopping after this step, with a checkpoint there (Ctrl-C again stops at once)"
+        );
+    });
+    if let Err(e) = installed {
+        tracing::warn!("Ctrl-C stops the run without a checkpoint: {e}");
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -257,7 +283,18 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             report::report(&err);
-            std::process::ExitCode::FAILURE
+            let stopped = err.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<bank_train::Error>(),
+                    Some(bank_train::Error::Interrupted { .. })
+                )
+            });
+            if stopped {
+                // 128 + SIGINT, as a shell reports a process Ctrl-C ended.
+                std::process::ExitCode::from(130)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -420,6 +457,8 @@ fn train(
         bar: None,
         epochs: config.train.epochs,
     };
+    // From here on (not while the data is read: there Ctrl-C just ends the process).
+    stop_on_ctrl_c();
     let summary = bank_train::train::<Train>(
         &config,
         &data,
@@ -504,6 +543,7 @@ fn run_ablation(
         let root = data_source::data_root(data)?;
         let data = data_source::open(&plan.recipe().data, &root)?;
         let device = Default::default();
+        stop_on_ctrl_c();
         for (i, run) in runs.iter().enumerate() {
             say!(
                 "ablation run {}/{}: {} (K {}, λ {}, merging {})",

@@ -54,6 +54,12 @@ pub trait Progress {
     fn epoch_end(&mut self, _metrics: &EpochMetrics) {}
     /// A free-form line (evaluation, checkpoint).
     fn note(&mut self, _line: &str) {}
+    /// Whether the user asked the run to stop (the binary: Ctrl-C). Asked after every step and
+    /// at every epoch's end; when `true` the run writes a checkpoint where it is and ends with
+    /// [`Error::Interrupted`], so `--resume` continues from that very step.
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// Progress that goes nowhere.
@@ -246,10 +252,14 @@ pub fn train<B: AutodiffBackend>(
         state.epochs_done = epoch + 1;
         state.progress = EpochProgress::default();
         let every = config.checkpoint.every_epochs;
-        if (epoch + 1) % every == 0 || epoch + 1 == config.train.epochs {
+        let stop = progress.stop_requested();
+        if stop || (epoch + 1) % every == 0 || epoch + 1 == config.train.epochs {
             let path = save_checkpoint(&mut state, (&folder, config), parallel.as_ref())?;
             step_checkpoints.saved();
             progress.note(&format!("checkpoint {}", path.display()));
+            if stop {
+                return Err(Error::Interrupted { checkpoint: path });
+            }
         }
     }
     let knn_recomputed = match &evaluator {
@@ -316,10 +326,14 @@ fn run_epoch<B: AutodiffBackend>(
         p.seconds = start.seconds + started.elapsed().as_secs_f64();
         p.lr = lr;
         progress.step(value, p.views as f64 / p.seconds);
-        if i + 1 < steps && step_checkpoints.due(state.step) {
+        let stop = progress.stop_requested();
+        if i + 1 < steps && (stop || step_checkpoints.due(state.step)) {
             let path = save_checkpoint(&mut state, (folder, config), parallel.as_deref())?;
             step_checkpoints.saved();
             progress.note(&format!("checkpoint {}", path.display()));
+            if stop {
+                return Err(Error::Interrupted { checkpoint: path });
+            }
         }
     }
     let p = &state.progress;

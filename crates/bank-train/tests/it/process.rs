@@ -289,6 +289,69 @@ fn kill_test(kills: usize, epochs: usize, per_class: usize) {
     assert_eq!(summary(&b), summary(&a));
 }
 
+/// Ctrl-C (SIGINT) while a run trains, with no step checkpoints configured: the run stops after
+/// the step it is in, writes a checkpoint there, exits with 130 naming it and how to go on, and
+/// `--resume` from it ends bit for bit where an uninterrupted run ends.
+#[test]
+fn ctrl_c_stops_with_a_checkpoint_and_the_resume_matches_an_uninterrupted_run() {
+    let setup = Setup::new(2, 6);
+    let no_steps = ["checkpoint.every_steps=0"];
+    let started = Instant::now();
+    ok(
+        setup.train("whole", false, &no_steps).output().unwrap(),
+        "reference",
+    );
+    let typical = started.elapsed();
+    // A signal that comes after the run has ended proves nothing: try earlier each time.
+    for (attempt, share) in [0.3, 0.1, 0.0].into_iter().enumerate() {
+        let name = format!("stopped{attempt}");
+        let mut child = setup
+            .train(&name, false, &no_steps)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `config.toml` appears as training starts, after the Ctrl-C handler is in place.
+        let config = setup.run_dir(&name).join("config.toml");
+        while !config.exists() && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(typical.mul_f64(share));
+        let sent = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(0) {
+            continue; // Finished before the signal.
+        }
+        assert!(sent.success());
+        assert_eq!(out.status.code(), Some(130), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains("stopped on request") && err.contains("--resume"),
+            "{err}"
+        );
+        let newest = checkpoint::latest(&setup.run_dir(&name).join("checkpoints"))
+            .unwrap()
+            .expect("a checkpoint written at the stop");
+        assert!(err.contains(&newest.display().to_string()), "{err}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        eprintln!("stopped at {} after: {said}", newest.display());
+        ok(
+            setup.train(&name, true, &no_steps).output().unwrap(),
+            "resume after Ctrl-C",
+        );
+        let (a, b) = (setup.run_dir("whole"), setup.run_dir(&name));
+        assert_eq!(metrics(&b), metrics(&a));
+        assert!(final_bank(&b) == final_bank(&a), "final bank");
+        assert_eq!(summary(&b), summary(&a));
+        return;
+    }
+    panic!("every run ended before its Ctrl-C arrived");
+}
+
 #[test]
 fn sigkilled_at_random_moments_and_resumed_the_binary_matches_an_uninterrupted_run() {
     kill_test(
