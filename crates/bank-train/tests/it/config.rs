@@ -212,3 +212,79 @@ fn an_invalid_override_value_says_why() {
     let c = load("data.path=/tmp/x-1").unwrap();
     assert_eq!(c.data.path.unwrap(), std::path::PathBuf::from("/tmp/x-1"));
 }
+
+/// `docs/config.md` against the code: every field of the configuration has a row, every row is
+/// a field, every default is the code's, and every example of a field unset by default loads.
+#[test]
+fn the_configuration_reference_lists_every_field_with_its_default() {
+    use std::collections::BTreeMap;
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&path, v, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_string(), leaf.clone());
+            }
+        }
+    }
+    let fields = |config: &TrainConfig| {
+        let mut out = BTreeMap::new();
+        flatten("", &toml::Value::try_from(config).unwrap(), &mut out);
+        out
+    };
+    let parse = |text: &str| -> toml::Value {
+        let table: toml::Table = format!("v = {text}").parse().unwrap();
+        table["v"].clone()
+    };
+    let same = |a: &toml::Value, b: &toml::Value| match (a, b) {
+        // f32 fields come back widened: 0.9 as 0.8999999761581421.
+        (toml::Value::Float(x), toml::Value::Float(y)) => (x - y).abs() <= 1e-6 * x.abs().max(1.0),
+        _ => a == b,
+    };
+    let page = std::fs::read_to_string(configs().join("../docs/config.md")).unwrap();
+    let row = reference_rows(&page);
+    let defaults = fields(&TrainConfig::default());
+    let mut examples = Vec::new();
+    for (field, default) in &row {
+        if let Some(example) = default.strip_prefix("unset, e.g. ") {
+            assert!(!defaults.contains_key(field), "{field} is set by default");
+            examples.push(format!("{field}={}", example.trim_matches('`')));
+        } else {
+            let want = defaults
+                .get(field)
+                .unwrap_or_else(|| panic!("{field}: no such field with a default"));
+            let documented = parse(default.trim_matches('`'));
+            assert!(
+                same(want, &documented),
+                "{field}: code {want}, page {default}"
+            );
+        }
+    }
+    // Every field, once: a missing row, a row for no field and a repeated row all differ.
+    let all = TrainConfig::load(None, &examples).unwrap();
+    let mut documented: Vec<String> = row.iter().map(|(f, _)| f.clone()).collect();
+    documented.sort();
+    let real: Vec<String> = fields(&all).into_keys().collect();
+    let missing: Vec<&String> = real.iter().filter(|f| !documented.contains(f)).collect();
+    let extra: Vec<&String> = documented.iter().filter(|f| !real.contains(f)).collect();
+    assert_eq!(documented, real, "no row: {missing:?}; no field: {extra:?}");
+}
+
+/// The `| \`field\` | default | meaning |` rows of the page, in order.
+fn reference_rows(page: &str) -> Vec<(String, String)> {
+    page.lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let field = cells.first()?.strip_prefix("| `")?.strip_suffix('`')?;
+            Some((field.to_string(), cells.get(1)?.to_string()))
+        })
+        .collect()
+}
