@@ -33,9 +33,10 @@ enum Task {
         #[arg(long, value_enum, default_value_t = Backend::Flex)]
         backend: Backend,
         /// TOML configuration (default: the full method's CPU recipe, 30 epochs; the 8-epoch
-        /// vanilla recipe is `configs/cifar10_small_cpu.toml`).
-        #[arg(long, default_value = "configs/cifar10_small_cpu_long.toml")]
-        config: PathBuf,
+        /// vanilla recipe is `configs/cifar10_small_cpu.toml`). A `--resume` of a `--name`d run
+        /// reads the run's own configuration and needs none.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Data folder (else MEMBANK_DATA, else ~/.cache/membank/data, downloaded when missing).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -259,6 +260,9 @@ impl Backend {
     }
 }
 
+/// The recipe `cargo xtask train` trains when given no `--config`.
+const DEFAULT_RECIPE: &str = "configs/cifar10_small_cpu_long.toml";
+
 /// Whether [`run`] waits for a program now: Ctrl-C (sent to the whole foreground process group)
 /// is then that program's to handle. bank-train's training stops after the step it is in, with
 /// a checkpoint: xtask must wait for it rather than end first and leave it printing after the
@@ -322,7 +326,26 @@ fn run_task(task: Task) -> Result<()> {
             overrides,
         } => {
             let mut cmd = bank_train(backend)?;
-            cmd.arg("train").arg("--config").arg(absolute(&config)?);
+            cmd.arg("train");
+            // Not the default recipe for a named run resumed: bank-train would warn that it
+            // differs from the run's configuration, which the run keeps anyway.
+            let runs = runs
+                .map(|r| std::env::current_dir().map(|d| d.join(r)))
+                .transpose()?;
+            let has_config = |name: &String| {
+                let folder = runs
+                    .clone()
+                    .unwrap_or_else(|| workspace_root().join("runs"));
+                folder.join(name).join("config.toml").is_file()
+            };
+            let config = match config {
+                Some(config) => Some(config),
+                None if resume && name.as_ref().is_some_and(has_config) => None,
+                None => Some(PathBuf::from(DEFAULT_RECIPE)),
+            };
+            if let Some(config) = config {
+                cmd.arg("--config").arg(absolute(&config)?);
+            }
             if let Some(variant) = variant {
                 cmd.args(["--variant", &variant]);
             }
@@ -333,7 +356,7 @@ fn run_task(task: Task) -> Result<()> {
                 cmd.args(["--name", &name]);
             }
             if let Some(runs) = runs {
-                cmd.arg("--runs").arg(std::env::current_dir()?.join(runs));
+                cmd.arg("--runs").arg(runs);
             }
             if resume {
                 cmd.arg("--resume");
