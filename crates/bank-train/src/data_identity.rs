@@ -31,7 +31,8 @@ pub const DATA_IDENTITY_FILE: &str = "data.json";
 pub const BLOCK_ROWS: usize = 4096;
 
 /// The identity of a training set: enough to tell whether another set pairs the same images
-/// with the same bank rows, small enough for any run folder (20 bytes per [`BLOCK_ROWS`] rows).
+/// with the same bank rows, small enough for any run folder (a name and a hash per
+/// [`BLOCK_ROWS`] rows).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataIdentity {
     /// Number of training images (bank rows).
@@ -42,11 +43,17 @@ pub struct DataIdentity {
     pub classes: Vec<String>,
     /// Rows per block of [`blocks`](Self::blocks).
     pub block_rows: usize,
-    /// Per block of rows: the first 16 hex digits of SHA-256 over each row's relative name and
-    /// label.
-    pub blocks: Vec<String>,
-    /// The relative name of row 0, for messages.
+    /// Rows `i · block_rows ..` in blocks, in order.
+    pub blocks: Vec<Block>,
+}
+
+/// One block of [`DataIdentity::block_rows`] rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// The relative name of the block's first image, for messages.
     pub first: String,
+    /// The first 16 hex digits of SHA-256 over each row's relative name and label.
+    pub hash: String,
 }
 
 impl DataIdentity {
@@ -63,10 +70,13 @@ impl DataIdentity {
                     let label = train.label(i).map_or(-1, i64::from);
                     hash.update(format!("{}\0{label}\n", name(i)).as_bytes());
                 }
-                hash.finalize()[..8]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
+                Block {
+                    first: name(start).to_string(),
+                    hash: hash.finalize()[..8]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect(),
+                }
             })
             .collect();
         Self {
@@ -75,10 +85,6 @@ impl DataIdentity {
             classes: train.class_names().to_vec(),
             block_rows: BLOCK_ROWS,
             blocks,
-            first: sources
-                .first()
-                .map(|_| name(0).to_string())
-                .unwrap_or_default(),
         }
     }
 
@@ -112,20 +118,24 @@ impl DataIdentity {
                 self.block_rows, now.block_rows
             ));
         }
-        let block = self
+        let (block, (was, is)) = self
             .blocks
             .iter()
             .zip(&now.blocks)
-            .position(|(a, b)| a != b)?;
+            .enumerate()
+            .find(|(_, (a, b))| a != b)?;
         let start = block * self.block_rows;
         let end = (start + self.block_rows).min(self.images);
+        let first = if was.first == is.first {
+            format!("image {} is {} in both", start + 1, was.first)
+        } else {
+            format!("image {} was {}, now {}", start + 1, was.first, is.first)
+        };
         Some(format!(
             "images {}–{} (counting from 1) are not the ones the run trained on: other files, \
-             another order or other labels (the run's first image was {}, the data's now is {})",
+             another order or other labels ({first})",
             start + 1,
             end,
-            self.first,
-            now.first
         ))
     }
 
@@ -282,7 +292,7 @@ mod tests {
         let run = Names::new("/data/birds", 10);
         assert_eq!(differs(&run, &Names::new("/data/birds", 10)), None);
         assert_eq!(differs(&run, &Names::new("/mnt/moved/b2", 10)), None);
-        assert_eq!(DataIdentity::of(&run).first, "cat/0.png");
+        assert_eq!(DataIdentity::of(&run).blocks[0].first, "cat/0.png");
     }
 
     #[test]
@@ -295,6 +305,9 @@ mod tests {
         swapped.names.swap(3, 4);
         let said = differs(&run, &swapped).unwrap();
         assert!(said.contains("images 1–10"), "{said}");
+        swapped.names.swap(0, 1);
+        let said = differs(&run, &swapped).unwrap();
+        assert!(said.contains("image 1 was cat/0.png, now dog/1.png"), "{said}");
 
         let mut relabelled = Names::new("/d", 10);
         relabelled.labels[7] = 0;
@@ -321,6 +334,8 @@ mod tests {
         let said = differs(&run, &changed).unwrap();
         let want = format!("images {}–{}", BLOCK_ROWS + 1, 2 * BLOCK_ROWS);
         assert!(said.contains(&want), "{said}");
+        let first = &run.names[BLOCK_ROWS][3..];
+        assert!(said.contains(&format!("image {} is {first} in both", BLOCK_ROWS + 1)), "{said}");
         changed.names[BLOCK_ROWS + 17] = run.names[BLOCK_ROWS + 17].clone();
         changed.labels[2 * BLOCK_ROWS + 4] = 1;
         let said = differs(&run, &changed).unwrap();
