@@ -107,6 +107,10 @@ enum Task {
         /// newest.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Where the run's data is now, or how to evaluate (`data.path=…`, `data.eval_path=…`,
+        /// `eval.k=…`; repeatable; passed to `bank-train eval --set`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Demonstrate the bank and the losses: learn embeddings of synthetic "images" (release build).
     Demo {
@@ -398,10 +402,14 @@ fn run_task(task: Task) -> Result<()> {
             data,
             protocol,
             checkpoint,
+            set,
         } => {
             let mut cmd = bank_train(backend)?;
             cmd.arg("eval").arg("--run").arg(absolute(&dir)?);
             cmd.arg("--protocol").arg(protocol);
+            for field in set {
+                cmd.arg("--set").arg(field);
+            }
             if let Some(data) = data {
                 cmd.arg("--data").arg(absolute(&data)?);
             }

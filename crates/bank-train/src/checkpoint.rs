@@ -150,7 +150,27 @@ where
     for old in list(dir)?.into_iter().rev().skip(keep) {
         let _ = fs::remove_dir_all(old);
     }
+    remove_abandoned(dir);
     Ok(target)
+}
+
+/// Removes the checkpoint folders a killed write left half-assembled (`.NAME.tmp`) in `dir`.
+/// Call it only holding the run's lock: only the process that trains the run writes
+/// checkpoints, so any such folder there is then abandoned. Without this, one whose name was
+/// never written again (a mid-epoch checkpoint, when the resume took another path) stayed for
+/// good.
+pub(crate) fn remove_abandoned(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") && entry.path().is_dir() {
+            tracing::info!(folder = %entry.path().display(), "removed a checkpoint a killed write left");
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Complete checkpoints under `dir`, oldest first (in training order).

@@ -307,7 +307,10 @@ mod tests {
         assert!(said.contains("images 1–10"), "{said}");
         swapped.names.swap(0, 1);
         let said = differs(&run, &swapped).unwrap();
-        assert!(said.contains("image 1 was cat/0.png, now dog/1.png"), "{said}");
+        assert!(
+            said.contains("image 1 was cat/0.png, now dog/1.png"),
+            "{said}"
+        );
 
         let mut relabelled = Names::new("/d", 10);
         relabelled.labels[7] = 0;
@@ -335,7 +338,10 @@ mod tests {
         let want = format!("images {}–{}", BLOCK_ROWS + 1, 2 * BLOCK_ROWS);
         assert!(said.contains(&want), "{said}");
         let first = &run.names[BLOCK_ROWS][3..];
-        assert!(said.contains(&format!("image {} is {first} in both", BLOCK_ROWS + 1)), "{said}");
+        assert!(
+            said.contains(&format!("image {} is {first} in both", BLOCK_ROWS + 1)),
+            "{said}"
+        );
         changed.names[BLOCK_ROWS + 17] = run.names[BLOCK_ROWS + 17].clone();
         changed.labels[2 * BLOCK_ROWS + 4] = 1;
         let said = differs(&run, &changed).unwrap();

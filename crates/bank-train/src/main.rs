@@ -270,7 +270,8 @@ fn stop_on_ctrl_c() {
             std::process::exit(130);
         }
         say_err!(
-            "\nstopping after this step, with a checkpoint there (Ctrl-C again stops at once)"
+            "\nstopping after this step (after the last epoch: after this evaluation), with a \
+             checkpoint there (Ctrl-C again stops at once)"
         );
     });
     if let Err(e) = installed {
@@ -621,6 +622,40 @@ fn merging_in_words(config: &TrainConfig) -> String {
     }
 }
 
+/// `RUN/eval/<checkpoint folder name>/`, and with `--set` overrides a folder of their own inside
+/// it, named by them (sorted; characters other than letters, digits and `._=,+-` written
+/// `%XX`; a hash when long): results measured with other settings or data sit beside the run's
+/// own, never mixed into them.
+fn eval_folder(run: &Path, checkpoint: &Path, set: &[String]) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let dir = run
+        .join("eval")
+        .join(checkpoint.file_name().unwrap_or_default());
+    if set.is_empty() {
+        return dir;
+    }
+    let mut sorted = set.to_vec();
+    sorted.sort();
+    let kept = |b: u8| b.is_ascii_alphanumeric() || b"._=,+-".contains(&b);
+    let name: String = sorted
+        .join(",")
+        .bytes()
+        .map(|b| {
+            if kept(b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    if name.len() <= 120 && !name.starts_with('.') {
+        return dir.join(name);
+    }
+    let hash = Sha256::digest(name.as_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("set-{hex}"))
+}
+
 fn eval(
     run: &Path,
     data: Option<&Path>,
@@ -638,9 +673,7 @@ fn eval(
     // One folder per checkpoint evaluated (`RUN/eval/<checkpoint folder name>/`), so evaluating
     // another checkpoint never replaces this one's results; a protocol run again replaces only
     // its own entry.
-    let out_dir = run
-        .join("eval")
-        .join(canonical.file_name().unwrap_or_default());
+    let out_dir = eval_folder(run, &canonical, set);
     let file = out_dir.join("eval.json");
     let earlier = runner::read_report(&file)?;
     let data = data_source::open(&config.data, &run_data_root(run, data)?)?;
@@ -652,6 +685,8 @@ fn eval(
         );
     };
     bank_train::data_identity::check(run, &*data.train)?;
+    // `eval.k` (which `--set` may change) against the reference images, as training checks it.
+    bank_train::feasibility::check_against_data(config, &data)?;
     bank_train::feasibility::check_bank_against_data(
         &ckpt.join("bank.safetensors"),
         (bank.num_rows(), bank.dim()),
@@ -670,6 +705,12 @@ fn eval(
     };
     let mut report = runner::run(protocols, &inputs, &device, &mut |line| say!("{line}"))?;
     report.checkpoint = Some(canonical.display().to_string());
+    report.settings = Some(runner::EvalSettings {
+        k: config.eval.k,
+        references: eval_sets.reference.len(),
+        queries: eval_sets.queries.len(),
+        overrides: set.to_vec(),
+    });
     for line in runner::lines(&report, config) {
         say!("{line}");
     }

@@ -53,6 +53,7 @@ pub const CHANGEABLE_ON_EVAL: &[&str] = &[
     "data.mode",
     "data.memory_budget_gib",
     "data.cache",
+    "method.bank_block_rows",
     "eval.k",
     "eval.batch_size",
     "eval.kmeans_restarts",

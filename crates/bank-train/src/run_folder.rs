@@ -64,6 +64,9 @@ impl RunFolder {
         let latest = if resume {
             // A damaged history is refused now, before the data is read, not after.
             crate::metrics::read_lines(&folder.metrics())?;
+            if folder.lock.is_some() {
+                checkpoint::remove_abandoned(&folder.checkpoints());
+            }
             checkpoint::latest(&folder.checkpoints())?
         } else {
             None

@@ -262,6 +262,7 @@ pub fn train<B: AutodiffBackend>(
             }
         }
     }
+    stop_if_requested(&folder, progress)?;
     let knn_recomputed = match &evaluator {
         Some(e) if config.eval.recompute_at_end => {
             progress.note("kNN against recomputed reference features");
@@ -272,9 +273,22 @@ pub fn train<B: AutodiffBackend>(
     let knn_bank = history.iter().rev().find_map(|m| m.knn_bank);
     let knn = (knn_bank, knn_recomputed);
     in_training::end_of_run(config, data, &state, (folder.dir(), knn), device, progress)?;
+    stop_if_requested(&folder, progress)?;
     let summary = summarise::<B>(config, data, &history, knn_recomputed, device);
     metrics::write_summary(&folder.summary(), &summary)?;
     Ok(summary)
+}
+
+/// After the last epoch (its checkpoint written): [`Error::Interrupted`] when a stop was asked
+/// for, so the evaluations at the end are not run, or their summary not written, after it.
+fn stop_if_requested(folder: &RunFolder, progress: &dyn Progress) -> Result<()> {
+    if !progress.stop_requested() {
+        return Ok(());
+    }
+    match checkpoint::latest(&folder.checkpoints())? {
+        Some(checkpoint) => Err(Error::Interrupted { checkpoint }),
+        None => Ok(()),
+    }
 }
 
 /// Whether `epoch` (from 0) ends with an evaluation.

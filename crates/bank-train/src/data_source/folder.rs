@@ -31,12 +31,12 @@ pub(super) fn open(config: &DataConfig) -> Result<Opened> {
         config.train_per_class,
     ));
     let train_set = materialise(config, "train", train, &mut notes)?;
+    // `data.eval_path`, when set, takes the place of these (`super::open`).
     let eval = match test {
-        Some(test) => Some(eval_sets(config, &train_set, test, &mut notes)?),
-        None => match &config.eval_path {
-            Some(eval_path) => Some(labelled_eval(config, eval_path, &mut notes)?),
-            None => None,
-        },
+        Some(test) if config.eval_path.is_none() => {
+            Some(eval_sets(config, &train_set, test, &mut notes)?)
+        }
+        _ => None,
     };
     Ok((train_set, eval, notes))
 }
@@ -234,9 +234,13 @@ fn eval_sets(
     })
 }
 
-/// The evaluation sets of `data.eval_path` (for unlabelled training images): its `train/` (or a
-/// stratified hold-out of its class folders) is the reference, its `test/` the queries.
-fn labelled_eval(config: &DataConfig, path: &Path, notes: &mut Vec<String>) -> Result<EvalData> {
+/// The evaluation sets of `data.eval_path`: its `train/` (or a stratified hold-out of its class
+/// folders) is the reference, its `test/` the queries.
+pub(super) fn labelled_eval(
+    config: &DataConfig,
+    path: &Path,
+    notes: &mut Vec<String>,
+) -> Result<EvalData> {
     let path = existing(path, "data.eval_path")?;
     let layout = match detect_layout(
         &path,

@@ -115,11 +115,30 @@ pub fn open(config: &DataConfig, root: &Path) -> Result<TrainData> {
     // cache shared by every run) then name files from anywhere, whoever built the cache.
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let root = &absolute(root);
+    let resolved = with_paths_under(config, root);
     let (train, eval, mut notes) = match config.dataset {
         DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Stl10 => {
             official::open(config, &absolute(config.path.as_deref().unwrap_or(root)))?
         }
-        DatasetKind::ImageFolder => folder::open(&with_paths_under(config, root))?,
+        DatasetKind::ImageFolder => folder::open(&resolved)?,
+    };
+    // Another labelled set to evaluate on: required for unlabelled training images, and in
+    // place of the training data's own test split otherwise (features recomputed).
+    let eval = match &resolved.eval_path {
+        Some(path) => {
+            let own = if eval.is_some() || train.labels().is_some() {
+                " (instead of the training data's own evaluation sets)"
+            } else {
+                ""
+            };
+            let sets = folder::labelled_eval(&resolved, path, &mut notes)?;
+            notes.push(format!(
+                "evaluation: {} (data.eval_path){own}",
+                path.display()
+            ));
+            Some(sets)
+        }
+        None => eval,
     };
     let (train, eval) = classes::select(
         train,
@@ -186,9 +205,15 @@ pub(crate) fn existing(path: &Path, field: &str) -> Result<PathBuf> {
     if path.exists() {
         Ok(path.to_path_buf())
     } else {
+        // A run's data moved since: `eval`, `export` and `train --resume` take its new place.
+        let moved = if field.starts_with("data.") {
+            format!(" (moved? name its new place with --set {field}=NEW)")
+        } else {
+            String::new()
+        };
         Err(Error::Config {
             field: field.into(),
-            reason: format!("{}: no such file or folder", path.display()),
+            reason: format!("{}: no such file or folder{moved}", path.display()),
         })
     }
 }

@@ -54,6 +54,23 @@ pub struct ProtocolReport {
     pub linear_pooled: Option<ProbeAccuracy>,
     /// Recall@K and NMI.
     pub retrieval: Option<RetrievalReport>,
+    /// What the results were measured with (`bank-train eval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<EvalSettings>,
+}
+
+/// The settings and sets a report's results were measured with: results measured otherwise
+/// are never merged into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalSettings {
+    /// `eval.k`.
+    pub k: usize,
+    /// Labelled reference images.
+    pub references: usize,
+    /// Query (test) images.
+    pub queries: usize,
+    /// The `--set` overrides of the run's configuration, as given.
+    pub overrides: Vec<String>,
 }
 
 /// The model, bank and data the protocols read.
@@ -317,7 +334,12 @@ pub fn lines(report: &ProtocolReport, config: &TrainConfig) -> Vec<String> {
 impl ProtocolReport {
     /// This report with what `earlier` measured and this one did not (a protocol not run
     /// again): `bank-train eval --protocol linear` after `--protocol knn` keeps the kNN result.
+    /// Only from an `earlier` report of the same [`settings`](Self::settings): results of other
+    /// settings or sets are not mixed in.
     pub fn keeping(self, earlier: ProtocolReport) -> ProtocolReport {
+        if earlier.settings != self.settings {
+            return self;
+        }
         ProtocolReport {
             checkpoint: self.checkpoint.or(earlier.checkpoint),
             knn_bank: self.knn_bank.or(earlier.knn_bank),
@@ -325,6 +347,7 @@ impl ProtocolReport {
             linear_embedding: self.linear_embedding.or(earlier.linear_embedding),
             linear_pooled: self.linear_pooled.or(earlier.linear_pooled),
             retrieval: self.retrieval.or(earlier.retrieval),
+            settings: self.settings,
         }
     }
 }

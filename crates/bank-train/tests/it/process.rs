@@ -289,6 +289,70 @@ fn kill_test(kills: usize, epochs: usize, per_class: usize) {
     assert_eq!(summary(&b), summary(&a));
 }
 
+/// `eval --set` results go to a folder of their own with their settings recorded, never mixed
+/// into the run's own; a labelled run is evaluated on another labelled set (`data.eval_path`)
+/// when asked, a missing one is an error naming the field, and an `eval.k` above the reference
+/// images is refused as training refuses it.
+#[test]
+fn eval_with_other_settings_or_data_keeps_them_apart_and_checks_them() {
+    let setup = Setup::new(1, 2);
+    ok(setup.train("r", false, &[]).output().unwrap(), "run");
+    let dir = setup.run_dir("r");
+    let eval = |set: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["eval", "--run"]).arg(&dir);
+        for s in set {
+            cmd.args(["--set", s]);
+        }
+        cmd
+    };
+    let settings = |folder: &Path| {
+        let text = fs::read_to_string(folder.join("eval.json")).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let s = &report["settings"];
+        let count = |k: &str| s[k].as_u64().unwrap();
+        (count("k"), count("references"), count("queries"))
+    };
+    let own = dir.join("eval/epoch-0001");
+    ok(eval(&[]).output().unwrap(), "eval");
+    assert_eq!(settings(&own), (5, 20, 30));
+    ok(eval(&["eval.k=3"]).output().unwrap(), "eval with k = 3");
+    assert_eq!(settings(&own.join("eval.k=3")), (3, 20, 30));
+    assert_eq!(
+        settings(&own),
+        (5, 20, 30),
+        "the run's own results were replaced"
+    );
+
+    let other = setup.images.with_file_name("other");
+    image_folder(&other, 4, 1);
+    let path = format!("data.eval_path=\"{}\"", other.display());
+    let out = ok(eval(&[&path]).output().unwrap(), "eval on another set");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("data.eval_path"));
+    let folder = fs::read_dir(&own)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("data.eval_path")
+        })
+        .unwrap();
+    assert_eq!(settings(&folder), (5, 40, 10));
+
+    let err = fails(&mut eval(&["data.eval_path=\"/nonexistent/labelled\""]));
+    assert!(
+        err.contains("data.eval_path") && err.contains("no such file"),
+        "{err}"
+    );
+    let err = fails(&mut eval(&["eval.k=1000"]));
+    assert!(
+        err.contains("eval.k") && err.contains("20 labelled reference"),
+        "{err}"
+    );
+}
+
 /// Ctrl-C (SIGINT) while a run trains, with no step checkpoints configured: the run stops after
 /// the step it is in, writes a checkpoint there, exits with 130 naming it and how to go on, and
 /// `--resume` from it ends bit for bit where an uninterrupted run ends.
@@ -339,10 +403,15 @@ fn ctrl_c_stops_with_a_checkpoint_and_the_resume_matches_an_uninterrupted_run() 
         assert!(err.contains(&newest.display().to_string()), "{err}");
         let said = String::from_utf8_lossy(&out.stdout);
         eprintln!("stopped at {} after: {said}", newest.display());
+        // What a second Ctrl-C in the middle of a checkpoint write would leave: removed by the
+        // next checkpoint the run writes.
+        let leftover = newest.with_file_name(".epoch-0009-batch-000001.tmp");
+        fs::create_dir_all(leftover.join(".model.bin.1.tmp")).unwrap();
         ok(
             setup.train(&name, true, &no_steps).output().unwrap(),
             "resume after Ctrl-C",
         );
+        assert!(!leftover.exists(), "an abandoned checkpoint folder stayed");
         let (a, b) = (setup.run_dir("whole"), setup.run_dir(&name));
         assert_eq!(metrics(&b), metrics(&a));
         assert!(final_bank(&b) == final_bank(&a), "final bank");
