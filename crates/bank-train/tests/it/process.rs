@@ -517,7 +517,8 @@ fn other_images_of_the_same_number_are_refused_and_a_moved_folder_is_not() {
     let dog = setup.images.join("train/dog");
     fs::rename(cat.join(&moved), dog.join(&moved)).unwrap();
     let said = |err: &str| {
-        err.contains("differs from what this run trained on") && err.contains("images 1–20")
+        err.contains("differs from what this run trained on")
+            && err.contains("of the 20 images are not the ones")
     };
     let err = fails(&mut setup.train("r", true, &["train.epochs=2"]));
     assert!(said(&err), "{err}");
