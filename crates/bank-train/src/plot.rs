@@ -71,6 +71,8 @@ fn try_draw(path: &Path, history: &[EpochMetrics]) -> Result<(), Box<dyn std::er
         text,
         if bank {
             "kNN top-1 vs bank (%)"
+        } else if knn.is_empty() {
+            "kNN: not measured"
         } else {
             "kNN top-1 vs recomputed (%)"
         },

@@ -245,9 +245,7 @@ pub fn train<B: AutodiffBackend>(
         }
         metrics::append(&folder.metrics(), &m)?;
         history.push(m.clone());
-        if m.knn_bank.is_some() || m.knn_recomputed.is_some() {
-            plot::draw(&folder.plot(), &history);
-        }
+        plot::draw(&folder.plot(), &history);
         progress.epoch_end(&m);
         state.epochs_done = epoch + 1;
         state.progress = EpochProgress::default();

@@ -68,6 +68,13 @@ pub fn load_run<B: AutodiffBackend>(
     let config = run_config(run, overrides)?;
     let ckpt = match checkpoint {
         Some(p) => {
+            // A bare name (`epoch-0003`) is looked up among the run's checkpoints.
+            let inside = run.join("checkpoints").join(p);
+            let p = if !p.exists() && p.is_relative() && inside.is_dir() {
+                inside.as_path()
+            } else {
+                p
+            };
             check_checkpoint_of(run, p)?;
             p.to_path_buf()
         }
@@ -140,10 +147,15 @@ fn check_checkpoint_of(run: &Path, checkpoint: &Path) -> Result<()> {
         return Err(Error::checkpoint(checkpoint, "no such checkpoint folder"));
     }
     let own = run.join("checkpoints").canonicalize().ok();
-    let parent = checkpoint
-        .canonicalize()
-        .ok()
-        .and_then(|c| c.parent().map(Path::to_path_buf));
+    let canonical = checkpoint.canonicalize().ok();
+    if own.is_some() && canonical == own {
+        return Err(Error::checkpoint(
+            checkpoint,
+            "the run's folder of checkpoints: name one of them (e.g. epoch-0001) or leave \
+             --checkpoint out for the newest",
+        ));
+    }
+    let parent = canonical.and_then(|c| c.parent().map(Path::to_path_buf));
     if own.is_some() && own == parent {
         return Ok(());
     }

@@ -894,8 +894,29 @@ fn eval_and_export_refuse_a_checkpoint_of_another_run() {
         );
     }
     fs::write(&config, text).unwrap();
+    // The folder of checkpoints is not one; a bare name is looked up among the run's.
+    let err = refuse(&["eval"], &setup.run_dir("a").join("checkpoints"));
+    assert!(err.contains("name one of them"), "{err}");
     assert!(!setup.run_dir("a").join("eval").exists());
     assert!(!out_file.exists());
+    let bare = own.file_name().unwrap();
+    assert!(!Path::new(bare).exists());
+    let eval = Command::new(BIN)
+        .args(["eval", "--run"])
+        .arg(setup.run_dir("a"))
+        .arg("--checkpoint")
+        .arg(bare)
+        .output()
+        .unwrap();
+    ok(eval, "eval of a checkpoint named bare");
+    assert!(
+        setup
+            .run_dir("a")
+            .join("eval")
+            .join(bare)
+            .join("eval.json")
+            .is_file()
+    );
     // An earlier export is named before the data is read (here the data is gone).
     fs::write(&out_file, b"earlier").unwrap();
     fs::remove_dir_all(&setup.images).unwrap();
