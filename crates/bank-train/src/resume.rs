@@ -129,13 +129,22 @@ pub fn check_resume(old: &TrainConfig, new: &TrainConfig) -> Result<()> {
 
 /// The configuration as `path → value` (TOML syntax), one entry per leaf field.
 fn flatten(config: &TrainConfig) -> BTreeMap<String, String> {
+    fields(config)
+        .into_iter()
+        .map(|(path, value)| (path, value.to_string()))
+        .collect()
+}
+
+/// Every leaf field of `config` set (an unset optional field is absent) by its dotted path
+/// (`merge.schedule.groups`), with its value.
+pub fn fields(config: &TrainConfig) -> BTreeMap<String, toml::Value> {
     let mut out = BTreeMap::new();
     let value = toml::Value::try_from(config).expect("the config serialises");
     walk("", &value, &mut out);
     out
 }
 
-fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
@@ -148,7 +157,7 @@ fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
             }
         }
         leaf => {
-            out.insert(prefix.to_string(), leaf.to_string());
+            out.insert(prefix.to_string(), leaf.clone());
         }
     }
 }

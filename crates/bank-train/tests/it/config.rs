@@ -217,29 +217,7 @@ fn an_invalid_override_value_says_why() {
 /// a field, every default is the code's, and every example of a field unset by default loads.
 #[test]
 fn the_configuration_reference_lists_every_field_with_its_default() {
-    use std::collections::BTreeMap;
-    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
-        match value {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    let path = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flatten(&path, v, out);
-                }
-            }
-            leaf => {
-                out.insert(prefix.to_string(), leaf.clone());
-            }
-        }
-    }
-    let fields = |config: &TrainConfig| {
-        let mut out = BTreeMap::new();
-        flatten("", &toml::Value::try_from(config).unwrap(), &mut out);
-        out
-    };
+    let fields = bank_train::resume::fields;
     let parse = |text: &str| -> toml::Value {
         let table: toml::Table = format!("v = {text}").parse().unwrap();
         table["v"].clone()
