@@ -368,7 +368,7 @@ fn run_task(task: Task) -> Result<()> {
             if !devices.is_empty() {
                 cmd.arg("--devices").arg(devices.join(","));
             }
-            cmd.args(overrides);
+            cmd.args(overrides.iter().map(|o| with_absolute_path(o)));
             run(cmd)
         }
         Task::Ablation {
@@ -393,7 +393,7 @@ fn run_task(task: Task) -> Result<()> {
             if report_only {
                 cmd.arg("--report-only");
             }
-            cmd.args(overrides);
+            cmd.args(overrides.iter().map(|o| with_absolute_path(o)));
             run(cmd)
         }
         Task::Eval {
@@ -408,13 +408,19 @@ fn run_task(task: Task) -> Result<()> {
             cmd.arg("eval").arg("--run").arg(absolute(&dir)?);
             cmd.arg("--protocol").arg(protocol);
             for field in set {
-                cmd.arg("--set").arg(field);
+                cmd.arg("--set").arg(with_absolute_path(&field));
             }
             if let Some(data) = data {
                 cmd.arg("--data").arg(absolute(&data)?);
             }
             if let Some(checkpoint) = checkpoint {
-                cmd.arg("--checkpoint").arg(absolute(&checkpoint)?);
+                // A bare checkpoint name (`epoch-0003`) is bank-train's to find in the run.
+                let found = checkpoint.exists() || workspace_root().join(&checkpoint).exists();
+                if found {
+                    cmd.arg("--checkpoint").arg(absolute(&checkpoint)?);
+                } else {
+                    cmd.arg("--checkpoint").arg(checkpoint);
+                }
             }
             run(cmd)
         }
@@ -607,6 +613,27 @@ fn tensor_crate_tests(backend: Backend) -> Command {
     cmd
 }
 
+/// `data.path=…` or `data.eval_path=…` with a relative path that exists from where the user
+/// ran `cargo xtask` made absolute: bank-train runs in the workspace root, where the path would
+/// name something else. Any other override as given.
+fn with_absolute_path(set: &str) -> String {
+    let Some((key, value)) = set.split_once('=') else {
+        return set.to_string();
+    };
+    if !matches!(key.trim(), "data.path" | "data.eval_path") {
+        return set.to_string();
+    }
+    let path = value.trim().trim_matches(|c| c == '"' || c == '\'');
+    let Ok(here) = std::env::current_dir() else {
+        return set.to_string();
+    };
+    if Path::new(path).is_relative() && here.join(path).exists() {
+        let full = here.join(path).display().to_string().replace('\\', "\\\\");
+        return format!("{}=\"{full}\"", key.trim());
+    }
+    set.to_string()
+}
+
 /// Paths given by the user are relative to where they ran `cargo xtask` (cargo then runs the
 /// binary in the workspace root); a path that does not exist there is taken from the root.
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -744,5 +771,25 @@ mod tests {
         assert_eq!(passed_on(&killed), None, "{killed}");
         assert!(killed.to_string().contains("signal"), "{killed}");
         assert_eq!(passed_on(&anyhow::anyhow!("--minutes must be > 0")), None);
+    }
+
+    /// bank-train runs in the workspace root: a relative data path that exists from where
+    /// xtask was started is passed on absolute, anything else as given.
+    #[test]
+    fn relative_data_paths_are_passed_on_from_where_xtask_runs() {
+        let here = std::env::current_dir().unwrap().join("src");
+        let want = format!("data.path=\"{}\"", here.display());
+        assert_eq!(with_absolute_path("data.path=src"), want);
+        assert_eq!(with_absolute_path("data.path=\"src\""), want);
+        let eval = format!("data.eval_path=\"{}\"", here.display());
+        assert_eq!(with_absolute_path(" data.eval_path = 'src' "), eval);
+        for unchanged in [
+            "data.path=\"no-such-folder\"",
+            "eval.k=3",
+            "name=src",
+            "src",
+        ] {
+            assert_eq!(with_absolute_path(unchanged), unchanged);
+        }
     }
 }

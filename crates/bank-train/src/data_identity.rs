@@ -100,7 +100,7 @@ impl DataIdentity {
             let where_ = match first {
                 Some(i) => format!("the first that differs is {}", image(i)),
                 None if b > a => format!("the first {a} are the same, {} more follow", b - a),
-                None => format!("the first {b} are the same, the last {} are gone", a - b),
+                None => format!("the first {b} are the same, the last {} gone", a - b),
             };
             return Some(format!(
                 "the run trained on {a} images, the data now has {b}: {where_}"
@@ -294,7 +294,7 @@ mod tests {
         let said = differs(&run, &Names::new("/d", 9)).unwrap();
         assert!(
             said.contains(
-                "10 images, the data now has 9: the first 9 are the same, the last 1 are gone"
+                "10 images, the data now has 9: the first 9 are the same, the last 1 gone"
             ),
             "{said}"
         );

@@ -270,8 +270,8 @@ fn stop_on_ctrl_c() {
             std::process::exit(130);
         }
         say_err!(
-            "\nstopping after this step (after the last epoch: after this evaluation), with a \
-             checkpoint there (Ctrl-C again stops at once)"
+            "\nstopping at the end of the step (or evaluation) running now, with a checkpoint \
+             there (Ctrl-C again stops at once)"
         );
     });
     if let Err(e) = installed {
