@@ -103,7 +103,8 @@ impl DataIdentity {
                 None => format!("the first {b} are the same, the last {} gone", a - b),
             };
             return Some(format!(
-                "the run trained on {a} images, the data now has {b}: {where_}"
+                "the run trained on {a} images, the data now has {b} ({}): {where_}",
+                self.changes(now)
             ));
         }
         if self.labelled != now.labelled {
@@ -124,11 +125,39 @@ impl DataIdentity {
         let i = first?;
         let differ = (i..shared).filter(|&j| self.row(j) != now.row(j)).count();
         Some(format!(
-            "{differ} of the {} images are not the ones the run trained on (other files, \
-             another order or other labels); the first is {}",
+            "{differ} of the {} images are not the ones the run trained on at their rows ({}); \
+             the first is {}",
             self.images,
+            self.changes(now),
             image(i)
         ))
+    }
+
+    /// What changed regardless of position: images now that the run did not have (new,
+    /// renamed or relabelled), images of the run that are gone, and whether the rest moved.
+    fn changes(&self, now: &Self) -> String {
+        use std::collections::HashSet;
+        let rows = |id: &Self| -> HashSet<String> {
+            (0..id.images)
+                .filter_map(|i| id.row(i))
+                .map(str::to_string)
+                .collect()
+        };
+        let (was, is) = (rows(self), rows(now));
+        let new = (0..now.images)
+            .filter(|&i| now.row(i).is_some_and(|r| !was.contains(r)))
+            .count();
+        let gone = (0..self.images)
+            .filter(|&i| self.row(i).is_some_and(|r| !is.contains(r)))
+            .count();
+        let mut parts = vec![
+            format!("{new} new, renamed or relabelled"),
+            format!("{gone} gone"),
+        ];
+        if new == 0 && gone == 0 {
+            parts.push("the same images in another order".into());
+        }
+        parts.join(", ")
     }
 
     /// Writes the identity to `run_dir`'s [`DATA_IDENTITY_FILE`], atomically.
@@ -294,7 +323,8 @@ mod tests {
         let said = differs(&run, &Names::new("/d", 9)).unwrap();
         assert!(
             said.contains(
-                "10 images, the data now has 9: the first 9 are the same, the last 1 gone"
+                "10 images, the data now has 9 (0 new, renamed or relabelled, 1 gone): the first \
+                 9 are the same, the last 1 gone"
             ),
             "{said}"
         );
@@ -311,20 +341,31 @@ mod tests {
             said.contains("the first that differs is image 5 (now ship/5.png)"),
             "{said}"
         );
+        assert!(
+            said.contains("(0 new, renamed or relabelled, 1 gone)"),
+            "{said}"
+        );
 
         let mut swapped = Names::new("/d", 10);
         swapped.names.swap(3, 4);
+        swapped.labels.swap(3, 4);
         let said = differs(&run, &swapped).unwrap();
         assert!(
             said.contains("2 of the 10 images") && said.contains("image 4 (now dog/4.png)"),
             "{said}"
         );
+        let reordered = "(0 new, renamed or relabelled, 0 gone, the same images in another order)";
+        assert!(said.contains(reordered), "{said}");
 
         let mut relabelled = Names::new("/d", 10);
         relabelled.labels[7] = 0;
         let said = differs(&run, &relabelled).unwrap();
         assert!(
             said.contains("1 of the 10 images") && said.contains("image 8 (now dog/7.png)"),
+            "{said}"
+        );
+        assert!(
+            said.contains("(1 new, renamed or relabelled, 1 gone)"),
             "{said}"
         );
 
