@@ -685,8 +685,14 @@ fn eval(
         );
     };
     bank_train::data_identity::check(run, &*data.train)?;
-    // `eval.k` (which `--set` may change) against the reference images, as training checks it.
-    bank_train::feasibility::check_against_data(config, &data)?;
+    // The settings against the data as training checks them, for the protocols asked for now:
+    // `eval.k` (which `--set` may change) against the reference images when kNN runs.
+    let mut asked = config.clone();
+    asked.eval.protocols = protocols.to_vec();
+    if !Protocol::Knn.wanted(protocols) {
+        (asked.eval.every_epochs, asked.eval.recompute_at_end) = (0, false);
+    }
+    bank_train::feasibility::check_against_data(&asked, &data)?;
     bank_train::feasibility::check_bank_against_data(
         &ckpt.join("bank.safetensors"),
         (bank.num_rows(), bank.dim()),

@@ -351,6 +351,12 @@ fn eval_with_other_settings_or_data_keeps_them_apart_and_checks_them() {
         err.contains("eval.k") && err.contains("20 labelled reference"),
         "{err}"
     );
+    // Not when kNN is not asked for: the linear probe has no k.
+    let linear = eval(&["eval.k=1000", "eval.linear.epochs=2"])
+        .args(["--protocol", "linear"])
+        .output()
+        .unwrap();
+    ok(linear, "the linear probe with an eval.k kNN could not take");
 }
 
 /// Ctrl-C (SIGINT) while a run trains, with no step checkpoints configured: the run stops after
