@@ -45,7 +45,8 @@ pub const CHANGEABLE_ON_RESUME: &[&str] = &[
 
 /// Fields `eval` and `export` may set (`--set`): where the data is now, and how to evaluate.
 /// `data.path` may point elsewhere (a moved folder) because the run's record of its training
-/// images ([`crate::data_identity`]) refuses other images.
+/// images ([`crate::data_identity`]) refuses other images. Each is also in
+/// [`CHANGEABLE_ON_RESUME`]: the checkpoint read is checked against the config with those.
 pub const CHANGEABLE_ON_EVAL: &[&str] = &[
     "data.path",
     "data.eval_path",
@@ -158,6 +159,21 @@ fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, toml::Valu
         }
         leaf => {
             out.insert(prefix.to_string(), leaf.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `load_run` compares the checkpoint's config with the run's plus `--set` by
+    /// [`refused_changes`]: a field settable on eval but not on resume would make every such
+    /// `eval --set` a "checkpoint of another run".
+    #[test]
+    fn every_field_eval_may_set_a_resume_may_change() {
+        for field in CHANGEABLE_ON_EVAL {
+            assert!(changeable(field), "{field}");
         }
     }
 }

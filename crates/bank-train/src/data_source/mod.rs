@@ -126,7 +126,7 @@ pub fn open(config: &DataConfig, root: &Path) -> Result<TrainData> {
     // place of the training data's own test split otherwise (features recomputed).
     let eval = match &resolved.eval_path {
         Some(path) => {
-            let own = if eval.is_some() || train.labels().is_some() {
+            let own = if eval.is_some() || train.label(0).is_some() {
                 " (instead of the training data's own evaluation sets)"
             } else {
                 ""
