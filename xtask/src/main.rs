@@ -94,8 +94,8 @@ enum Task {
         /// Backend to build with.
         #[arg(long, value_enum, default_value_t = Backend::Flex)]
         backend: Backend,
-        /// The run folder.
-        #[arg(long)]
+        /// The run folder (default: the one `cargo xtask train` makes).
+        #[arg(long, default_value = DEFAULT_RUN)]
         run: PathBuf,
         /// Data folder.
         #[arg(long)]
@@ -266,6 +266,9 @@ impl Backend {
 
 /// The recipe `cargo xtask train` trains when given no `--config`.
 const DEFAULT_RECIPE: &str = "configs/cifar10_small_cpu_long.toml";
+
+/// The run folder `cargo xtask train` makes from [`DEFAULT_RECIPE`] (its `name`).
+const DEFAULT_RUN: &str = "runs/cifar10_small_cpu_long";
 
 /// Whether [`run`] waits for a program now: Ctrl-C (sent to the whole foreground process group)
 /// is then that program's to handle. bank-train's training stops after the step it is in, with
@@ -771,6 +774,18 @@ mod tests {
         assert_eq!(passed_on(&killed), None, "{killed}");
         assert!(killed.to_string().contains("signal"), "{killed}");
         assert_eq!(passed_on(&anyhow::anyhow!("--minutes must be > 0")), None);
+    }
+
+    /// `cargo xtask eval` with no `--run` evaluates what `cargo xtask train` trained.
+    #[test]
+    fn the_default_run_is_the_default_recipe_s_run_folder() {
+        let recipe = std::fs::read_to_string(workspace_root().join(DEFAULT_RECIPE)).unwrap();
+        let name = recipe
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .unwrap()
+            .trim_matches('"');
+        assert_eq!(Path::new(DEFAULT_RUN), Path::new("runs").join(name));
     }
 
     /// bank-train runs in the workspace root: a relative data path that exists from where

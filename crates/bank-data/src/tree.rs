@@ -56,8 +56,9 @@ pub(crate) fn assemble(
                     }
                     None => options.reject(
                         &file.display,
-                        "a file directly under the root, where class folders were expected \
-                         (use the unlabelled layout for a flat folder)"
+                        "a file directly under the root, beside the class folders: move it \
+                         into its class folder or out of the data (or use the unlabelled layout \
+                         for images without classes)"
                             .into(),
                         &mut skipped,
                     )?,

@@ -26,8 +26,20 @@ fn main() -> Result<()> {
     if out.exists() {
         bail!("{} exists; choose a new folder", out.display());
     }
-    for (split, per_class) in [("train", train), ("test", test)] {
-        let per_class: usize = per_class.parse().context("images per class")?;
+    let count = |what: &str, value: &str| -> Result<usize> {
+        match value.parse() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("{what}: `{value}` is not a whole number above 0"),
+        }
+    };
+    let counts = [
+        count("TRAIN_PER_CLASS", train)?,
+        count("TEST_PER_CLASS", test)?,
+    ];
+    if !Path::new(archive).is_file() {
+        bail!("{archive}: no such file (the CIFAR-10 JPEG archive)");
+    }
+    for (split, per_class) in [("train", counts[0]), ("test", counts[1])] {
         let set = read_image_archive(
             archive,
             split,

@@ -809,6 +809,41 @@ pub fn check_override_conflicts(overrides: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
+/// The overrides as they take effect, one per field, sorted by field: the last of a field's
+/// overrides wins (as [`TrainConfig::load`] applies them), a string is written bare, and a
+/// `data.path` or `data.eval_path` that exists from the working folder is written absolute
+/// (links resolved). Two spellings of one setting (`eval.k=5 eval.k=7` and `eval.k=7`;
+/// `data.path=imgs` and `data.path="/home/u/imgs"`) give the same list, so `eval` files their
+/// results in one place.
+///
+/// # Errors
+/// [`Error::Config`] for an override not of the form `section.field=value` or with an invalid
+/// value.
+pub fn effective_overrides(overrides: &[String]) -> Result<Vec<String>> {
+    let mut last: BTreeMap<String, toml::Value> = BTreeMap::new();
+    for o in overrides {
+        let (key, value) = parse_override(o)?;
+        last.insert(key.to_string(), value);
+    }
+    Ok(last
+        .into_iter()
+        .map(|(key, value)| {
+            let shown = match value {
+                toml::Value::String(s)
+                    if matches!(key.as_str(), "data.path" | "data.eval_path") =>
+                {
+                    std::fs::canonicalize(&s)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or(s)
+                }
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            format!("{key}={shown}")
+        })
+        .collect())
+}
+
 /// Equal TOML values, a whole number equal to the same float (`0` and `0.0`).
 fn same_value(a: &toml::Value, b: &toml::Value) -> bool {
     let number = |v: &toml::Value| match v {
@@ -952,11 +987,17 @@ impl DataConfig {
                     return bad("std", format!("{s:?}"), "values must be > 0");
                 }
             }
-            _ => {
+            (given, _) => {
+                // Named by the field that was given: its partner is missing.
+                let (field, missing) = if given.is_some() {
+                    ("mean", "data.std")
+                } else {
+                    ("std", "data.mean")
+                };
                 return bad(
-                    "mean",
-                    "only one of mean/std".into(),
-                    "give both data.mean and data.std, or neither",
+                    field,
+                    "given alone".into(),
+                    &format!("give {missing} too, or neither"),
                 );
             }
         }

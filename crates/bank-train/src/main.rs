@@ -429,7 +429,7 @@ fn train(
         bank_train::feasibility::check_step_memory(&config, memory)?;
     }
     bank_train::run_folder::RunFolder::open(&run_dir, resume)?;
-    let root = run_data_root(&run_dir, data)?;
+    let root = run_data_root(&run_dir, data, &config)?;
     match &config.data.path {
         Some(path) => say!("data: {} ({:?})", path.display(), config.data.dataset),
         None => say!("data: {}", root.display()),
@@ -475,6 +475,8 @@ fn train(
     // optional files (protocols, pictures) when present.
     let files: Vec<&str> = [
         "config.toml",
+        "data.json",
+        "data_root.txt",
         "metrics.jsonl",
         "training.png",
         "summary.json",
@@ -591,15 +593,28 @@ fn run_ablation(
 /// recorded when it read its data (`data_root.txt`, when it still exists: `eval` without `--data`
 /// once downloaded CIFAR-10's binaries next to a run trained on its JPEGs), else
 /// `MEMBANK_DATA` or the default.
-fn run_data_root(run_dir: &Path, data: Option<&Path>) -> Result<PathBuf> {
+/// The data folder of a run: `--data`, else the one the run recorded, else the default. Says
+/// which, or that `--data` goes unused because `data.path` names the images absolutely.
+fn run_data_root(run_dir: &Path, data: Option<&Path>, config: &TrainConfig) -> Result<PathBuf> {
+    let absolute = config.data.path.as_deref().filter(|p| p.is_absolute());
+    if let (Some(path), Some(flag)) = (absolute, data) {
+        say!(
+            "note: --data {} is not used: data.path names the images ({}; --set data.path=DIR \
+             reads others)",
+            flag.display(),
+            path.display()
+        );
+    }
     if data.is_none()
         && let Some(root) = bank_train::run_folder::recorded_data_root(run_dir)
     {
-        say!(
-            "data folder: {} (the run's, from {}; --data reads another)",
-            root.display(),
-            bank_train::run_folder::DATA_ROOT_FILE
-        );
+        if config.data.path.is_none() {
+            say!(
+                "data folder: {} (the run's, from {}; --data reads another)",
+                root.display(),
+                bank_train::run_folder::DATA_ROOT_FILE
+            );
+        }
         return Ok(root);
     }
     Ok(data_source::data_root(data)?)
@@ -673,10 +688,12 @@ fn eval(
     // One folder per checkpoint evaluated (`RUN/eval/<checkpoint folder name>/`), so evaluating
     // another checkpoint never replaces this one's results; a protocol run again replaces only
     // its own entry.
-    let out_dir = eval_folder(run, &canonical, set);
+    // Named by the overrides as they take effect, however they were spelled.
+    let effective = bank_train::config::effective_overrides(set)?;
+    let out_dir = eval_folder(run, &canonical, &effective);
     let file = out_dir.join("eval.json");
     let earlier = runner::read_report(&file)?;
-    let data = data_source::open(&config.data, &run_data_root(run, data)?)?;
+    let data = data_source::open(&config.data, &run_data_root(run, data, config)?)?;
     let Some(eval_sets) = &data.eval else {
         bail!(
             "{}: the run's data has no labelled evaluation set (name a labelled folder: --set \
@@ -700,7 +717,6 @@ fn eval(
         &data,
     )?;
     say!("checkpoint {}", ckpt.display());
-    std::fs::create_dir_all(&out_dir).with_context(|| out_dir.display().to_string())?;
     let inputs = runner::Inputs::<Train> {
         model: &loaded.model,
         bank: Some(bank),
@@ -715,14 +731,36 @@ fn eval(
         k: config.eval.k,
         references: eval_sets.reference.len(),
         queries: eval_sets.queries.len(),
-        overrides: set.to_vec(),
+        overrides: effective,
     });
     for line in runner::lines(&report, config) {
         say!("{line}");
     }
     if let Some(earlier) = earlier {
+        if earlier.settings != report.settings {
+            // The data under the same settings folder changed (other images, another number
+            // of them): its results are not this evaluation's, and are not kept.
+            let counts = |s: &Option<runner::EvalSettings>| {
+                s.as_ref().map_or("unrecorded".to_string(), |s| {
+                    format!(
+                        "k {}, {} references, {} queries",
+                        s.k, s.references, s.queries
+                    )
+                })
+            };
+            say!(
+                "note: {} held results measured with other settings ({}; now {}): replaced, \
+                 not merged",
+                file.display(),
+                counts(&earlier.settings),
+                counts(&report.settings)
+            );
+        }
         report = report.keeping(earlier);
     }
+    // Made only now (or by `retrieval.png`), so an evaluation that fails or is interrupted
+    // leaves no empty settings folder behind.
+    std::fs::create_dir_all(&out_dir).with_context(|| out_dir.display().to_string())?;
     runner::write_report(&file, &report)?;
     say!("written: {}", file.display());
     Ok(())
@@ -739,7 +777,10 @@ fn export(
     bank_train::protocols::export::check_free(out)?;
     let device = Default::default();
     let loaded = commands::load_run::<Train>(run, chosen, set, &device)?;
-    let data = data_source::open(&loaded.config.data, &run_data_root(run, data)?)?;
+    let data = data_source::open(
+        &loaded.config.data,
+        &run_data_root(run, data, &loaded.config)?,
+    )?;
     // Every split, not only the bank: features of another data set would be exported silently.
     bank_train::data_identity::check(run, &*data.train)?;
     bank_train::feasibility::check_bank_against_data(

@@ -41,6 +41,7 @@ pub const CHANGEABLE_ON_RESUME: &[&str] = &[
     "data.mode",
     "data.memory_budget_gib",
     "data.cache",
+    "data.on_bad_image",
 ];
 
 /// Fields `eval` and `export` may set (`--set`): where the data is now, and how to evaluate.
@@ -54,6 +55,7 @@ pub const CHANGEABLE_ON_EVAL: &[&str] = &[
     "data.mode",
     "data.memory_budget_gib",
     "data.cache",
+    "data.on_bad_image",
     "method.bank_block_rows",
     "eval.k",
     "eval.batch_size",

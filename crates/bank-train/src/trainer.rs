@@ -481,22 +481,8 @@ fn summarise<B: AutodiffBackend>(
         knn_recomputed,
         views_per_s: mean(&rates),
         images_per_s: mean(&rates) / config.train.views as f64,
-        skipped_images: skipped_images(data),
+        skipped_images: data.skipped_files(),
     }
-}
-
-/// Files left out as undecodable across the training set and the evaluation sets (the reference
-/// counted only when it is not the training set itself).
-fn skipped_images(data: &TrainData) -> usize {
-    let eval = data.eval.as_ref().map_or(0, |e| {
-        let reference = if e.bank_rows.is_some() {
-            0
-        } else {
-            e.reference.skipped().len()
-        };
-        reference + e.queries.skipped().len()
-    });
-    data.train.skipped().len() + eval
 }
 
 /// The run folder for `config` under `runs_root`.

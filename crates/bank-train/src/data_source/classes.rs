@@ -24,6 +24,12 @@ pub fn resolve(entries: &[String], names: &[String], field: &str) -> Result<Vec<
         field: field.into(),
         reason: format!("`{value}`: {reason}"),
     };
+    if names.is_empty() {
+        return Err(Error::Config {
+            field: field.into(),
+            reason: "the images have no classes (an unlabelled layout): nothing to select".into(),
+        });
+    }
     let mut keep = vec![false; names.len()];
     for entry in entries {
         let entry = entry.trim();
@@ -174,6 +180,28 @@ pub fn select(
         Some(c) => Some(resolve(c, &names, "data.test_classes")?),
         None => train_sel.clone(),
     };
+    // Classes on both sides are not unseen categories (Ye et al.'s protocol): said, since an
+    // overlapping range is an easy slip (`0..5` and `3..8`).
+    if let (Some(tr), Some(te), Some(_)) = (&train_sel, &test_sel, test_classes) {
+        let trained: Vec<&str> = tr
+            .iter()
+            .map(|&c| train.class_names()[c as usize].as_str())
+            .collect();
+        let both: Vec<&str> = te
+            .iter()
+            .map(|&c| names[c as usize].as_str())
+            .filter(|n| trained.contains(n))
+            .collect();
+        if !both.is_empty() {
+            notes.push(format!(
+                "note: {} of the {} test classes are training classes too ({}): they are not \
+                 unseen categories",
+                both.len(),
+                te.len(),
+                both.join(", ")
+            ));
+        }
+    }
     // Old training index → new training row.
     let (new_train, row_of): (Arc<dyn Dataset>, Vec<Option<usize>>) = match &train_sel {
         Some(sel) => {

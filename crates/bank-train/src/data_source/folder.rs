@@ -61,8 +61,8 @@ fn index(path: &Path, prefix: &str, options: &ScanOptions) -> Result<ImageIndex>
     })
 }
 
-/// Resolves `auto`: `split` when `train/` exists, `classes` when the root holds only folders,
-/// else `unlabeled`.
+/// Resolves `auto`: `split` when `train/` exists, `classes` when the root holds only folders or
+/// at least two folders beside files (the files are then refused by name), else `unlabeled`.
 fn detect_layout(
     path: &Path,
     layout: FolderLayoutKind,
@@ -76,13 +76,21 @@ fn detect_layout(
             return Ok(FolderLayoutKind::Split);
         }
         let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
-        let mut only_dirs = true;
+        let (mut dirs, mut files) = (0, 0);
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(path, e))?;
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            only_dirs &= hidden || entry.path().is_dir();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if entry.path().is_dir() {
+                dirs += 1;
+            } else {
+                files += 1;
+            }
         }
-        return Ok(if only_dirs {
+        // Class folders with a stray file beside them are class folders: the scan then refuses
+        // the file by name. Taking them as unlabelled dropped every label without a word.
+        return Ok(if dirs > 0 && (files == 0 || dirs >= 2) {
             FolderLayoutKind::Classes
         } else {
             FolderLayoutKind::Unlabeled

@@ -103,6 +103,24 @@ impl TrainData {
     }
 }
 
+impl TrainData {
+    /// Files left out as undecodable (`data.on_bad_image = "skip"`) across the training set
+    /// and the evaluation sets, each counted once: sets split from one scan (class folders
+    /// with a held-out share; a reference that is the training set) report the same files.
+    pub fn skipped_files(&self) -> usize {
+        let mut files = std::collections::BTreeSet::new();
+        let mut add = |set: &dyn Dataset| {
+            files.extend(set.skipped().iter().map(|s| s.path.clone()));
+        };
+        add(&*self.train);
+        if let Some(e) = &self.eval {
+            add(&*e.reference);
+            add(&*e.queries);
+        }
+        files.len()
+    }
+}
+
 /// Opens the data `config` describes; `root` is the folder of the official datasets
 /// (`--data`, else `MEMBANK_DATA`, else `~/.cache/membank/data`).
 ///
@@ -118,7 +136,13 @@ pub fn open(config: &DataConfig, root: &Path) -> Result<TrainData> {
     let resolved = with_paths_under(config, root);
     let (train, eval, mut notes) = match config.dataset {
         DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Stl10 => {
-            official::open(config, &absolute(config.path.as_deref().unwrap_or(root)))?
+            // A folder named by `data.path` must exist, as one named by `--data` must: a
+            // mistyped path would otherwise be created and a download started into it.
+            let folder = match &resolved.path {
+                Some(path) => existing(path, "data.path")?,
+                None => root.clone(),
+            };
+            official::open(config, &folder)?
         }
         DatasetKind::ImageFolder => folder::open(&resolved)?,
     };
@@ -205,15 +229,25 @@ pub(crate) fn existing(path: &Path, field: &str) -> Result<PathBuf> {
     if path.exists() {
         Ok(path.to_path_buf())
     } else {
+        // Where a relative path was looked for (`with_paths_under`).
+        let looked = if path.is_relative() {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            format!(
+                " (looked for from the working folder {} and from the data folder)",
+                cwd.display()
+            )
+        } else {
+            String::new()
+        };
         // A run's data moved since: `eval`, `export` and `train --resume` take its new place.
         let moved = if field.starts_with("data.") {
-            format!(" (moved? name its new place with --set {field}=NEW)")
+            format!("; if a run's data has moved, name its new place with --set {field}=NEW")
         } else {
             String::new()
         };
         Err(Error::Config {
             field: field.into(),
-            reason: format!("{}: no such file or folder{moved}", path.display()),
+            reason: format!("{}: no such file or folder{looked}{moved}", path.display()),
         })
     }
 }

@@ -65,6 +65,19 @@ pub fn load_run<B: AutodiffBackend>(
         };
         return Err(Error::checkpoint(run, why));
     }
+    if !run.join("config.toml").is_file() {
+        let inside = match run.file_name().and_then(|n| n.to_str()) {
+            Some("checkpoints") => " (a run's checkpoints folder: name the run, its parent)",
+            _ if run.join("state.json").exists() && run.join("bank.safetensors").exists() => {
+                " (a checkpoint: name its run with --run and it with --checkpoint)"
+            }
+            _ => "",
+        };
+        return Err(Error::checkpoint(
+            run,
+            format!("not a run folder: it holds no config.toml{inside}"),
+        ));
+    }
     let config = run_config(run, overrides)?;
     let ckpt = match checkpoint {
         Some(p) => {
@@ -205,7 +218,8 @@ pub fn export_run<B: AutodiffBackend>(
                 .as_ref()
                 .ok_or_else(|| Error::Config {
                     field: "data".into(),
-                    reason: "no test split: the run's data has no labelled evaluation images"
+                    reason: "no test split: the run's data has no labelled evaluation images \
+                             (name a labelled folder: --set data.eval_path=FOLDER)"
                         .into(),
                 })?
                 .queries

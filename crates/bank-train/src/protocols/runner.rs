@@ -69,7 +69,8 @@ pub struct EvalSettings {
     pub references: usize,
     /// Query (test) images.
     pub queries: usize,
-    /// The `--set` overrides of the run's configuration, as given.
+    /// The `--set` overrides of the run's configuration as they take effect
+    /// ([`crate::config::effective_overrides`]).
     pub overrides: Vec<String>,
 }
 
@@ -272,6 +273,7 @@ fn retrieval_picture<B: AutodiffBackend>(
     let neighbours: Vec<Vec<usize>> = (0..shown.len())
         .map(|q| found.of(q).0.iter().map(|&j| j as usize).collect())
         .collect();
+    std::fs::create_dir_all(inputs.out_dir).map_err(|e| Error::io(inputs.out_dir, e))?;
     pictures::retrieval(
         &inputs.out_dir.join("retrieval.png"),
         &*inputs.eval.queries,

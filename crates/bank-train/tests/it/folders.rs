@@ -321,6 +321,8 @@ fn mode_auto_streams_past_the_memory_budget_and_skipped_files_are_counted() {
     let data = data_source::open(&config_with(&skip).data, dir.path()).unwrap();
     assert_eq!(data.train.skipped().len(), 1);
     assert!(data.train.skipped()[0].path.ends_with("cut.png"));
+    // The held-out share comes from the same scan: one file, counted once in summary.json.
+    assert_eq!(data.skipped_files(), 1);
     assert!(
         data.notes.iter().any(|n| n.contains("streaming")),
         "{:?}",
@@ -379,6 +381,77 @@ fn a_dataset_wrapped_in_one_more_folder_is_refused_with_the_fix() {
     let data = open(&root.join("set")).unwrap();
     assert_eq!(data.train.class_names(), ["cat", "dog"]);
     assert_eq!(data.eval.as_ref().unwrap().queries.len(), 8);
+}
+
+/// A CIFAR-10 `data.path` that does not exist is an error naming it, as a missing `--data` is:
+/// it was created and a download started into it.
+#[test]
+fn a_missing_official_data_path_is_refused_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("mistyped");
+    let config = config_with(&[format!("data.path=\"{}\"", missing.display())]);
+    let err = data_source::open(&config.data, dir.path())
+        .err()
+        .expect("a missing data.path is refused")
+        .to_string();
+    assert!(
+        err.contains("data.path") && err.contains("no such file"),
+        "{err}"
+    );
+    assert!(!missing.exists(), "the mistyped folder was created");
+    // A relative one is looked for from the working folder, then under the data folder.
+    let config = config_with(&["data.path=mistyped".to_string()]);
+    let err = data_source::open(&config.data, dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("from the working folder"), "{err}");
+}
+
+/// One stray image beside class folders made the detected layout "unlabelled": every label was
+/// dropped with a note. It is now class folders, and the stray file is refused by name;
+/// `data.layout = "unlabeled"` still takes everything as unlabelled images.
+#[test]
+fn a_file_beside_class_folders_is_refused_by_name_not_taken_as_unlabelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("classes");
+    let (set, _) = cifar_records(20, 0);
+    for i in 0..12 {
+        let class = ["cat", "dog", "frog"][i % 3];
+        write_png(
+            &set,
+            i,
+            &root.join(class).join(format!("{i}.png")),
+            false,
+            (32, 32),
+        );
+    }
+    write_png(&set, 12, &root.join("loose.png"), false, (32, 32));
+    let open = |extra: &[&str]| {
+        let mut overrides = vec![
+            "data.dataset=image_folder".to_string(),
+            format!("data.path=\"{}\"", root.display()),
+            "data.image_size=32".into(),
+            "data.cache=false".into(),
+            "data.test_fraction=0.25".into(),
+        ];
+        overrides.extend(extra.iter().map(|s| s.to_string()));
+        data_source::open(&config_with(&overrides).data, dir.path())
+    };
+    let err = open(&[])
+        .err()
+        .expect("the stray file is refused")
+        .to_string();
+    assert!(
+        err.contains("loose.png") && err.contains("beside the class folders"),
+        "{err}"
+    );
+    let skipped = open(&["data.on_bad_image=skip"]).unwrap();
+    assert_eq!(skipped.train.class_names(), ["cat", "dog", "frog"]);
+    assert_eq!(skipped.skipped_files(), 1);
+    let unlabelled = open(&["data.layout=unlabeled"]).unwrap();
+    assert_eq!(unlabelled.train.len(), 13);
+    assert!(unlabelled.train.label(0).is_none());
 }
 
 /// A `data.test_fraction` too small to hold out one image of any class is refused naming it (it

@@ -341,6 +341,28 @@ fn eval_with_other_settings_or_data_keeps_them_apart_and_checks_them() {
         .unwrap();
     assert_eq!(settings(&folder), (5, 40, 10));
 
+    // The same setting spelled another way files its results in the same folder: the last of a
+    // repeated field wins (as it takes effect), a relative path is the absolute one.
+    ok(
+        eval(&["eval.k=4", "eval.k=3"]).output().unwrap(),
+        "k given twice",
+    );
+    assert_eq!(settings(&own.join("eval.k=3")), (3, 20, 30));
+    assert!(!own.join("eval.k=3,eval.k=4").exists() && !own.join("eval.k=4,eval.k=3").exists());
+    let relative = eval(&["data.eval_path=other"])
+        .current_dir(other.parent().unwrap())
+        .output()
+        .unwrap();
+    ok(relative, "eval on another set named relative");
+    let named = fs::read_dir(&own)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("data.eval_path")
+        })
+        .count();
+    assert_eq!(named, 1, "one folder for one set, however it was named");
+
     let err = fails(&mut eval(&["data.eval_path=\"/nonexistent/labelled\""]));
     assert!(
         err.contains("data.eval_path") && err.contains("no such file"),
@@ -462,15 +484,25 @@ fn the_binary_refuses_a_changed_resume_untouched_and_eval_against_other_data() {
         err.contains(&missing.display().to_string()) && err.contains("no such checkpoint folder"),
         "{err}"
     );
-    // A run folder that does not exist is named as such; one without its config.toml gets the
-    // IO error in one line (its text is not repeated as its cause).
+    // A run folder that does not exist is named as such; one without its config.toml is not a
+    // run folder, in one line, with the fix when it is the run's checkpoints folder.
     let (nowhere, empty) = (setup.run_dir("nowhere"), setup.run_dir("empty"));
     fs::create_dir_all(&empty).unwrap();
+    let checkpoints = dir.join("checkpoints");
     let export: &[&str] = &["export", "--split", "bank", "--out", "x", "--run"];
     for (args, run, want) in [
         (&["eval", "--run"][..], &nowhere, "no such run folder"),
         (export, &nowhere, "no such run folder"),
-        (&["eval", "--run"][..], &empty, "config.toml: No such file"),
+        (
+            &["eval", "--run"][..],
+            &empty,
+            "not a run folder: it holds no config.toml",
+        ),
+        (
+            &["eval", "--run"][..],
+            &checkpoints,
+            "name the run, its parent",
+        ),
     ] {
         let out = Command::new(BIN).args(args).arg(run).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -492,6 +492,30 @@ mod in_a_run {
         let q = eval.queries.labels().unwrap();
         assert!((150..250).contains(&q.len()), "{}", q.len());
         assert!(q.iter().all(|&l| l < 5) && (0..5).all(|c| q.contains(&c)));
+        assert!(
+            !data.notes.iter().any(|n| n.contains("not unseen")),
+            "{:?}",
+            data.notes
+        );
+        // Overlapping lists (an easy slip of a range) are said, naming the shared classes.
+        let overlapping = TrainConfig::load(
+            None,
+            &strings(&[
+                "data.train_per_class=20",
+                "data.test_limit=400",
+                r#"data.train_classes=["0..5"]"#,
+                r#"data.test_classes=["3..8"]"#,
+            ]),
+        )
+        .unwrap();
+        let data = data_source::open(&overlapping.data, &shared_data()).unwrap();
+        assert!(
+            data.notes
+                .iter()
+                .any(|n| n.contains("2 of the 5 test classes") && n.contains("cat, deer")),
+            "{:?}",
+            data.notes
+        );
         let bad = TrainConfig::load(None, &strings(&[r#"data.test_classes=["zebra"]"#])).unwrap();
         let err = data_source::open(&bad.data, &shared_data()).err().unwrap();
         assert!(
