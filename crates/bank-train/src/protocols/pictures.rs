@@ -1,5 +1,5 @@
 //! Pictures people read faster than numbers: `retrieval.png` (test queries and their nearest
-//! training images) and `merges.png` (a sample of merged groups after a merging round).
+//! other test images) and `merges.png` (a sample of merged groups after a merging round).
 //!
 //! Tiles are the images resized to [`TILE`] pixels; a neighbour's border is green when its class
 //! is the query's, red otherwise. Under each tile its class name is written in an embedded 8×8
@@ -108,7 +108,7 @@ fn draw(path: &Path, rows: &[Row<'_>], lead: bool) -> Result<()> {
         .map_err(|e| Error::io(path, std::io::Error::other(e)))
 }
 
-/// `retrieval.png`: each query (grey border) followed by its nearest reference images, green
+/// `retrieval.png`: each query (grey border) followed by its nearest images (of `reference`), green
 /// when the class matches, red otherwise, each captioned with its class name. `neighbours[q]` lists reference indices, best first.
 ///
 /// # Errors

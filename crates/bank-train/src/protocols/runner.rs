@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bank_core::{HostBank, MemoryBankConfig};
 use bank_mining::{KnnConfig, query_neighbours};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
 use super::clustering::nmi_of_features;
@@ -156,8 +156,16 @@ pub fn run<B: AutodiffBackend>(
     }
     if want(Protocol::Retrieval) {
         note("Recall@K and k-means NMI among the test images; retrieval.png");
+        let lone = lone_queries(labels(&queries)?);
+        if lone > 0 {
+            note(&format!(
+                "note: {lone} of the {} test images are the only one of their class: no neighbour \
+                 can recall them, so Recall@K cannot reach 100% (raise data.test_limit)",
+                queries.len()
+            ));
+        }
         report.retrieval = Some(retrieval::<B>(&queries, inputs, device)?);
-        if let Err(e) = retrieval_picture::<B>(&reference, &queries, inputs, device) {
+        if let Err(e) = retrieval_picture::<B>(&queries, inputs, device) {
             tracing::warn!(error = %e, "could not draw retrieval.png");
         }
     }
@@ -244,43 +252,68 @@ fn retrieval<B: AutodiffBackend>(
     })
 }
 
-/// `retrieval.png`: a dozen queries spread over the test set, each with its 8 nearest
-/// reference images.
+/// Query images whose class has no other image among the queries: Recall@K counts them as
+/// misses whatever the features.
+fn lone_queries(labels: &[u32]) -> usize {
+    let mut count = std::collections::BTreeMap::new();
+    for &l in labels {
+        *count.entry(l).or_insert(0usize) += 1;
+    }
+    count.values().filter(|&&n| n == 1).count()
+}
+
+/// `retrieval.png`: a dozen queries spread over the test set, each with its 8 nearest other
+/// test images: the search Recall@K measures (among the test images, the query excluded).
 fn retrieval_picture<B: AutodiffBackend>(
-    reference: &Features,
     queries: &Features,
     inputs: &Inputs<'_, B>,
     device: &B::Device,
 ) -> Result<()> {
     let shown = spread(queries.len(), SHOWN_QUERIES);
-    let k = SHOWN_NEIGHBOURS.min(reference.len());
+    let k = SHOWN_NEIGHBOURS.min(queries.len().saturating_sub(1));
     if shown.is_empty() || k == 0 {
         return Ok(());
     }
-    let rows = MemoryBankConfig::new(reference.len(), reference.dim)
-        .init_from_features(reference.embedding_tensor::<B::InnerBackend>(device))?;
-    let picked: Vec<f32> = shown
-        .iter()
-        .flat_map(|&q| {
-            queries.embedding[q * queries.dim..(q + 1) * queries.dim]
-                .iter()
-                .copied()
-        })
-        .collect();
-    let picked =
-        super::features::to_tensor::<B::InnerBackend>(&picked, shown.len(), queries.dim, device);
-    let found = query_neighbours(&rows, picked, &KnnConfig::new(k))?;
-    let neighbours: Vec<Vec<usize>> = (0..shown.len())
-        .map(|q| found.of(q).0.iter().map(|&j| j as usize).collect())
-        .collect();
+    let neighbours = nearest_others::<B::InnerBackend>(queries, &shown, k, device)?;
     std::fs::create_dir_all(inputs.out_dir).map_err(|e| Error::io(inputs.out_dir, e))?;
     pictures::retrieval(
         &inputs.out_dir.join("retrieval.png"),
         &*inputs.eval.queries,
-        &*inputs.eval.reference,
+        &*inputs.eval.queries,
         &shown,
         &neighbours,
     )
+}
+
+/// For each image `shown[i]` of `set`, the `k` other images of `set` with the highest cosine
+/// similarity, best first (the image itself left out).
+fn nearest_others<B: Backend>(
+    set: &Features,
+    shown: &[usize],
+    k: usize,
+    device: &B::Device,
+) -> Result<Vec<Vec<usize>>> {
+    let rows = MemoryBankConfig::new(set.len(), set.dim)
+        .init_from_features(set.embedding_tensor::<B>(device))?;
+    let picked: Vec<f32> = shown
+        .iter()
+        .flat_map(|&q| {
+            set.embedding[q * set.dim..(q + 1) * set.dim]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let picked = super::features::to_tensor::<B>(&picked, shown.len(), set.dim, device);
+    // One more than asked: each image finds itself, and is left out.
+    let found = query_neighbours(&rows, picked, &KnnConfig::new(k + 1))?;
+    Ok(shown
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| {
+            let near = found.of(i).0.iter().map(|&j| j as usize);
+            near.filter(|&j| j != q).take(k).collect()
+        })
+        .collect())
 }
 
 /// The report as readable lines.
@@ -381,4 +414,56 @@ pub fn write_report(path: &Path, report: &ProtocolReport) -> Result<()> {
     let json = serde_json::to_vec_pretty(report).expect("report serialises");
     bank_core::write_atomic(path, &json)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lone_queries_are_those_alone_in_their_class() {
+        assert_eq!(lone_queries(&[0, 1, 1, 2, 3, 3, 3]), 2);
+        assert_eq!(lone_queries(&[5, 5]), 0);
+        assert_eq!(lone_queries(&[]), 0);
+    }
+
+    /// The picture's neighbours are the test images nearest each query by cosine, best first,
+    /// the query itself excluded: checked against a brute-force search.
+    #[test]
+    fn the_picture_shows_the_nearest_other_test_images() {
+        let (n, dim, k) = (40, 8, 5);
+        let mut state = 7u64;
+        let mut embedding: Vec<f32> = (0..n * dim)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect();
+        for row in embedding.chunks_mut(dim) {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+        let set = Features {
+            embedding,
+            dim,
+            pooled: Vec::new(),
+            pooled_dim: 0,
+            labels: None,
+        };
+        let shown = spread(n, 12);
+        let found =
+            nearest_others::<burn::backend::NdArray>(&set, &shown, k, &Default::default()).unwrap();
+        let row = |i: usize| &set.embedding[i * dim..(i + 1) * dim];
+        for (&q, near) in shown.iter().zip(&found) {
+            let mut brute: Vec<(f32, usize)> = (0..n)
+                .filter(|&j| j != q)
+                .map(|j| (row(q).iter().zip(row(j)).map(|(a, b)| a * b).sum(), j))
+                .collect();
+            brute.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let want: Vec<usize> = brute[..k].iter().map(|&(_, j)| j).collect();
+            assert_eq!(near, &want, "query {q}");
+        }
+    }
 }
