@@ -587,6 +587,23 @@ impl TrainConfig {
             );
         }
         positive("optim.gamma", self.optim.gamma)?;
+        // Counts first: the checks below compare against them.
+        for (field, v) in [
+            ("train.epochs", self.train.epochs),
+            ("train.batch_size", self.train.batch_size),
+            ("train.views", self.train.views),
+            ("eval.k", self.eval.k),
+            ("eval.batch_size", self.eval.batch_size),
+            ("eval.kmeans_restarts", self.eval.kmeans_restarts),
+            ("eval.linear.epochs", self.eval.linear.epochs),
+            ("eval.linear.batch_size", self.eval.linear.batch_size),
+            ("checkpoint.every_epochs", self.checkpoint.every_epochs),
+            ("checkpoint.keep", self.checkpoint.keep),
+        ] {
+            if v == 0 {
+                return bad(field, "0".into(), "must be at least 1");
+            }
+        }
         // A setting of the other schedule would be ignored without a word.
         match self.optim.schedule {
             LrSchedule::Step if self.optim.warmup_epochs > 0 => {
@@ -616,22 +633,6 @@ impl TrainConfig {
                 );
             }
             _ => {}
-        }
-        for (field, v) in [
-            ("train.epochs", self.train.epochs),
-            ("train.batch_size", self.train.batch_size),
-            ("train.views", self.train.views),
-            ("eval.k", self.eval.k),
-            ("eval.batch_size", self.eval.batch_size),
-            ("eval.kmeans_restarts", self.eval.kmeans_restarts),
-            ("eval.linear.epochs", self.eval.linear.epochs),
-            ("eval.linear.batch_size", self.eval.linear.batch_size),
-            ("checkpoint.every_epochs", self.checkpoint.every_epochs),
-            ("checkpoint.keep", self.checkpoint.keep),
-        ] {
-            if v == 0 {
-                return bad(field, "0".into(), "must be at least 1");
-            }
         }
         positive("eval.linear.lr", self.eval.linear.lr)?;
         let minutes = self.checkpoint.every_minutes;
@@ -932,6 +933,15 @@ impl DataConfig {
                 reason: format!("{value}: {reason}"),
             })
         };
+        for (field, path) in [("path", &self.path), ("eval_path", &self.eval_path)] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return bad(
+                    field,
+                    "\"\"".into(),
+                    "empty: name a folder (or leave it out)",
+                );
+            }
+        }
         if self.dataset == DatasetKind::ImageFolder && self.path.is_none() {
             return bad(
                 "path",

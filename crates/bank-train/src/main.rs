@@ -688,8 +688,19 @@ fn eval(
     // One folder per checkpoint evaluated (`RUN/eval/<checkpoint folder name>/`), so evaluating
     // another checkpoint never replaces this one's results; a protocol run again replaces only
     // its own entry.
-    // Named by the overrides as they take effect, however they were spelled.
-    let effective = bank_train::config::effective_overrides(set)?;
+    // Named by the overrides as they take effect, however they were spelled, leaving out
+    // those that repeat the run's own value (`--set eval.k=5` on a run with k = 5 is the
+    // run's own evaluation).
+    let own = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
+    let effective: Vec<String> = bank_train::config::effective_overrides(set)?
+        .into_iter()
+        .filter(|o| {
+            TrainConfig::load(Some(&run.join("config.toml")), std::slice::from_ref(o))
+                .map_or(true, |c| {
+                    !bank_train::resume::config_changes(&own, &c).is_empty()
+                })
+        })
+        .collect();
     let out_dir = eval_folder(run, &canonical, &effective);
     let file = out_dir.join("eval.json");
     let earlier = runner::read_report(&file)?;

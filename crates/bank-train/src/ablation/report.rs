@@ -249,14 +249,17 @@ impl AblationReport {
 
     /// The gain in final kNN top-1 against the bank from `from` to `to`: difference of the
     /// means, its standard error `√(sd₁²/n₁ + sd₂²/n₂)`, and whether every run of `to` beats
-    /// every run of `from` (the seeds' ranges do not overlap).
+    /// every run of `from` (the seeds' ranges do not overlap). With one run of either variant
+    /// there is no spread: neither the standard error nor the separation is known.
     pub fn gain(&self, from: Variant, to: Variant) -> Option<Gain> {
         let a = self.get(from)?.knn_bank?;
         let b = self.get(to)?.knn_bank?;
+        let spread = a.n >= 2 && b.n >= 2;
         Some(Gain {
             points: b.mean - a.mean,
-            standard_error: (a.sd.powi(2) / a.n as f64 + b.sd.powi(2) / b.n as f64).sqrt(),
-            separated: b.min > a.max,
+            standard_error: spread
+                .then(|| (a.sd.powi(2) / a.n as f64 + b.sd.powi(2) / b.n as f64).sqrt()),
+            separated: spread.then_some(b.min > a.max),
         })
     }
 
@@ -310,10 +313,15 @@ impl AblationReport {
             .filter_map(|&(what, from, to)| {
                 self.gain(from, to).map(|g| {
                     format!(
-                        "| {what} | {to} − {from} | {:+.2} | {:.2} | {} |",
+                        "| {what} | {to} − {from} | {:+.2} | {} | {} |",
                         g.points,
-                        g.standard_error,
-                        if g.separated { "yes" } else { "no" }
+                        g.standard_error
+                            .map_or("– (one seed)".into(), |e| format!("{e:.2}")),
+                        match g.separated {
+                            Some(true) => "yes",
+                            Some(false) => "no",
+                            None => "–",
+                        }
                     )
                 })
             })
@@ -373,10 +381,11 @@ impl AblationReport {
 pub struct Gain {
     /// Difference of the means.
     pub points: f64,
-    /// Standard error of that difference.
-    pub standard_error: f64,
-    /// Every run of the later variant above every run of the earlier one.
-    pub separated: bool,
+    /// Standard error of that difference; `None` with one run of either variant.
+    pub standard_error: Option<f64>,
+    /// Every run of the later variant above every run of the earlier one; `None` with one run
+    /// of either variant.
+    pub separated: Option<bool>,
 }
 
 fn cell(s: Option<Spread>, range: bool) -> String {

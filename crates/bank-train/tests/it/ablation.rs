@@ -131,8 +131,8 @@ fn report_statistics_match_hand_computed_values() {
     let gain = report.gain(Variant::Vanilla, Variant::Full).unwrap();
     assert!(close(gain.points, 6.0), "{gain:?}");
     // sd of both is sqrt(8): se = sqrt(8/2 + 8/2) = sqrt(8).
-    assert!(close(gain.standard_error, 8f64.sqrt()));
-    assert!(gain.separated, "36 > 34");
+    assert!(close(gain.standard_error.unwrap(), 8f64.sqrt()));
+    assert_eq!(gain.separated, Some(true), "36 > 34");
     assert!(report.gain(Variant::Vanilla, Variant::K2).is_none());
 
     let curve = vanilla.curve();
@@ -152,6 +152,18 @@ fn report_statistics_match_hand_computed_values() {
     assert!(
         md.contains("| 6 | 4.0 ± 0.0 | 96.0 ± 0.0 | 2.0 ± 0.0 | 60.00 ± 14.14"),
         "{md}"
+    );
+
+    // One seed of each: no spread, so neither a standard error nor a separation (it read
+    // 0.00 and "yes").
+    let one = AblationReport::collect("toy", &[runs[0].clone(), runs[2].clone()]).unwrap();
+    let gain = one.gain(Variant::Vanilla, Variant::Full).unwrap();
+    assert!(close(gain.points, 6.0), "{gain:?}");
+    assert_eq!((gain.standard_error, gain.separated), (None, None));
+    let md_one = one.markdown();
+    assert!(
+        md_one.contains("| full method | full − vanilla | +6.00 | – (one seed) | – |"),
+        "{md_one}"
     );
 
     let written = bank_train::ablation::write(&report, plan.root()).unwrap();

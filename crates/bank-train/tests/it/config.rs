@@ -56,6 +56,14 @@ fn invalid_values_and_unknown_fields_are_named() {
     assert!(err(&["optim.lr=-1"]).contains("optim.lr"));
     assert!(err(&["method.temperature=0"]).contains("method.temperature"));
     assert!(err(&["train.batch_size=0"]).contains("train.batch_size"));
+    // Named as itself, not as the warm-up it would be compared with.
+    let e = err(&["train.epochs=0"]);
+    assert!(e.contains("train.epochs") && !e.contains("warmup"), "{e}");
+    // An empty path is no folder (it read the data folder itself, or named a folder `/`).
+    for field in ["data.path", "data.eval_path"] {
+        let e = err(&[&format!("{field}=")]);
+        assert!(e.contains(field) && e.contains("empty"), "{e}");
+    }
     assert!(err(&["method.consistency=0.5"]).contains("train.views >= 2"));
     let e = err(&["method.loss=\"nce\"", "method.bank_block_rows=4096"]);
     assert!(

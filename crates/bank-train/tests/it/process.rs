@@ -349,6 +349,10 @@ fn eval_with_other_settings_or_data_keeps_them_apart_and_checks_them() {
     );
     assert_eq!(settings(&own.join("eval.k=3")), (3, 20, 30));
     assert!(!own.join("eval.k=3,eval.k=4").exists() && !own.join("eval.k=4,eval.k=3").exists());
+    // The run's own value is the run's own evaluation, not another setting.
+    ok(eval(&["eval.k=5"]).output().unwrap(), "k as the run has it");
+    assert!(!own.join("eval.k=5").exists());
+    assert_eq!(settings(&own), (5, 20, 30));
     let relative = eval(&["data.eval_path=other"])
         .current_dir(other.parent().unwrap())
         .output()
