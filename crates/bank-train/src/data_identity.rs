@@ -81,6 +81,17 @@ impl DataIdentity {
         }
     }
 
+    /// One string for the whole identity (count, labelled, classes and every row), to hash.
+    pub fn digest(&self) -> String {
+        format!(
+            "{}\0{}\0{}\0{}",
+            self.images,
+            self.labelled,
+            self.classes.join("\u{1f}"),
+            self.rows
+        )
+    }
+
     /// Row `i`'s hash.
     fn row(&self, i: usize) -> Option<&str> {
         self.rows.get(i * ROW_DIGITS..(i + 1) * ROW_DIGITS)

@@ -743,6 +743,7 @@ fn eval(
         references: eval_sets.reference.len(),
         queries: eval_sets.queries.len(),
         overrides: effective,
+        images: Some(runner::EvalSettings::images_of(eval_sets)),
     });
     for line in runner::lines(&report, config) {
         say!("{line}");
@@ -753,8 +754,9 @@ fn eval(
             // of them): its results are not this evaluation's, and are not kept.
             let counts = |s: &Option<runner::EvalSettings>| {
                 s.as_ref().map_or("unrecorded".to_string(), |s| {
+                    let images = s.images.as_deref().unwrap_or("unrecorded");
                     format!(
-                        "k {}, {} references, {} queries",
+                        "k {}, {} references, {} queries, images {images}",
                         s.k, s.references, s.queries
                     )
                 })

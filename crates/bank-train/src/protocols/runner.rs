@@ -72,6 +72,29 @@ pub struct EvalSettings {
     /// The `--set` overrides of the run's configuration as they take effect
     /// ([`crate::config::effective_overrides`]).
     pub overrides: Vec<String>,
+    /// Which reference and query images, in order, with their labels
+    /// ([`EvalSettings::images_of`]): other images of the same numbers are other settings.
+    /// Absent from reports written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<String>,
+}
+
+impl EvalSettings {
+    /// 16 hex digits of SHA-256 over the [`DataIdentity`](crate::data_identity::DataIdentity)
+    /// of the reference and of the query images (names relative to their common folder, and
+    /// labels).
+    pub fn images_of(eval: &EvalData) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for set in [&eval.reference, &eval.queries] {
+            hash.update(crate::data_identity::DataIdentity::of(&**set).digest());
+            hash.update([0]);
+        }
+        hash.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 /// The model, bank and data the protocols read.

@@ -340,6 +340,30 @@ fn eval_with_other_settings_or_data_keeps_them_apart_and_checks_them() {
         })
         .unwrap();
     assert_eq!(settings(&folder), (5, 40, 10));
+    // The same numbers of other images (a test image replaced by another): the next
+    // protocol's results are not merged with the earlier kNN, which measured other images.
+    let cat = fs::read_dir(other.join("test/cat"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::rename(&cat, other.join("test/cat/replaced.png")).unwrap();
+    let linear = ok(
+        eval(&[&path])
+            .args(["--protocol", "linear"])
+            .output()
+            .unwrap(),
+        "linear on the changed set",
+    );
+    let said = String::from_utf8_lossy(&linear.stdout);
+    assert!(said.contains("replaced, not merged"), "{said}");
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(folder.join("eval.json")).unwrap()).unwrap();
+    assert!(
+        report["knn_bank"].is_null() && !report["linear_embedding"].is_null(),
+        "{report}"
+    );
 
     // The same setting spelled another way files its results in the same folder: the last of a
     // repeated field wins (as it takes effect), a relative path is the absolute one.
