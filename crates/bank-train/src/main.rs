@@ -592,9 +592,8 @@ fn run_ablation(
 /// The data folder for the run in `run_dir`: `--data` when given, else the folder the run
 /// recorded when it read its data (`data_root.txt`, when it still exists: `eval` without `--data`
 /// once downloaded CIFAR-10's binaries next to a run trained on its JPEGs), else
-/// `MEMBANK_DATA` or the default.
-/// The data folder of a run: `--data`, else the one the run recorded, else the default. Says
-/// which, or that `--data` goes unused because `data.path` names the images absolutely.
+/// `MEMBANK_DATA` or the default. Says which, or that `--data` goes unused because `data.path`
+/// names the images absolutely.
 fn run_data_root(run_dir: &Path, data: Option<&Path>, config: &TrainConfig) -> Result<PathBuf> {
     let absolute = config.data.path.as_deref().filter(|p| p.is_absolute());
     if let (Some(path), Some(flag)) = (absolute, data) {
@@ -671,6 +670,22 @@ fn eval_folder(run: &Path, checkpoint: &Path, set: &[String]) -> PathBuf {
     dir.join(format!("set-{hex}"))
 }
 
+/// The `--set` overrides that make an evaluation other than the run's own: as they take effect,
+/// however they were spelled ([`bank_train::config::effective_overrides`]), leaving out those
+/// that repeat the run's own value (`--set eval.k=5` on a run with k = 5).
+fn settings_overrides(run: &Path, set: &[String]) -> Result<Vec<String>> {
+    let saved = run.join("config.toml");
+    let own = TrainConfig::load(Some(&saved), &[])?;
+    let mut kept = Vec::new();
+    for o in bank_train::config::effective_overrides(set)? {
+        let with = TrainConfig::load(Some(&saved), std::slice::from_ref(&o))?;
+        if !bank_train::resume::config_changes(&own, &with).is_empty() {
+            kept.push(o);
+        }
+    }
+    Ok(kept)
+}
+
 fn eval(
     run: &Path,
     data: Option<&Path>,
@@ -688,19 +703,7 @@ fn eval(
     // One folder per checkpoint evaluated (`RUN/eval/<checkpoint folder name>/`), so evaluating
     // another checkpoint never replaces this one's results; a protocol run again replaces only
     // its own entry.
-    // Named by the overrides as they take effect, however they were spelled, leaving out
-    // those that repeat the run's own value (`--set eval.k=5` on a run with k = 5 is the
-    // run's own evaluation).
-    let own = TrainConfig::load(Some(&run.join("config.toml")), &[])?;
-    let effective: Vec<String> = bank_train::config::effective_overrides(set)?
-        .into_iter()
-        .filter(|o| {
-            TrainConfig::load(Some(&run.join("config.toml")), std::slice::from_ref(o))
-                .map_or(true, |c| {
-                    !bank_train::resume::config_changes(&own, &c).is_empty()
-                })
-        })
-        .collect();
+    let effective = settings_overrides(run, set)?;
     let out_dir = eval_folder(run, &canonical, &effective);
     let file = out_dir.join("eval.json");
     let earlier = runner::read_report(&file)?;

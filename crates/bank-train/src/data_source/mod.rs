@@ -101,9 +101,7 @@ impl TrainData {
         resolved.data.std = Some(self.view.normalize.std[..c].to_vec());
         resolved
     }
-}
 
-impl TrainData {
     /// Files left out as undecodable (`data.on_bad_image = "skip"`) across the training set
     /// and the evaluation sets, each counted once: sets split from one scan (class folders
     /// with a held-out share; a reference that is the training set) report the same files.
