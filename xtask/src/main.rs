@@ -53,8 +53,9 @@ enum Task {
         #[arg(long, value_delimiter = ',')]
         devices: Vec<String>,
         /// One arm of the ablation instead of the recipe as written: vanilla (NPID: K = 1, no
-        /// consistency, no merging), k2, k2-consistency or full.
-        #[arg(long, value_parser = ["vanilla", "k2", "k2-consistency", "full"])]
+        /// consistency, no merging), views (the recipe's K views), views-consistency or full
+        /// (`k<K>`, `k<K>-consistency` with the recipe's K also name the K-view arms).
+        #[arg(long)]
         variant: Option<String>,
         /// Config overrides `section.field=value`.
         #[arg(last = true)]
@@ -79,8 +80,8 @@ enum Task {
         /// Seeds per variant.
         #[arg(long, default_value_t = 3)]
         seeds: usize,
-        /// Variants, comma-separated: vanilla, k2, k2-consistency, full.
-        #[arg(long, default_value = "vanilla,k2,k2-consistency,full")]
+        /// Variants, comma-separated: vanilla, views, views-consistency, full.
+        #[arg(long, default_value = "vanilla,views,views-consistency,full")]
         variants: String,
         /// Only write the report from the finished runs.
         #[arg(long)]

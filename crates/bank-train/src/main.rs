@@ -94,11 +94,12 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         devices: Vec<String>,
         /// Train one arm of the ablation instead of the recipe as written: `vanilla` (NPID:
-        /// K = 1, no consistency, no merging), `k2`, `k2-consistency` or `full`, with K, λ and
-        /// the merge schedule of the recipe and its overrides (as `ablation` does). The run is
-        /// named `<recipe name>-<variant>` unless `--name` says otherwise.
+        /// K = 1, no consistency, no merging), `views` (K views), `views-consistency` or
+        /// `full`, with K, λ and the merge schedule of the recipe and its overrides (as
+        /// `ablation` does; `k<K>` and `k<K>-consistency` with the recipe's K name the same
+        /// arms). The run is named `<recipe name>-<variant>` unless `--name` says otherwise.
         #[arg(long)]
-        variant: Option<ablation::Variant>,
+        variant: Option<String>,
         /// A config override `section.field=value` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -121,8 +122,9 @@ enum Command {
         /// Seeds per variant, counted from the recipe's `seed`.
         #[arg(long, default_value_t = 3)]
         seeds: usize,
-        /// Variants, comma-separated: vanilla, k2, k2-consistency, full.
-        #[arg(long, default_value = "vanilla,k2,k2-consistency,full")]
+        /// Variants, comma-separated: vanilla, views, views-consistency, full (`k<K>` and
+        /// `k<K>-consistency`, with the recipe's K, name the K-view arms too).
+        #[arg(long, default_value = "vanilla,views,views-consistency,full")]
         variants: String,
         /// Only write the report from the runs that have finished; train nothing.
         #[arg(long)]
@@ -352,6 +354,11 @@ fn run() -> Result<()> {
                 // rest of a K = 4 recipe), and the run is `<recipe name>-<variant>` unless
                 // `--name`.
                 let recipe = TrainConfig::load(config.as_deref(), &set)?;
+                let variant = ablation::Variant::parse(
+                    &variant,
+                    ablation::Variant::views(&recipe),
+                    "--variant",
+                )?;
                 set.extend(variant.overrides(&recipe));
                 if name.is_none() {
                     set.push(format!("name=\"{}-{variant}\"", recipe.name));
@@ -368,7 +375,9 @@ fn run() -> Result<()> {
             report_only,
             overrides,
         } => {
-            let variants = ablation::Variant::parse_list(&variants)?;
+            let recipe = TrainConfig::load(config.as_deref(), &overrides)?;
+            let variants =
+                ablation::Variant::parse_list(&variants, ablation::Variant::views(&recipe))?;
             let plan =
                 ablation::AblationPlan::new(config.as_deref(), &overrides, variants, seeds, &runs)?;
             run_ablation(&plan, data.as_deref(), report_only)

@@ -129,6 +129,8 @@ fn malformed(path: &Path, e: &serde_json::Error) -> Error {
 pub struct VariantStats {
     /// The variant.
     pub variant: Variant,
+    /// K, the views per sample it trains (`train.views` of its planned runs).
+    pub views: usize,
     /// Its finished runs.
     pub runs: Vec<RunRecord>,
     /// Final kNN top-1 against the bank.
@@ -144,12 +146,13 @@ pub struct VariantStats {
 }
 
 impl VariantStats {
-    fn new(variant: Variant, runs: Vec<RunRecord>) -> Self {
+    fn new(variant: Variant, views: usize, runs: Vec<RunRecord>) -> Self {
         let pick = |f: &dyn Fn(&RunRecord) -> Option<f64>| -> Option<Spread> {
             Spread::of(&runs.iter().filter_map(f).collect::<Vec<_>>())
         };
         Self {
             variant,
+            views,
             knn_bank: pick(&|r| r.summary.knn_bank.map(|k| 100.0 * k.top1)),
             knn_bank_last5: pick(&|r| {
                 let last: Vec<f64> = (r.epochs.iter().rev())
@@ -227,13 +230,15 @@ impl AblationReport {
         order.dedup();
         for variant in order {
             let mut runs = Vec::new();
+            let mut views = 1;
             for run in plan.iter().filter(|r| r.variant == variant) {
+                views = run.config.train.views;
                 match RunRecord::read(run)? {
                     Some(record) => runs.push(record),
                     None => missing.push(run.dir.display().to_string()),
                 }
             }
-            variants.push(VariantStats::new(variant, runs));
+            variants.push(VariantStats::new(variant, views, runs));
         }
         Ok(Self {
             recipe: recipe.to_string(),
@@ -269,14 +274,15 @@ impl AblationReport {
         md.push_str(
             "kNN top-1 (%) of the test images, mean ± sample standard deviation over the seeds \
              [min–max]; `last 5`: each run's mean over its last five evaluated epochs.\n\n\
-             | variant | runs | kNN vs bank, final | kNN vs bank, last 5 | kNN vs recomputed | \
-             linear probe | training min/run |\n|---|---|---|---|---|---|---|\n",
+             | variant | K | runs | kNN vs bank, final | kNN vs bank, last 5 | kNN vs recomputed | \
+             linear probe | training min/run |\n|---|---|---|---|---|---|---|---|\n",
         );
         for v in &self.variants {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 v.variant,
+                v.views,
                 v.runs.len(),
                 cell(v.knn_bank, true),
                 cell(v.knn_bank_last5, true),
@@ -303,9 +309,9 @@ impl AblationReport {
 
     fn shares(&self, md: &mut String) {
         let steps = [
-            ("(a) K views", Variant::Vanilla, Variant::K2),
-            ("(b) consistency", Variant::K2, Variant::K2Consistency),
-            ("(c) merging", Variant::K2Consistency, Variant::Full),
+            ("(a) K views", Variant::Vanilla, Variant::Views),
+            ("(b) consistency", Variant::Views, Variant::ViewsConsistency),
+            ("(c) merging", Variant::ViewsConsistency, Variant::Full),
             ("full method", Variant::Vanilla, Variant::Full),
         ];
         let rows: Vec<String> = steps

@@ -133,7 +133,7 @@ fn report_statistics_match_hand_computed_values() {
     // sd of both is sqrt(8): se = sqrt(8/2 + 8/2) = sqrt(8).
     assert!(close(gain.standard_error.unwrap(), 8f64.sqrt()));
     assert_eq!(gain.separated, Some(true), "36 > 34");
-    assert!(report.gain(Variant::Vanilla, Variant::K2).is_none());
+    assert!(report.gain(Variant::Vanilla, Variant::Views).is_none());
 
     let curve = vanilla.curve();
     assert_eq!(curve.len(), 6);
@@ -141,7 +141,7 @@ fn report_statistics_match_hand_computed_values() {
 
     let md = report.markdown();
     assert!(
-        md.contains("| vanilla | 2 | 32.00 ± 2.83 [30.00–34.00]"),
+        md.contains("| vanilla | 1 | 2 | 32.00 ± 2.83 [30.00–34.00]"),
         "{md}"
     );
     assert!(

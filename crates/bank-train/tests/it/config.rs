@@ -18,7 +18,7 @@ fn shipped_configs_load_and_overrides_apply() {
     assert_eq!(big.optim.schedule, LrSchedule::Step);
     let long =
         TrainConfig::load(Some(&configs().join("cifar10_small_cpu_long.toml")), &[]).unwrap();
-    assert_eq!((long.train.epochs, long.train.views), (30, 2));
+    assert_eq!((long.train.epochs, long.train.views), (30, 3));
     assert!(
         long.merge.enabled && long.merge.schedule.is_round(14) && !long.merge.schedule.is_round(13)
     );

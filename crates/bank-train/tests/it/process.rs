@@ -639,13 +639,14 @@ fn other_images_of_the_same_number_are_refused_and_a_moved_folder_is_not() {
 #[test]
 fn the_variant_flag_trains_one_arm_of_the_ablation_and_refuses_unknown_ones() {
     // The recipe and its overrides train the full method (K = 3, λ = 0.3: not the variants'
-    // defaults, merging); `--variant vanilla` turns all three off, `--variant k2-consistency`
+    // defaults, merging); `--variant vanilla` turns all three off, `--variant k3-consistency`
     // only merging, keeping the recipe's K and λ; the other overrides still apply.
     let setup = Setup::new(1, 2);
     let recipe = ["train.views=3", "method.consistency=0.3", "eval.k=3"];
     for (variant, want) in [
         ("vanilla", (1, 0.0, false)),
-        ("k2-consistency", (3, 0.3, false)),
+        ("k3-consistency", (3, 0.3, false)),
+        ("views", (3, 0.0, false)),
     ] {
         let mut cmd = setup.train(variant, false, &recipe);
         ok(cmd.args(["--variant", variant]).output().unwrap(), variant);
@@ -665,11 +666,25 @@ fn the_variant_flag_trains_one_arm_of_the_ablation_and_refuses_unknown_ones() {
     for o in &setup.overrides {
         cmd.args(["--set", o]);
     }
+    // The defaults train one view, so `k2` names the K = 2 arm; the folder has its name.
     ok(cmd.args(["--variant", "k2"]).output().unwrap(), "unnamed");
     let named = setup
         .runs
-        .join(format!("{}-k2", bank_train::TrainConfig::default().name));
+        .join(format!("{}-views", bank_train::TrainConfig::default().name));
     assert!(named.join("summary.json").exists(), "{}", named.display());
+    // With a K = 3 recipe, `k2` is not its arm: refused, saying how to train K = 2.
+    let out = setup
+        .train("k2", false, &recipe)
+        .args(["--variant", "k2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("K = 3") && err.contains("train.views=2"),
+        "{err}"
+    );
+    assert!(!setup.run_dir("k2").exists());
 
     let out = setup
         .train("bad", false, &[])
