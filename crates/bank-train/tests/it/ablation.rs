@@ -144,6 +144,11 @@ fn report_statistics_match_hand_computed_values() {
         md.contains("| vanilla | 1 | 2 | 32.00 ± 2.83 [30.00–34.00]"),
         "{md}"
     );
+    // K is each variant's own: the one-view defaults give the full method DEFAULT_VIEWS (2).
+    assert!(
+        md.contains("| full | 2 | 2 | 38.00 ± 2.83 [36.00–40.00]"),
+        "{md}"
+    );
     assert!(
         md.contains("| full method | full − vanilla | +6.00 | 2.83 | yes |"),
         "{md}"
