@@ -151,9 +151,12 @@ if has_part recipe; then
     has_part step && reserve=$((reserve + 110))
     has_part bank && reserve=$((reserve + 50))
     pids=()
+    # `--no-linear-probe`: the minutes go to the kNN curves; `bank-train eval --protocol linear`
+    # probes a finished run afterwards.
     for v in vanilla full; do
         (cd "$ROOT" && bounded $(($(left) - reserve)) "$BIN/bank-train" ablation --config "$CONFIG" \
-            --data "$DATA" --runs "$RUNS" --variants "$v" --seeds 1 > "$RUNS/recipe-$v.log" 2>&1) &
+            --data "$DATA" --runs "$RUNS" --variants "$v" --seeds 1 --no-linear-probe \
+            > "$RUNS/recipe-$v.log" 2>&1) &
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done

@@ -86,6 +86,10 @@ enum Task {
         /// Only write the report from the finished runs.
         #[arg(long)]
         report_only: bool,
+        /// Do not evaluate the linear probe of finished runs that have none (by default each
+        /// one's final checkpoint is, for the report's linear-probe columns).
+        #[arg(long)]
+        no_linear_probe: bool,
         /// Config overrides `section.field=value` for every run.
         #[arg(last = true)]
         overrides: Vec<String>,
@@ -383,6 +387,7 @@ fn run_task(task: Task) -> Result<()> {
             seeds,
             variants,
             report_only,
+            no_linear_probe,
             overrides,
         } => {
             let mut cmd = bank_train(backend)?;
@@ -396,6 +401,9 @@ fn run_task(task: Task) -> Result<()> {
             cmd.args(["--seeds", &seeds.to_string(), "--variants", &variants]);
             if report_only {
                 cmd.arg("--report-only");
+            }
+            if no_linear_probe {
+                cmd.arg("--no-linear-probe");
             }
             cmd.args(overrides.iter().map(|o| with_absolute_path(o)));
             run(cmd)

@@ -129,6 +129,12 @@ enum Command {
         /// Only write the report from the runs that have finished; train nothing.
         #[arg(long)]
         report_only: bool,
+        /// Do not evaluate the linear probe of finished runs that have none. By default each
+        /// one's final checkpoint is evaluated as `eval --protocol linear` does (results in
+        /// `eval/epoch-NNNN/eval.json`; seconds on the CPU recipes) for the report's linear-probe
+        /// columns.
+        #[arg(long)]
+        no_linear_probe: bool,
         /// Overrides `section.field=value` for every run.
         #[arg(value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -373,6 +379,7 @@ fn run() -> Result<()> {
             seeds,
             variants,
             report_only,
+            no_linear_probe,
             overrides,
         } => {
             let recipe = TrainConfig::load(config.as_deref(), &overrides)?;
@@ -380,7 +387,11 @@ fn run() -> Result<()> {
                 ablation::Variant::parse_list(&variants, ablation::Variant::views(&recipe))?;
             let plan =
                 ablation::AblationPlan::new(config.as_deref(), &overrides, variants, seeds, &runs)?;
-            run_ablation(&plan, data.as_deref(), report_only)
+            run_ablation(&plan, data.as_deref(), report_only)?;
+            if !(report_only || no_linear_probe) {
+                probe_ablation(&plan, data.as_deref())?;
+            }
+            report_ablation(&plan)
         }
         Command::Eval {
             run,
@@ -545,39 +556,82 @@ fn warn_config_file_ignored(file: &Path, saved: &Path, run: &TrainConfig, given:
     );
 }
 
+/// Trains every run of `plan` that has not finished (none with `report_only`).
 fn run_ablation(
     plan: &ablation::AblationPlan,
     data: Option<&Path>,
     report_only: bool,
 ) -> Result<()> {
+    if report_only {
+        return Ok(());
+    }
     let runs = plan.runs()?;
-    if !report_only {
-        let root = data_source::data_root(data)?;
-        let data = data_source::open(&plan.recipe().data, &root)?;
-        let device = Default::default();
-        stop_on_ctrl_c();
-        for (i, run) in runs.iter().enumerate() {
-            say!(
-                "ablation run {}/{}: {} (K {}, λ {}, merging {})",
-                i + 1,
-                runs.len(),
-                run.dir.display(),
-                run.config.train.views,
-                run.config.method.consistency,
-                merging_in_words(&run.config)
-            );
-            let mut bars = Bars {
-                bar: None,
-                epochs: run.config.train.epochs,
-            };
-            let outcome = run
-                .execute::<Train>(&data, &device, &mut bars)
-                .with_context(|| format!("ablation run {}", run.dir.display()))?;
-            if outcome == ablation::Outcome::Skipped {
-                say!("  finished before: skipped");
-            }
+    let root = data_source::data_root(data)?;
+    let data = data_source::open(&plan.recipe().data, &root)?;
+    let device = Default::default();
+    stop_on_ctrl_c();
+    for (i, run) in runs.iter().enumerate() {
+        say!(
+            "ablation run {}/{}: {} (K {}, λ {}, merging {})",
+            i + 1,
+            runs.len(),
+            run.dir.display(),
+            run.config.train.views,
+            run.config.method.consistency,
+            merging_in_words(&run.config)
+        );
+        let mut bars = Bars {
+            bar: None,
+            epochs: run.config.train.epochs,
+        };
+        let outcome = run
+            .execute::<Train>(&data, &device, &mut bars)
+            .with_context(|| format!("ablation run {}", run.dir.display()))?;
+        if outcome == ablation::Outcome::Skipped {
+            say!("  finished before: skipped");
         }
     }
+    Ok(())
+}
+
+/// The linear probe of every finished run of `plan` that has none (neither in its
+/// `protocols.json` nor for its final checkpoint), evaluated as `bank-train eval --run RUN
+/// --checkpoint epoch-NNNN --protocol linear` does. Runs without a final checkpoint, or whose
+/// data has no labelled test images, are named and left without one.
+fn probe_ablation(plan: &ablation::AblationPlan, data: Option<&Path>) -> Result<()> {
+    for run in plan.runs()? {
+        let Some(record) = ablation::RunRecord::read(&run)? else {
+            continue;
+        };
+        if record.linear.is_some() {
+            continue;
+        }
+        if record.summary.test_images == 0 {
+            say!(
+                "note: {} was trained without labelled test images: no linear probe for it",
+                run.dir.display()
+            );
+            continue;
+        }
+        let final_name = bank_train::checkpoint::name(run.config.train.epochs, 0);
+        let checkpoint = run.dir.join("checkpoints").join(&final_name);
+        if !checkpoint.is_dir() {
+            say!(
+                "note: {} has no final checkpoint ({final_name}): no linear probe for it",
+                run.dir.display()
+            );
+            continue;
+        }
+        say!("ablation run {}: linear probe", run.dir.display());
+        eval(&run.dir, data, Some(&checkpoint), &[], &[Protocol::Linear])
+            .with_context(|| format!("linear probe of ablation run {}", run.dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `ablation.md` and `ablation.png` from the finished runs of `plan`.
+fn report_ablation(plan: &ablation::AblationPlan) -> Result<()> {
+    let runs = plan.runs()?;
     let report = ablation::AblationReport::collect(&plan.recipe().name, &runs)?;
     if report.variants.iter().all(|v| v.runs.is_empty()) {
         // A mistyped --runs or --config finds nothing: an empty table would look like success.

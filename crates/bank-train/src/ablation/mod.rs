@@ -15,7 +15,7 @@ mod variant;
 
 pub use plan::{AblationPlan, Outcome, PlannedRun};
 pub use plot::draw;
-pub use report::{AblationReport, Gain, RunRecord, Spread, VariantStats};
+pub use report::{AblationReport, Gain, LinearTop1, Measure, RunRecord, Spread, VariantStats};
 pub use variant::{DEFAULT_CONSISTENCY, DEFAULT_VIEWS, Variant};
 
 use std::path::PathBuf;

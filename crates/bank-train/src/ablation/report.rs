@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::{PlannedRun, Variant};
+use crate::checkpoint;
 use crate::metrics::{EpochMetrics, MergeRecord, Summary};
+use crate::protocols::runner::read_report;
 use crate::{Error, Result};
 
 /// Mean, sample standard deviation (n − 1; 0 for one value), min and max of some values.
@@ -60,16 +62,25 @@ pub struct RunRecord {
     pub epochs: Vec<EpochMetrics>,
     /// `summary.json`.
     pub summary: Summary,
-    /// Linear-probe top-1 on the embedding from `protocols.json`, when the run had one.
-    pub linear_top1: Option<f64>,
+    /// The linear probe of the final network, when the run has one ([`RunRecord::probe`]).
+    pub linear: Option<LinearTop1>,
+}
+
+/// Linear-probe top-1 (fractions) of one run's final network (`eval.linear`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinearTop1 {
+    /// On the D-dimensional embedding.
+    pub embedding: f64,
+    /// On the pooled backbone features, when measured.
+    pub pooled: Option<f64>,
 }
 
 impl RunRecord {
     /// Reads a finished run's folder; `None` when it has not finished (no `summary.json`).
     ///
     /// # Errors
-    /// Unreadable or malformed `summary.json`, `metrics.jsonl` or `protocols.json`, naming the
-    /// file.
+    /// Unreadable or malformed `summary.json`, `metrics.jsonl`, `protocols.json` or `eval.json`,
+    /// naming the file.
     pub fn read(run: &PlannedRun) -> Result<Option<Self>> {
         let summary_path = run.dir.join("summary.json");
         if !summary_path.is_file() {
@@ -87,20 +98,42 @@ impl RunRecord {
             .into_iter()
             .map(|(m, _)| m)
             .collect();
-        let protocols = run.dir.join("protocols.json");
-        let linear_top1 = if protocols.is_file() {
-            let v: serde_json::Value = parse_json(&protocols)?;
-            v["linear_embedding"]["top1"].as_f64()
-        } else {
-            None
-        };
         Ok(Some(Self {
             variant: run.variant,
             seed: run.seed,
             epochs,
             summary,
-            linear_top1,
+            linear: Self::probe(run)?,
         }))
+    }
+
+    /// The linear probe of the run's final network: from `protocols.json` (the probe the
+    /// training ran at its end, when `eval.protocols` asked for it), else from
+    /// `eval/epoch-NNNN/eval.json` of its final checkpoint (`bank-train eval --protocol linear`
+    /// with the run's own settings, which `ablation` runs for each finished run without one).
+    ///
+    /// # Errors
+    /// A malformed `protocols.json` or `eval.json`, naming the file.
+    pub fn probe(run: &PlannedRun) -> Result<Option<LinearTop1>> {
+        let final_checkpoint = checkpoint::name(run.config.train.epochs, 0);
+        for file in [
+            run.dir.join("protocols.json"),
+            run.dir
+                .join("eval")
+                .join(final_checkpoint)
+                .join("eval.json"),
+        ] {
+            let linear = read_report(&file)?.and_then(|r| {
+                Some(LinearTop1 {
+                    embedding: r.linear_embedding?.top1,
+                    pooled: r.linear_pooled.map(|p| p.top1),
+                })
+            });
+            if linear.is_some() {
+                return Ok(linear);
+            }
+        }
+        Ok(None)
     }
 
     fn knn_at(&self, epoch: usize) -> Option<f64> {
@@ -141,6 +174,8 @@ pub struct VariantStats {
     pub knn_recomputed: Option<Spread>,
     /// Linear-probe top-1 on the embedding.
     pub linear: Option<Spread>,
+    /// Linear-probe top-1 on the pooled backbone features.
+    pub linear_pooled: Option<Spread>,
     /// Minutes of training per run (evaluation excluded).
     pub train_minutes: Option<Spread>,
 }
@@ -163,7 +198,8 @@ impl VariantStats {
                 Spread::of(&last).map(|s| s.mean)
             }),
             knn_recomputed: pick(&|r| r.summary.knn_recomputed.map(|k| 100.0 * k.top1)),
-            linear: pick(&|r| r.linear_top1.map(|t| 100.0 * t)),
+            linear: pick(&|r| r.linear.map(|l| 100.0 * l.embedding)),
+            linear_pooled: pick(&|r| r.linear.and_then(|l| l.pooled).map(|t| 100.0 * t)),
             train_minutes: pick(&|r| {
                 Some(r.epochs.iter().map(|m| m.train_seconds).sum::<f64>() / 60.0)
             }),
@@ -252,13 +288,19 @@ impl AblationReport {
         self.variants.iter().find(|v| v.variant == variant)
     }
 
-    /// The gain in final kNN top-1 against the bank from `from` to `to`: difference of the
-    /// means, its standard error `√(sd₁²/n₁ + sd₂²/n₂)`, and whether every run of `to` beats
-    /// every run of `from` (the seeds' ranges do not overlap). With one run of either variant
-    /// there is no spread: neither the standard error nor the separation is known.
+    /// The gain in final kNN top-1 against the bank from `from` to `to`:
+    /// [`gain_in`](Self::gain_in) [`Measure::KnnBank`].
     pub fn gain(&self, from: Variant, to: Variant) -> Option<Gain> {
-        let a = self.get(from)?.knn_bank?;
-        let b = self.get(to)?.knn_bank?;
+        self.gain_in(Measure::KnnBank, from, to)
+    }
+
+    /// The gain in `measure` from `from` to `to`: difference of the means, its standard error
+    /// `√(sd₁²/n₁ + sd₂²/n₂)`, and whether every run of `to` beats every run of `from` (the
+    /// seeds' ranges do not overlap). With one run of either variant there is no spread: neither
+    /// the standard error nor the separation is known.
+    pub fn gain_in(&self, measure: Measure, from: Variant, to: Variant) -> Option<Gain> {
+        let a = measure.of(self.get(from)?)?;
+        let b = measure.of(self.get(to)?)?;
         let spread = a.n >= 2 && b.n >= 2;
         Some(Gain {
             points: b.mean - a.mean,
@@ -272,15 +314,19 @@ impl AblationReport {
     pub fn markdown(&self) -> String {
         let mut md = format!("# Ablation: {}\n\n", self.recipe);
         md.push_str(
-            "kNN top-1 (%) of the test images, mean ± sample standard deviation over the seeds \
-             [min–max]; `last 5`: each run's mean over its last five evaluated epochs.\n\n\
+            "Top-1 (%) on the test images, mean ± sample standard deviation over the seeds \
+             [min–max]. kNN: `last 5` is each run's mean over its last five evaluated epochs. \
+             Linear probe: a linear classifier trained on the frozen features of the final network \
+             (`eval.linear`), on the embedding and on the pooled backbone features. \
+             `training min/run`: as the machine's load made it.\n\n\
              | variant | K | runs | kNN vs bank, final | kNN vs bank, last 5 | kNN vs recomputed | \
-             linear probe | training min/run |\n|---|---|---|---|---|---|---|---|\n",
+             linear probe, embedding | linear probe, pooled | training min/run |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
         );
         for v in &self.variants {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 v.variant,
                 v.views,
                 v.runs.len(),
@@ -288,6 +334,7 @@ impl AblationReport {
                 cell(v.knn_bank_last5, true),
                 cell(v.knn_recomputed, true),
                 cell(v.linear, true),
+                cell(v.linear_pooled, true),
                 cell(v.train_minutes, false),
             );
         }
@@ -308,6 +355,12 @@ impl AblationReport {
     }
 
     fn shares(&self, md: &mut String) {
+        for measure in [Measure::KnnBank, Measure::LinearEmbedding] {
+            self.shares_in(measure, md);
+        }
+    }
+
+    fn shares_in(&self, measure: Measure, md: &mut String) {
         let steps = [
             ("(a) K views", Variant::Vanilla, Variant::Views),
             ("(b) consistency", Variant::Views, Variant::ViewsConsistency),
@@ -317,7 +370,7 @@ impl AblationReport {
         let rows: Vec<String> = steps
             .iter()
             .filter_map(|&(what, from, to)| {
-                self.gain(from, to).map(|g| {
+                self.gain_in(measure, from, to).map(|g| {
                     format!(
                         "| {what} | {to} − {from} | {:+.2} | {} | {} |",
                         g.points,
@@ -335,11 +388,13 @@ impl AblationReport {
         if rows.is_empty() {
             return;
         }
-        md.push_str(
-            "\n## Each improvement's share (final kNN vs bank)\n\n`separated`: every seed of the \
-             later variant above every seed of the earlier one.\n\n\
+        let _ = write!(
+            md,
+            "\n## Each improvement's share ({})\n\n`separated`: every seed of the later \
+             variant above every seed of the earlier one.\n\n\
              | improvement | variants | gain (points) | standard error | separated |\n\
              |---|---|---|---|---|\n",
+            measure.heading()
         );
         md.push_str(&rows.join("\n"));
         md.push('\n');
@@ -382,7 +437,7 @@ impl AblationReport {
     }
 }
 
-/// A difference between two variants' final kNN top-1 (points).
+/// A difference between two variants' final accuracy (points).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gain {
     /// Difference of the means.
@@ -392,6 +447,33 @@ pub struct Gain {
     /// Every run of the later variant above every run of the earlier one; `None` with one run
     /// of either variant.
     pub separated: Option<bool>,
+}
+
+/// Which final accuracy of the runs a [`Gain`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// kNN top-1 against the bank after the last epoch.
+    KnnBank,
+    /// Linear-probe top-1 on the embedding of the final network.
+    LinearEmbedding,
+}
+
+impl Measure {
+    /// The variant's spread of this measure over its seeds.
+    fn of(self, v: &VariantStats) -> Option<Spread> {
+        match self {
+            Self::KnnBank => v.knn_bank,
+            Self::LinearEmbedding => v.linear,
+        }
+    }
+
+    /// Its words in a heading.
+    fn heading(self) -> &'static str {
+        match self {
+            Self::KnnBank => "final kNN vs bank",
+            Self::LinearEmbedding => "linear probe on the embedding",
+        }
+    }
 }
 
 fn cell(s: Option<Spread>, range: bool) -> String {

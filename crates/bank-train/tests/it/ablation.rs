@@ -5,8 +5,9 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use bank_train::ablation::{AblationPlan, AblationReport, Outcome, Spread, Variant};
+use bank_train::ablation::{AblationPlan, AblationReport, Measure, Outcome, Spread, Variant};
 use bank_train::metrics::{EpochMetrics, KnnAccuracyRecord, MergeRecord, Summary};
+use bank_train::protocols::{ProbeAccuracy, ProtocolReport};
 use bank_train::{NoProgress, TrainData};
 
 use crate::{Train, cifar_records, halved};
@@ -177,6 +178,98 @@ fn report_statistics_match_hand_computed_values() {
     assert_eq!(png.dimensions(), (900, 520));
     // The full method's red line is drawn.
     assert!(png.pixels().any(|p| p.0 == [214, 39, 40]));
+}
+
+/// Writes a protocol report with a linear probe (fractions) at `file`.
+fn probe_report(file: &Path, embedding: f64, pooled: Option<f64>) {
+    let acc = |top1| ProbeAccuracy { top1, top5: 0.9 };
+    let report = ProtocolReport {
+        linear_embedding: Some(acc(embedding)),
+        linear_pooled: pooled.map(acc),
+        ..Default::default()
+    };
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(file, serde_json::to_string(&report).unwrap()).unwrap();
+}
+
+/// The linear-probe columns and share read each run's final network: `protocols.json` (the
+/// training's own probe) first, else the final checkpoint's `eval.json` with the run's own
+/// settings; a probe of an earlier checkpoint or with other settings is not the run's. Means,
+/// deviations, the gain and its standard error against hand-computed values.
+#[test]
+fn linear_probe_columns_read_the_final_networks_probe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = AblationPlan::new(
+        None,
+        &strings(&["name=\"toy\""]),
+        vec![Variant::Vanilla, Variant::Full],
+        2,
+        tmp.path(),
+    )
+    .unwrap();
+    let runs = plan.runs().unwrap();
+    let epochs = runs[0].config.train.epochs;
+    let eval_json =
+        |i: usize, checkpoint: &str| runs[i].dir.join("eval").join(checkpoint).join("eval.json");
+    let last = format!("epoch-{epochs:04}");
+    let earlier = format!("epoch-{:04}", epochs - 1);
+    for (i, run) in runs.iter().enumerate() {
+        fake_run(&run.dir, &[0.3, 0.3 + 0.01 * i as f64], 0.5, None);
+    }
+    // vanilla 0: the training's probe (40 / 45) wins over a later eval of its checkpoint.
+    probe_report(&runs[0].dir.join("protocols.json"), 0.40, Some(0.45));
+    probe_report(&eval_json(0, &last), 0.99, Some(0.99));
+    // vanilla 1: its final checkpoint's probe (42 / 47); an earlier checkpoint's is ignored.
+    probe_report(&eval_json(1, &last), 0.42, Some(0.47));
+    probe_report(&eval_json(1, &earlier), 0.99, Some(0.99));
+    // full 0: a protocols.json without a probe (retrieval only) falls through to eval.json.
+    fs::write(runs[2].dir.join("protocols.json"), "{}").unwrap();
+    probe_report(&eval_json(2, &last), 0.46, None);
+    // full 1: 50 / 52; the same checkpoint evaluated with other settings is not the run's.
+    probe_report(&eval_json(3, &last), 0.50, Some(0.52));
+    probe_report(
+        &runs[3]
+            .dir
+            .join("eval")
+            .join(&last)
+            .join("eval.k=20/eval.json"),
+        0.0,
+        None,
+    );
+
+    let report = AblationReport::collect("toy", &runs).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    let vanilla = report.get(Variant::Vanilla).unwrap();
+    let (l, p) = (vanilla.linear.unwrap(), vanilla.linear_pooled.unwrap());
+    assert!(close(l.mean, 41.0) && close(l.sd, 2f64.sqrt()), "{l:?}");
+    assert!(close(p.mean, 46.0) && close(p.sd, 2f64.sqrt()), "{p:?}");
+    let full = report.get(Variant::Full).unwrap();
+    let (l, p) = (full.linear.unwrap(), full.linear_pooled.unwrap());
+    assert!(close(l.mean, 48.0) && close(l.sd, 8f64.sqrt()), "{l:?}");
+    assert_eq!(p.n, 1, "one full run measured the pooled probe");
+    assert!(close(p.mean, 52.0));
+
+    let gain = report
+        .gain_in(Measure::LinearEmbedding, Variant::Vanilla, Variant::Full)
+        .unwrap();
+    // se = sqrt(2/2 + 8/2) = sqrt(5); 46 > 42.
+    assert!(close(gain.points, 7.0), "{gain:?}");
+    assert!(close(gain.standard_error.unwrap(), 5f64.sqrt()));
+    assert_eq!(gain.separated, Some(true));
+    let md = report.markdown();
+    assert!(
+        md.contains("| 41.00 ± 1.41 [40.00–42.00] | 46.00 ± 1.41 [45.00–47.00] |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 48.00 ± 2.83 [46.00–50.00] | 52.00 |"),
+        "{md}"
+    );
+    let linear = md.split("## Each improvement's share (linear probe").nth(1);
+    assert!(
+        linear.is_some_and(|t| t.contains("| full method | full − vanilla | +7.00 | 2.24 | yes |")),
+        "{md}"
+    );
 }
 
 #[test]

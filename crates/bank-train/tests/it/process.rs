@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bank_data::Dataset;
 use bank_train::checkpoint;
 use bank_train::metrics::Summary;
+use bank_train::protocols::ProtocolReport;
 
 use crate::{cifar_records, final_bank, metrics};
 
@@ -1162,6 +1163,73 @@ fn an_ablation_report_of_nothing_fails_and_merging_that_never_trains_is_named() 
     );
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("no epoch trains merged"), "{said}");
+}
+
+/// `ablation` evaluates the linear probe of each finished run on its final checkpoint: the same
+/// top-1 as the probe that a training of the same arm runs at its end on the network in memory
+/// (`eval.protocols`). The report shows it; `--no-linear-probe` evaluates nothing, and a run
+/// probed before is not probed again.
+#[test]
+fn the_ablation_probes_each_finished_runs_final_network() {
+    let setup = Setup::new(2, 4);
+    let ablation = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "ablation",
+            "--variants",
+            "vanilla",
+            "--seeds",
+            "1",
+            "--runs",
+        ])
+        .arg(&setup.runs)
+        .args(extra)
+        .args(&setup.overrides)
+        .arg("name=\"probe\"");
+        ok(cmd.output().unwrap(), "ablation")
+    };
+    let root = setup.runs.join("probe-ablation");
+    let run = root.join("vanilla-seed0");
+    let row = || {
+        let md = fs::read_to_string(root.join("ablation.md")).unwrap();
+        md.lines()
+            .find(|l| l.starts_with("| vanilla |"))
+            .unwrap()
+            .to_string()
+    };
+    ablation(&["--no-linear-probe"]);
+    assert!(run.join("summary.json").exists() && !run.join("eval").exists());
+    assert!(row().contains("| – | – |"), "{}", row());
+
+    let said = String::from_utf8_lossy(&ablation(&[]).stdout).into_owned();
+    assert!(said.contains("finished before: skipped"), "{said}");
+    let read =
+        |f: PathBuf| -> ProtocolReport { serde_json::from_slice(&fs::read(f).unwrap()).unwrap() };
+    let probed = read(run.join("eval/epoch-0002/eval.json"));
+
+    // The same arm, trained with the probe at its end.
+    let mut cmd = setup.train("arm", false, &["eval.protocols=[\"knn\",\"linear\"]"]);
+    ok(
+        cmd.args(["--variant", "vanilla"]).output().unwrap(),
+        "train",
+    );
+    let trained = read(setup.run_dir("arm").join("protocols.json"));
+    let top1 = |r: &ProtocolReport| {
+        (
+            r.linear_embedding.unwrap().top1,
+            r.linear_pooled.unwrap().top1,
+        )
+    };
+    assert_eq!(top1(&probed), top1(&trained));
+    let embedding = format!(
+        "| {:.2} | {:.2} |",
+        100.0 * top1(&trained).0,
+        100.0 * top1(&trained).1
+    );
+    assert!(row().contains(&embedding), "{} lacks {embedding}", row());
+
+    let said = String::from_utf8_lossy(&ablation(&[]).stdout).into_owned();
+    assert!(!said.contains(": linear probe\n"), "probed again: {said}");
 }
 
 /// A run records the data folder it read (`data_root.txt`), and `eval` without `--data` reads
