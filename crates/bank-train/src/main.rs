@@ -387,9 +387,11 @@ fn run() -> Result<()> {
                 ablation::Variant::parse_list(&variants, ablation::Variant::views(&recipe))?;
             let plan =
                 ablation::AblationPlan::new(config.as_deref(), &overrides, variants, seeds, &runs)?;
-            run_ablation(&plan, data.as_deref(), report_only)?;
-            if !(report_only || no_linear_probe) {
-                probe_ablation(&plan, data.as_deref())?;
+            if !report_only {
+                train_ablation(&plan, data.as_deref())?;
+                if !no_linear_probe {
+                    probe_ablation(&plan, data.as_deref())?;
+                }
             }
             report_ablation(&plan)
         }
@@ -556,15 +558,8 @@ fn warn_config_file_ignored(file: &Path, saved: &Path, run: &TrainConfig, given:
     );
 }
 
-/// Trains every run of `plan` that has not finished (none with `report_only`).
-fn run_ablation(
-    plan: &ablation::AblationPlan,
-    data: Option<&Path>,
-    report_only: bool,
-) -> Result<()> {
-    if report_only {
-        return Ok(());
-    }
+/// Trains every run of `plan` that has not finished.
+fn train_ablation(plan: &ablation::AblationPlan, data: Option<&Path>) -> Result<()> {
     let runs = plan.runs()?;
     let root = data_source::data_root(data)?;
     let data = data_source::open(&plan.recipe().data, &root)?;
