@@ -618,8 +618,13 @@ fn probe_ablation(plan: &ablation::AblationPlan, data: Option<&Path>) -> Result<
             continue;
         }
         say!("ablation run {}: linear probe", run.dir.display());
-        eval(&run.dir, data, Some(&checkpoint), &[], &[Protocol::Linear])
-            .with_context(|| format!("linear probe of ablation run {}", run.dir.display()))?;
+        eval(&run.dir, data, Some(&checkpoint), &[], &[Protocol::Linear]).with_context(|| {
+            format!(
+                "linear probe of ablation run {} (--no-linear-probe writes the report \
+                     without it)",
+                run.dir.display()
+            )
+        })?;
     }
     Ok(())
 }
