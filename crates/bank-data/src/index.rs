@@ -129,6 +129,7 @@ pub struct ImageIndex {
     pub(crate) labels: Option<Vec<u32>>,
     pub(crate) class_names: Vec<String>,
     pub(crate) skipped: Vec<SkippedFile>,
+    pub(crate) not_images: Vec<PathBuf>,
 }
 
 impl ImageIndex {
@@ -155,6 +156,13 @@ impl ImageIndex {
     /// Files left out while scanning (`OnError::Skip`), with the reason.
     pub fn skipped(&self) -> &[SkippedFile] {
         &self.skipped
+    }
+
+    /// Files the scan left out as not meant to be images: a name with an extension that is not
+    /// an image format's ([`crate::IMAGE_EXTENSIONS`]) and bytes of no image format
+    /// (`notes.txt`, `labels.csv`, `Thumbs.db`), in the order found.
+    pub fn not_images(&self) -> &[PathBuf] {
+        &self.not_images
     }
 
     /// The folder or archive scanned (for an archive subtree: `archive!prefix`).
@@ -186,7 +194,8 @@ impl ImageIndex {
         }
     }
 
-    /// The images at `indices`, in that order (class names kept; skipped files kept).
+    /// The images at `indices`, in that order (class names kept; skipped files and files that
+    /// are not images kept).
     ///
     /// # Panics
     /// If an index is out of range.
@@ -200,6 +209,7 @@ impl ImageIndex {
                 .map(|l| indices.iter().map(|&i| l[i]).collect()),
             class_names: self.class_names.clone(),
             skipped: self.skipped.clone(),
+            not_images: self.not_images.clone(),
         }
     }
 

@@ -9,9 +9,9 @@ use std::time::UNIX_EPOCH;
 use flate2::read::GzDecoder;
 
 use crate::index::{IndexEntry, Location, Origin};
-use crate::sniff::{ImageKind, SNIFF_BYTES, not_an_image};
+use crate::sniff::{ImageKind, SNIFF_BYTES, is_not_an_image_file, not_an_image};
 use crate::tar_links::{Namespace, Node, normalise};
-use crate::tree::{TreeFile, assemble};
+use crate::tree::{LeftOut, TreeFile, assemble};
 use crate::{Error, ImageIndex, Result, ScanOptions};
 
 impl ImageIndex {
@@ -68,7 +68,7 @@ impl ImageIndex {
             PathBuf::from(format!("{}!{full}", archive.display()))
         };
         let mut files = Vec::with_capacity(visible.len());
-        let mut skipped = Vec::new();
+        let mut left_out = LeftOut::default();
         for v in visible {
             let Some(Node::File { offset, size, head }) = namespace.nodes.get(&v.member) else {
                 return Err(Error::format(
@@ -89,7 +89,12 @@ impl ImageIndex {
                         kind,
                     },
                 }),
-                None => options.reject(&display(&v.name), not_an_image(head), &mut skipped)?,
+                None if is_not_an_image_file(&v.name, head) => {
+                    left_out.not_images.push(display(&v.name));
+                }
+                None => {
+                    options.reject(&display(&v.name), not_an_image(head), &mut left_out.skipped)?
+                }
             }
         }
         let origin = Origin::Archive {
@@ -98,7 +103,7 @@ impl ImageIndex {
             compressed,
             stamp: stamp(archive)?,
         };
-        assemble(origin, files, class_dirs, options, skipped)
+        assemble(origin, files, class_dirs, options, left_out)
     }
 }
 

@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use walkdir::WalkDir;
 
 use crate::index::{IndexEntry, Location, Origin};
-use crate::sniff::{ImageKind, SNIFF_BYTES, not_an_image};
-use crate::tree::{TreeFile, assemble, is_hidden};
+use crate::sniff::{ImageKind, SNIFF_BYTES, is_not_an_image_file, not_an_image};
+use crate::tree::{LeftOut, TreeFile, assemble, is_hidden};
 use crate::{Error, ImageIndex, Result, ScanOptions};
 
 impl ImageIndex {
@@ -22,9 +22,11 @@ impl ImageIndex {
     /// Symbolic links (to files or folders) are followed; a loop is [`Error::Link`] naming the
     /// link, and so is a dangling link or, with `follow_links` off, any link. Hidden entries (a
     /// name starting with `.`, at any depth) are skipped. A file's format is recognised from its
-    /// first bytes, whatever its name; a file that is not a JPEG or PNG is a bad file (error or
-    /// recorded skip per `options.on_error`), as is, with class folders, a file directly under
-    /// `root`.
+    /// first bytes, whatever its name. A file that is not meant as an image (a name with another
+    /// extension than an image format's, and bytes of no image format: `notes.txt`,
+    /// `Thumbs.db`) is left out and counted ([`ImageIndex::not_images`]); any other file that is
+    /// not a JPEG or PNG is a bad file (error or recorded skip per `options.on_error`), as is,
+    /// with class folders, an image directly under `root`.
     ///
     /// # Errors
     /// [`Error::Io`] for a missing root or unreadable folder, [`Error::Link`], [`Error::Format`]
@@ -38,18 +40,20 @@ impl ImageIndex {
             ));
         }
         let (files, class_dirs) = walk(root, options)?;
-        let mut skipped = Vec::new();
-        let sniffed: Vec<(PathBuf, Result<IndexEntry, String>)> = files
+        let mut left_out = LeftOut::default();
+        let sniffed: Vec<(PathBuf, Result<Option<IndexEntry>, String>)> = files
             .into_par_iter()
             .map(|(name, path)| {
-                let entry = sniff_file(&path).map(|(kind, size, modified)| IndexEntry {
-                    name,
-                    location: Location::File {
-                        path: path.clone(),
-                        size,
-                        modified,
-                    },
-                    kind,
+                let entry = sniff_file(&path).map(|found| {
+                    found.map(|(kind, size, modified)| IndexEntry {
+                        name,
+                        location: Location::File {
+                            path: path.clone(),
+                            size,
+                            modified,
+                        },
+                        kind,
+                    })
                 });
                 (path, entry)
             })
@@ -57,11 +61,12 @@ impl ImageIndex {
         let mut entries = Vec::with_capacity(sniffed.len());
         for (path, entry) in sniffed {
             match entry {
-                Ok(e) => entries.push(TreeFile {
+                Ok(Some(e)) => entries.push(TreeFile {
                     display: path,
                     entry: e,
                 }),
-                Err(reason) => options.reject(&path, reason, &mut skipped)?,
+                Ok(None) => left_out.not_images.push(path),
+                Err(reason) => options.reject(&path, reason, &mut left_out.skipped)?,
             }
         }
         assemble(
@@ -69,7 +74,7 @@ impl ImageIndex {
             entries,
             class_dirs,
             options,
-            skipped,
+            left_out,
         )
     }
 }
@@ -178,8 +183,9 @@ fn check_complete(file: &mut File, len: u64, kind: ImageKind) -> Result<(), Stri
     }
 }
 
-/// The format, size and modification time (ns) of a file, or why it is not an image.
-fn sniff_file(path: &Path) -> Result<(ImageKind, u64, u128), String> {
+/// The format, size and modification time (ns) of a file; `None` for a file that is not meant
+/// as an image ([`is_not_an_image_file`]); or why it is a bad image.
+fn sniff_file(path: &Path) -> Result<Option<(ImageKind, u64, u128)>, String> {
     let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     let mut head = Vec::with_capacity(SNIFF_BYTES);
@@ -187,12 +193,18 @@ fn sniff_file(path: &Path) -> Result<(ImageKind, u64, u128), String> {
         .take(SNIFF_BYTES as u64)
         .read_to_end(&mut head)
         .map_err(|e| format!("cannot read: {e}"))?;
-    let kind = ImageKind::sniff(&head).ok_or_else(|| not_an_image(&head))?;
+    let Some(kind) = ImageKind::sniff(&head) else {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if is_not_an_image_file(&name, &head) {
+            return Ok(None);
+        }
+        return Err(not_an_image(&head));
+    };
     check_complete(&mut file, meta.len(), kind)?;
     let modified = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    Ok((kind, meta.len(), modified))
+    Ok(Some((kind, meta.len(), modified)))
 }

@@ -32,8 +32,14 @@ impl ImageKind {
     }
 }
 
-/// Why a file is not a decodable image, in words, from its first bytes.
+/// Why a file is not a decodable image, in words, from its first bytes: another image format
+/// by name, or what the bytes are.
 pub(crate) fn not_an_image(head: &[u8]) -> String {
+    if let Ok(format) = image::guess_format(head) {
+        return format!(
+            "a {format:?} image: only JPEG and PNG are decoded (convert it to one of them)"
+        );
+    }
     let shown: String = head
         .iter()
         .take(8)
@@ -41,6 +47,57 @@ pub(crate) fn not_an_image(head: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(" ");
     format!("not a JPEG or PNG image (content starts with [{shown}])")
+}
+
+/// Extensions (lower case) of image formats: torchvision's `IMG_EXTENSIONS` (`ImageFolder`'s
+/// filter) and the other common ones.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "ppm", "pgm", "pbm", "pnm", "bmp", "tif", "tiff", "webp", "gif", "heic",
+    "heif", "avif", "jxl", "jp2", "ico", "tga", "exr", "hdr", "qoi",
+];
+
+/// Whether `name` ends in one of [`IMAGE_EXTENSIONS`] (any case).
+pub fn has_image_extension(name: &str) -> bool {
+    extension(name).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Whether a file that holds no JPEG or PNG is not meant as an image at all, so a scan leaves it
+/// out instead of calling it a bad image: its name is not an image format's
+/// ([`has_image_extension`]), its first bytes are no image format that `image` knows, and it
+/// has another extension (`notes.txt`, `labels.csv`, `Thumbs.db`: what torchvision's
+/// `ImageFolder` passes over by name) or, without one, its bytes are text (`LICENSE`,
+/// `README`). A file named as an image, a binary file without an extension and a file holding
+/// another image format are bad images instead.
+pub(crate) fn is_not_an_image_file(name: &str, head: &[u8]) -> bool {
+    !has_image_extension(name)
+        && image::guess_format(head).is_err()
+        && (extension(name).is_some() || is_text(head))
+}
+
+/// Whether `head` (the first bytes of a file) reads as text: UTF-8 (a character cut at the end
+/// allowed) without control characters other than tab, line feed and carriage return.
+fn is_text(head: &[u8]) -> bool {
+    let valid = match std::str::from_utf8(head) {
+        Ok(text) => text,
+        // Cut in the middle of a character at the end of `head`: the part before it.
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&head[..e.valid_up_to()]).expect("valid up to there")
+        }
+        Err(_) => return false,
+    };
+    valid
+        .chars()
+        .all(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r'))
+}
+
+/// The extension of the last component of a `/`-separated name, without the dot (`None` for
+/// none, and for a name that is only a dot and an extension).
+fn extension(name: &str) -> Option<&str> {
+    let file = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    match file.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => Some(ext),
+        _ => None,
+    }
 }
 
 /// Checks that a JPEG is complete: every marker segment is whole and the entropy-coded data of

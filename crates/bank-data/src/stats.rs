@@ -8,6 +8,10 @@ use rayon::prelude::*;
 use crate::augment::splitmix64;
 use crate::{CHANNELS, Dataset, Error, Normalize, Result};
 
+/// The smallest measured standard deviation (of values in `[0, 1]`) kept; below it a channel is
+/// taken as constant (one pixel in 10,000 off by one 8-bit level gives about 4e-5).
+pub const MIN_STD: f32 = 1e-4;
+
 /// ITU-R 601 luma weights (as the renderer's 1-channel output).
 const LUMA: [f64; 3] = [0.299, 0.587, 0.114];
 
@@ -17,6 +21,10 @@ const LUMA: [f64; 3] = [0.299, 0.587, 0.114];
 ///
 /// With `channels = 3` the statistics are those of R, G and B; with `channels = 1` those of the
 /// luma, in all three entries (only entry 0 is used for 1-channel views).
+///
+/// A channel constant over the sample (standard deviation below [`MIN_STD`]: the empty green
+/// and blue of red-stained microscopy saved as RGB) gets standard deviation 1, with a log line:
+/// there is nothing to scale, and dividing by about 0 would blow its rounding up.
 ///
 /// # Errors
 /// [`Error::InvalidValue`] for `channels` not 1 or 3, `sample = 0` or an empty dataset; an
@@ -61,6 +69,15 @@ pub fn channel_stats(
         let m = sums.sum[k] / count;
         mean[c] = m as f32;
         std[c] = (sums.sum_sq[k] / count - m * m).max(0.0).sqrt() as f32;
+        if std[c] < MIN_STD {
+            tracing::info!(
+                channel = c,
+                std = std[c],
+                images = indices.len(),
+                "a constant channel: normalised with standard deviation 1"
+            );
+            std[c] = 1.0;
+        }
     }
     Ok(Normalize { mean, std })
 }

@@ -20,6 +20,14 @@ pub(crate) struct TreeFile {
     pub entry: IndexEntry,
 }
 
+/// What a scan left out of the index: bad files recorded under `OnError::Skip`, and files that
+/// are not meant as images.
+#[derive(Default)]
+pub(crate) struct LeftOut {
+    pub skipped: Vec<SkippedFile>,
+    pub not_images: Vec<PathBuf>,
+}
+
 /// Sorts the files by name and labels them by `options.layout`.
 ///
 /// With class folders the classes are the sorted names of the folders directly under the root
@@ -30,8 +38,12 @@ pub(crate) fn assemble(
     mut files: Vec<TreeFile>,
     class_dirs: BTreeSet<String>,
     options: &ScanOptions,
-    mut skipped: Vec<SkippedFile>,
+    left_out: LeftOut,
 ) -> Result<ImageIndex> {
+    let LeftOut {
+        mut skipped,
+        not_images,
+    } = left_out;
     files.sort_by(|a, b| a.entry.name.cmp(&b.entry.name));
     let mut index = ImageIndex {
         origin,
@@ -39,6 +51,7 @@ pub(crate) fn assemble(
         labels: None,
         class_names: Vec::new(),
         skipped: Vec::new(),
+        not_images,
     };
     let source = index.source();
     match options.layout {
@@ -88,7 +101,16 @@ pub(crate) fn assemble(
         images = index.len(),
         classes = index.class_names.len(),
         skipped = index.skipped.len(),
+        not_images = index.not_images.len(),
         "indexed image tree"
     );
+    if let Some(first) = index.not_images.first() {
+        tracing::info!(
+            source = %source.display(),
+            files = index.not_images.len(),
+            first = %first.display(),
+            "left out files that are not images (by name and content)"
+        );
+    }
     Ok(index)
 }

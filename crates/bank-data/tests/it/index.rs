@@ -58,6 +58,85 @@ fn hidden_files_and_folders_are_skipped_in_folders_and_archives_alike() {
     assert_eq!(ds.get(2).pixels, &pattern(48, 3)[..]);
 }
 
+/// Files that are not images by name and by content (`Thumbs.db`, `labels.csv`, a `README.md`
+/// and a `LICENSE` of text beside the class folders) are left out and listed, in a folder and in
+/// its archive alike, as torchvision's `ImageFolder` passes them over; a file named as an image,
+/// a binary file without an extension and another image format are still bad files, and content
+/// still wins over a name.
+#[test]
+fn files_that_are_not_images_by_name_and_content_are_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for (i, class) in ["a", "b"].iter().enumerate() {
+        fs::create_dir_all(root.join(class)).unwrap();
+        write_png(
+            &root.join(class).join("1.png"),
+            4,
+            4,
+            &pattern(48, i as u64),
+        );
+    }
+    let ole = [
+        0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    fs::write(root.join("a/Thumbs.db"), ole).unwrap();
+    fs::write(root.join("b/labels.csv"), b"file,label\n1.png,b\n").unwrap();
+    fs::write(root.join("README.md"), b"# my birds\n").unwrap();
+    fs::write(root.join("LICENSE"), "CC BY 4.0 — Ünïcode text\n").unwrap();
+    // A PNG under another name is an image: content wins.
+    fs::copy(root.join("b/1.png"), root.join("b/2.dat")).unwrap();
+    let archive = dir.path().join("root.tar.gz");
+    tar_gz_of(&root, &archive);
+
+    let options = ScanOptions::default();
+    let folder = ImageIndex::scan_folder(&root, &options).unwrap();
+    let packed = ImageIndex::scan_archive(&archive, "", &options).unwrap();
+    for index in [&folder, &packed] {
+        assert_eq!(index.len(), 3, "1.png, 1.png and 2.dat");
+        assert_eq!(index.class_names(), ["a", "b"]);
+        assert!(index.skipped().is_empty());
+        // (An archive member is named `ARCHIVE!path`.)
+        let mut left: Vec<String> = (index.not_images().iter())
+            .map(|p| {
+                let p = p.to_string_lossy();
+                p.rsplit(['/', '!']).next().unwrap().to_string()
+            })
+            .collect();
+        left.sort();
+        assert_eq!(left, ["LICENSE", "README.md", "Thumbs.db", "labels.csv"]);
+    }
+
+    // Still bad files, each refused naming it: named as an image, binary without an extension
+    // (a JPEG whose first bytes were lost), a WebP.
+    let headless = [
+        0x00, 0x10, 0x4A, 0x46, 0x49, 0x46, 0x00, 0x01, 0x01, 0x00, 0x00, 0x01,
+    ];
+    let riff_webp = b"RIFF\x24\x00\x00\x00WEBPVP8 ";
+    for (name, bytes, says) in [
+        (
+            "a/photo.jpg",
+            &b"notes, not a photo"[..],
+            "not a JPEG or PNG",
+        ),
+        ("a/IMG0042", &headless[..], "not a JPEG or PNG"),
+        (
+            "b/3.webp",
+            &riff_webp[..],
+            "a WebP image: only JPEG and PNG",
+        ),
+    ] {
+        let path = root.join(name);
+        fs::write(&path, bytes).unwrap();
+        let e = ImageIndex::scan_folder(&root, &options).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(name.split('/').nth(1).unwrap()) && text.contains(says),
+            "{text}"
+        );
+        fs::remove_file(path).unwrap();
+    }
+}
+
 #[test]
 fn formats_are_recognised_by_content_not_by_name() {
     let dir = tempfile::tempdir().unwrap();

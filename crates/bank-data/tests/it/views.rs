@@ -218,3 +218,21 @@ fn channel_stats_match_a_direct_computation() {
     assert!(singles.contains(&one));
     assert!(channel_stats(&ds, 0, 0, 3).is_err());
 }
+
+/// A channel that is constant over the sample (green and blue empty, as red-stained microscopy
+/// saved as RGB) gets standard deviation 1 instead of 0, which `data.std` refuses and a
+/// division would blow up; red keeps its own, computed by hand: values 0 and 1 in equal numbers
+/// have mean 0.5 and standard deviation 0.5.
+#[test]
+fn a_constant_channel_is_normalised_with_standard_deviation_one() {
+    let mut store = ImageStore::default();
+    for i in 0..4 {
+        let red = if i % 2 == 0 { 0 } else { 255 };
+        store.push(2, 2, &[red, 0, 7].repeat(4));
+    }
+    let ds = ImageDataset::new(store, None, Vec::new(), "memory");
+    let stats = channel_stats(&ds, 100, 0, 3).unwrap();
+    assert!((stats.mean[0] - 0.5).abs() < 1e-6 && (stats.std[0] - 0.5).abs() < 1e-6);
+    assert!(stats.mean[1].abs() < 1e-7 && (stats.mean[2] - 7.0 / 255.0).abs() < 1e-6);
+    assert_eq!((stats.std[1], stats.std[2]), (1.0, 1.0), "{stats:?}");
+}

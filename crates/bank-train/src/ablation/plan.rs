@@ -131,13 +131,20 @@ impl PlannedRun {
         }
         let recorded = TrainConfig::load(Some(&self.dir.join("config.toml")), &[])?;
         // The trainer records the configuration resolved against the data (image size, ...).
-        if recorded.to_toml() != data.resolve(&self.config).to_toml() {
+        let planned = data.resolve(&self.config);
+        if recorded.to_toml() != planned.to_toml() {
+            let changes: Vec<String> = crate::resume::config_changes(&recorded, &planned)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             return Err(Error::Checkpoint {
                 path: self.dir.clone(),
-                reason: "this finished run was trained with another configuration than the \
-                         ablation's now (the recipe or the overrides changed): move the folder \
-                         away or choose another --runs"
-                    .into(),
+                reason: format!(
+                    "this finished run was trained with another configuration than the \
+                     ablation's now (the recipe or the overrides changed: {}): move the folder \
+                     away or choose another --runs",
+                    changes.join("; ")
+                ),
             });
         }
         let text = std::fs::read_to_string(&summary).map_err(|e| Error::io(&summary, e))?;

@@ -315,10 +315,12 @@ impl AblationReport {
         let mut md = format!("# Ablation: {}\n\n", self.recipe);
         md.push_str(
             "Top-1 (%) on the test images, mean ± sample standard deviation over the seeds \
-             [min–max]. kNN: `last 5` is each run's mean over its last five evaluated epochs. \
-             Linear probe: a linear classifier trained on the frozen features of the final network \
-             (`eval.linear`), on the embedding and on the pooled backbone features. \
-             `training min/run`: as the machine's load made it.\n\n\
+             [min–max]; –: not measured. kNN: `last 5` is each run's mean over its last five \
+             evaluated epochs (all of them when it has fewer). Linear probe: a linear classifier \
+             trained on the frozen features of the final network (`eval.linear`), on the \
+             embedding and on the pooled backbone features; `ablation` without \
+             `--no-linear-probe` measures it for the runs that lack it. `training min/run`: as \
+             the machine's load made it.\n\n\
              | variant | K | runs | kNN vs bank, final | kNN vs bank, last 5 | kNN vs recomputed | \
              linear probe, embedding | linear probe, pooled | training min/run |\n\
              |---|---|---|---|---|---|---|---|---|\n",

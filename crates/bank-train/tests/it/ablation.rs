@@ -348,4 +348,6 @@ fn runs_are_skipped_resumed_and_checked() {
         text.contains("vanilla-seed0") && text.contains("another configuration"),
         "{text}"
     );
+    // It names what changed, with both values.
+    assert!(text.contains("`optim.lr` was 0.03, now 0.1"), "{text}");
 }
