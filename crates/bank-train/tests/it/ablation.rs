@@ -70,19 +70,18 @@ fn fake_run(dir: &Path, knn_per_epoch: &[f64], recomputed: f64, purity: Option<f
     .unwrap();
 }
 
+/// Vanilla and the full method, two seeds each, on the defaults, under `root/toy-ablation/`.
+fn toy_plan(root: &Path) -> AblationPlan {
+    let name = strings(&["name=\"toy\""]);
+    AblationPlan::new(None, &name, vec![Variant::Vanilla, Variant::Full], 2, root).unwrap()
+}
+
 /// Two variants × two seeds written by hand: means, sample standard deviations, the gain, its
 /// standard error and the separation are the values computed by hand.
 #[test]
 fn report_statistics_match_hand_computed_values() {
     let tmp = tempfile::tempdir().unwrap();
-    let plan = AblationPlan::new(
-        None,
-        &strings(&["name=\"toy\""]),
-        vec![Variant::Vanilla, Variant::Full],
-        2,
-        tmp.path(),
-    )
-    .unwrap();
+    let plan = toy_plan(tmp.path());
     let runs = plan.runs().unwrap();
     assert_eq!(runs.len(), 4);
     assert_eq!(runs[0].dir, tmp.path().join("toy-ablation/vanilla-seed0"));
@@ -199,14 +198,7 @@ fn probe_report(file: &Path, embedding: f64, pooled: Option<f64>) {
 #[test]
 fn linear_probe_columns_read_the_final_networks_probe() {
     let tmp = tempfile::tempdir().unwrap();
-    let plan = AblationPlan::new(
-        None,
-        &strings(&["name=\"toy\""]),
-        vec![Variant::Vanilla, Variant::Full],
-        2,
-        tmp.path(),
-    )
-    .unwrap();
+    let plan = toy_plan(tmp.path());
     let runs = plan.runs().unwrap();
     let epochs = runs[0].config.train.epochs;
     let eval_json =
