@@ -158,9 +158,10 @@ impl ImageIndex {
         &self.skipped
     }
 
-    /// Files the scan left out as not meant to be images: a name with an extension that is not
-    /// an image format's ([`crate::IMAGE_EXTENSIONS`]) and bytes of no image format
-    /// (`notes.txt`, `labels.csv`, `Thumbs.db`), in the order found.
+    /// Files the scan left out as not meant to be images, in the order found: bytes of no image
+    /// format, and a name with an extension that is not an image format's
+    /// ([`crate::IMAGE_EXTENSIONS`]: `notes.txt`, `labels.csv`, `Thumbs.db`) or, without an
+    /// extension, text (`LICENSE`).
     pub fn not_images(&self) -> &[PathBuf] {
         &self.not_images
     }

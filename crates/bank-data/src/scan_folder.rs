@@ -22,11 +22,12 @@ impl ImageIndex {
     /// Symbolic links (to files or folders) are followed; a loop is [`Error::Link`] naming the
     /// link, and so is a dangling link or, with `follow_links` off, any link. Hidden entries (a
     /// name starting with `.`, at any depth) are skipped. A file's format is recognised from its
-    /// first bytes, whatever its name. A file that is not meant as an image (a name with another
-    /// extension than an image format's, and bytes of no image format: `notes.txt`,
-    /// `Thumbs.db`) is left out and counted ([`ImageIndex::not_images`]); any other file that is
-    /// not a JPEG or PNG is a bad file (error or recorded skip per `options.on_error`), as is,
-    /// with class folders, an image directly under `root`.
+    /// first bytes, whatever its name. A file that is not meant as an image (bytes of no image
+    /// format, and a name with another extension than an image format's, `notes.txt`,
+    /// `Thumbs.db`, or text without an extension, `LICENSE`) is left out and listed
+    /// ([`ImageIndex::not_images`]); any other file that is not a JPEG or PNG is a bad file
+    /// (error or recorded skip per `options.on_error`), as is, with class folders, an image
+    /// directly under `root`.
     ///
     /// # Errors
     /// [`Error::Io`] for a missing root or unreadable folder, [`Error::Link`], [`Error::Format`]
