@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bank_data::{Dataset, FolderLayout, ImageIndex, OnError, ScanOptions, has_image_extension};
+use bank_data::{Dataset, FolderLayout, ImageIndex, OnError, ScanOptions};
 
 use super::official::{cached, decode_options};
 use super::subset::{first_per_class, spread};
@@ -79,15 +79,12 @@ fn detect_layout(
         let (mut dirs, mut files) = (0, 0);
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(path, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
+            if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
             if entry.path().is_dir() {
                 dirs += 1;
-            } else if Path::new(&name).extension().is_none() || has_image_extension(&name) {
-                // `README.md`, `labels.csv` beside class folders are not images: the scan
-                // leaves them out, and they do not make the folders unlabelled.
+            } else {
                 files += 1;
             }
         }
